@@ -1,0 +1,189 @@
+"""Validated configuration dataclasses: the sampler (how tokens are committed) and the guidance.
+
+Every field is checked in ``__post_init__`` with an error that names the field, the rule and the
+value, before any model is touched. ``dataclasses.replace(config, **changes)`` re-validates.
+The same fields are the CLI flags (``entrgi.cli``) and the YAML keys of evaluation runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+REMASKING_RULES = ("origin", "maskgit_plus", "topk_margin", "entropy", "low_confidence", "random")
+CONFIDENCE_SOURCES = ("prior", "guided")
+GUIDED_METHODS = ("expectation", "aps", "entrgi")
+METHODS = ("none", "best_of_n", *GUIDED_METHODS)
+OPTIMIZERS = ("adam", "ascent")
+SCHEDULES = ("linear", "uniform")
+
+
+def _help(text: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    """A dataclass field whose help text (and allowed values) become its CLI flag's."""
+    return field(metadata={"help": text, "choices": choices}, **kw)
+
+
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int in [minimum, maximum]."""
+    rng = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an integer {rng}, got {value!r}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"`{name}` must be an integer {rng}, got {value}.")
+
+
+def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number in the given interval."""
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    rng = f"in {left}{low}, {high}{right}" if high is not None else (f"> {low}" if low_open else f">= {low}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"`{name}` must be a number {rng}, got {value!r}.")
+    if value < low or (low_open and value == low):
+        raise ValueError(f"`{name}` must be {rng}, got {value}.")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"`{name}` must be {rng}, got {value}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How the masked diffusion LM commits tokens (Dream's sampler, with LLaDA's blocks as an option)."""
+
+    max_new_tokens: int = _help("Response length L (masked slots appended to the prompt).", default=128)
+    steps: int = _help("Denoising steps T (over the whole response, or per block when `block_length` is set).",
+                       default=128)
+    num_samples: int = _help("Trajectories K per prompt.", default=4)
+    temperature: float = _help("Sampling temperature τ; 0 = greedy.", default=0.7)
+    top_p: float = _help("Nucleus filter for sampled tokens, in (0, 1].", default=0.95)
+    top_k: int | None = _help("Keep only the top-k ids when sampling (None = off).", default=None)
+    remasking: str = _help(
+        "Which masked positions to commit: origin (random), maskgit_plus (prob. of the draw), topk_margin "
+        "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: prob. of the draw), random.",
+        default="entropy", choices=REMASKING_RULES)
+    remasking_temperature: float = _help(
+        "0 = commit the top-n confidences; > 0 = draw positions from softmax(confidence / this).", default=0.0)
+    confidence_from: str = _help(
+        "Logits that rank positions: prior (pre-guidance, the paper's code) or guided (anchored).",
+        default="prior", choices=CONFIDENCE_SOURCES)
+    deprioritize_eos: bool = _help("Give sampled EOS candidates confidence -inf (committed last).", default=True)
+    eps: float = _help("Dream's schedule end point: ts = linspace(1, eps, T + 1).", default=1e-3)
+    schedule: str = _help("Commit counts: linear (Dream, int(n(1 - s/t))) or uniform (LLaDA, n/T per step).",
+                          default="linear", choices=SCHEDULES)
+    block_length: int | None = _help(
+        "LLaDA-style semi-autoregressive blocks of this many tokens (None = one block over the response).",
+        default=None)
+    seed: int = _help("Run seed; each (prompt, sample) gets its own stream derived from it.", default=0)
+    batch_size: int | None = _help("Rows (prompt x sample) per forward pass (None = all at once).", default=None)
+
+    def __post_init__(self) -> None:
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        check_int("steps", self.steps, 1)
+        check_int("num_samples", self.num_samples, 1)
+        check_float("temperature", self.temperature, 0.0)
+        check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, 1)
+        check_choice("remasking", self.remasking, REMASKING_RULES)
+        check_float("remasking_temperature", self.remasking_temperature, 0.0)
+        check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)
+        if not isinstance(self.deprioritize_eos, bool):
+            raise ValueError(f"`deprioritize_eos` must be True or False, got {self.deprioritize_eos!r}.")
+        check_float("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if self.block_length is not None:
+            check_int("block_length", self.block_length, 1, self.max_new_tokens)
+            if self.max_new_tokens % self.block_length:
+                raise ValueError(
+                    f"`max_new_tokens` ({self.max_new_tokens}) must be a multiple of `block_length` "
+                    f"({self.block_length}).")
+            if self.steps % self.num_blocks:
+                raise ValueError(f"`steps` ({self.steps}) must be a multiple of the number of blocks "
+                                 f"(max_new_tokens / block_length = {self.num_blocks}).")
+        check_int("seed", self.seed, 0)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1)
+
+    @property
+    def num_blocks(self) -> int:
+        return 1 if self.block_length is None else self.max_new_tokens // self.block_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Reward-gradient guidance: which RM input, how many inner steps, which optimiser."""
+
+    method: str = _help(
+        "none (plain sampling), best_of_n (plain sampling, best by reward), expectation (w=0), aps (w=1, "
+        "straight-through), entrgi (w = normalised entropy).", default="entrgi", choices=METHODS)
+    inner_steps: int = _help("Optimisation steps M on the logits per denoising step.", default=3)
+    optimizer: str = _help("adam (released code, fresh state each step) or ascent (poster: φ += lr·∇R).",
+                           default="adam", choices=OPTIMIZERS)
+    lr: float = _help("Step size η on the logits (Adam's lr; for ascent lr = 1/β).", default=0.5)
+    entropy_temperature: float | None = _help(
+        "Temperature of the entropy in w; 1.0 as the released code, None = the sampling τ (the formula).",
+        default=1.0)
+    relaxation_temperature: float | None = _help(
+        "Temperature of q = softmax(φ/·) for the soft and hard embeddings; None = the sampling τ.", default=None)
+    hard_top_p: float | None = _help("Top-p of the hard sample ẽ; None = the sampler's top_p.", default=None)
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_int("inner_steps", self.inner_steps, 0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        if self.entropy_temperature is not None:
+            check_float("entropy_temperature", self.entropy_temperature, 0.0)
+        if self.relaxation_temperature is not None:
+            check_float("relaxation_temperature", self.relaxation_temperature, 0.0, low_open=True)
+        if self.hard_top_p is not None:
+            check_float("hard_top_p", self.hard_top_p, 0.0, 1.0, low_open=True)
+
+    @property
+    def guided(self) -> bool:
+        """True when the logits are optimised (a gradient method with M >= 1)."""
+        return self.method in GUIDED_METHODS and self.inner_steps > 0
+
+    @property
+    def needs_reward(self) -> bool:
+        return self.method != "none"
+
+    def resolve(self, sampler: SamplerConfig) -> ResolvedGuidance:
+        """Fill the ``None`` temperatures / top-p from the sampler and check the pair is coherent."""
+        relax = sampler.temperature if self.relaxation_temperature is None else self.relaxation_temperature
+        if self.guided and relax == 0:
+            raise ValueError(
+                "`relaxation_temperature` must be > 0 for guided methods: with the sampler's `temperature` = 0 "
+                "(greedy) the soft embedding softmax(φ/0) is one-hot and has no gradient. Set "
+                "`relaxation_temperature` (e.g. 1.0) or a positive `temperature`.")
+        if self.method in GUIDED_METHODS and self.inner_steps == 0:
+            warnings.warn(f"`inner_steps` = 0: method {self.method!r} leaves the logits unchanged "
+                          "(identical to method 'none').", stacklevel=3)
+        ent = sampler.temperature if self.entropy_temperature is None else self.entropy_temperature
+        top_p = sampler.top_p if self.hard_top_p is None else self.hard_top_p
+        return ResolvedGuidance(self, relaxation_temperature=relax, entropy_temperature=ent, hard_top_p=top_p,
+                                top_k=sampler.top_k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ResolvedGuidance:
+    """A :class:`GuidanceConfig` with every ``None`` filled in from the sampler."""
+
+    config: GuidanceConfig
+    relaxation_temperature: float
+    entropy_temperature: float
+    hard_top_p: float
+    top_k: int | None

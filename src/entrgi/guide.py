@@ -1,0 +1,124 @@
+"""The inner loop of reward guidance: M optimiser steps on a copy of the masked positions' logits.
+
+One denoising step (``shared/reference/algorithm.md``, step 3):
+  1. φ = the DLLM's logits at the still-masked response slots, packed (n, V), a fresh leaf; the
+     optimiser (Adam, as the released code, or plain ascent φ += lr·∇R) starts from a fresh state.
+  2. M times: RM input at masked slots = ê (the mixing rule of :mod:`entrgi.guidance`), committed
+     slots = E_R[token] (constant); slots at or after the first EOS (argmax φ at masked slots) and
+     committed tokens the RM cannot see are masked out; loss = −Σ rewards; backward; step.
+  3. The guided logits replace φ at the masked slots; the caller samples and commits from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import ResolvedGuidance
+from .guidance import entropy_weight, reward_input_embeddings
+from .rng import RowStreams
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam(lr) or plain gradient ascent on the reward (SGD on −R, no momentum: φ ← φ + lr·∇R)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "ascent":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"`optimizer` must be 'adam' or 'ascent', got {name!r}.")
+
+
+def before_first_eos(ids: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, L): True strictly before the first EOS of each row."""
+    is_eos = torch.isin(ids, eos_ids)
+    return is_eos.long().cumsum(-1) == 0
+
+
+@dataclass
+class GuideResult:
+    """Guided logits (B, L, V) and per-row diagnostics (CPU tensors)."""
+
+    logits: torch.Tensor
+    rewards: torch.Tensor  # (B, M + 1 or M): before each inner step, then after the last when traced
+    grad_norms: torch.Tensor  # (B, M): ‖∇_φ R_b‖ over the row's masked slots
+
+
+def response_attention(ids: torch.Tensor, masked: torch.Tensor, eos_ids: torch.Tensor,
+                       rm_mapped: torch.Tensor) -> torch.Tensor:
+    """Slots the RM attends to: before the first EOS, and (for committed tokens) visible to the RM."""
+    return before_first_eos(ids, eos_ids) & (masked | rm_mapped[ids])
+
+
+def guide_logits(
+    logits: torch.Tensor,
+    masked: torch.Tensor,
+    response_ids: torch.Tensor,
+    score: ScoreFn,
+    table: torch.Tensor,
+    rm_mapped: torch.Tensor,
+    guidance: ResolvedGuidance,
+    eos_ids: torch.Tensor,
+    streams: RowStreams,
+    trace_streams: RowStreams | None = None,
+) -> GuideResult:
+    """Optimise the logits of the masked slots for ``guidance.config.inner_steps`` steps.
+
+    Args:
+        logits: (B, L, V) DLLM logits of the response slots, invalid ids at −inf (not modified).
+        masked: (B, L) True at still-masked slots.
+        response_ids: (B, L) current response tokens (mask id at masked slots).
+        score: rewards (B,) of (response embeddings (B, L, d), response attention (B, L)).
+        table: (V, d) RM input embeddings aligned to DLLM ids (zeros where unmapped).
+        rm_mapped: (V,) True where the RM has a row for the id; unmapped ids get q = 0 in the RM view.
+        guidance: resolved guidance settings.
+        eos_ids: ids that end a response.
+        streams: per-row random streams (hard samples).
+        trace_streams: if given, one extra no-grad evaluation records the reward after the last step.
+    """
+    cfg = guidance.config
+    rm_bias = torch.zeros(rm_mapped.shape, device=logits.device).masked_fill(~rm_mapped, float("-inf"))
+    committed = table[response_ids.clamp_max(table.shape[0] - 1)].detach()  # (B, L, d)
+    rows = masked.nonzero()[:, 0]  # (n,) row of each packed slot
+    phi = logits[masked].detach().clone().float().requires_grad_(True)  # (n, V)
+    optimizer = make_optimizer(cfg.optimizer, [phi], cfg.lr)
+    B = logits.shape[0]
+    rewards, grad_norms = [], []
+
+    def rm_view(uniform_source: RowStreams) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, _ = reward_input_embeddings(
+            phi + rm_bias, table, cfg.method, temperature=guidance.relaxation_temperature,
+            top_p=guidance.hard_top_p, top_k=guidance.top_k, entropy_temperature=guidance.entropy_temperature,
+            uniforms=uniform_source.uniform_at(masked)[masked] if cfg.method != "expectation" else None)
+        resp = committed.masked_scatter(masked.unsqueeze(-1), embeds.to(committed.dtype))  # (B, L, d)
+        ids = response_ids.masked_scatter(masked, phi.detach().argmax(-1))
+        return resp, response_attention(ids, masked, eos_ids, rm_mapped)
+
+    for _ in range(cfg.inner_steps):
+        resp, attn = rm_view(streams)
+        r = score(resp, attn)  # (B,)
+        optimizer.zero_grad(set_to_none=True)
+        (-r.sum()).backward()
+        sq = torch.zeros(B, device=phi.device, dtype=phi.dtype).index_add_(0, rows, phi.grad.pow(2).sum(-1))
+        grad_norms.append(sq.sqrt().detach().cpu())
+        rewards.append(r.detach().float().cpu())
+        optimizer.step()
+    if trace_streams is not None:
+        with torch.no_grad():
+            rewards.append(score(*rm_view(trace_streams)).float().cpu())
+    guided = logits.clone()
+    guided[masked] = phi.detach().to(guided.dtype)
+    stack = lambda xs: torch.stack(xs, -1) if xs else torch.zeros(B, 0)  # noqa: E731
+    return GuideResult(guided, stack(rewards), stack(grad_norms))
+
+
+def mean_entropy_weight(logits: torch.Tensor, masked: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean EntRGi weight over each row's masked slots (B,), NaN for rows with none."""
+    w = torch.zeros(masked.shape, device=logits.device)
+    if masked.any():
+        w[masked] = entropy_weight(logits[masked], temperature)
+    n = masked.sum(-1)
+    return torch.where(n > 0, w.sum(-1) / n.clamp_min(1), torch.full_like(w[:, 0], float("nan")))

@@ -1,0 +1,113 @@
+"""The masked diffusion LM as the sampler sees it: ids + attention mask -> logits, plus its tokens.
+
+A family adapter (Dream, LLaDA, any HF masked LM) subclasses :class:`DiffusionLM` and sets its mask
+id, EOS ids, whether logits are right-shifted (Dream: position i is predicted by hidden state i−1),
+and which ids can never be a response token (the mask id, padded logit rows beyond the tokenizer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+def special_token_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer adds before and after a single text (e.g. BERT: [CLS] / [SEP])."""
+    inner = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(inner) + 1):
+        if full[i:i + len(inner)] == inner:
+            return list(full[:i]), list(full[i + len(inner):])
+    return [], []
+
+
+class DiffusionLM(nn.Module):
+    """Adapter around a bidirectional masked LM ``module(input_ids, attention_mask, position_ids)``.
+
+    Args:
+        module: returns logits (B, N, V) or an object with ``.logits``.
+        tokenizer: a Hugging Face tokenizer.
+        mask_token_id: the id of the mask token.
+        eos_token_ids: ids that end a response (committed last when ``deprioritize_eos``).
+        pad_token_id: id used to left-pad prompts (never attended to).
+        shift_logits: Dream-style right shift (logits at i come from hidden state i−1).
+        logit_width: V, the logit dimension (defaults to the module's output size when known).
+        invalid_token_ids: extra ids that must never be sampled as response tokens.
+        use_chat_template: wrap prompts in the tokenizer's chat template (None = when it has one).
+        max_length: longest sequence the model accepts (prompt + response), if bounded.
+    """
+
+    family = "generic"
+
+    def __init__(self, module: nn.Module, tokenizer, *, mask_token_id: int, eos_token_ids: Iterable[int],
+                 pad_token_id: int, shift_logits: bool = False, logit_width: int | None = None,
+                 invalid_token_ids: Iterable[int] = (), use_chat_template: bool | None = None,
+                 max_length: int | None = None):
+        super().__init__()
+        self.module = module
+        self.tokenizer = tokenizer
+        self.mask_token_id = int(mask_token_id)
+        self.eos_token_ids = tuple(sorted({int(i) for i in eos_token_ids}))
+        self.pad_token_id = int(pad_token_id)
+        self.shift_logits = bool(shift_logits)
+        self.logit_width = int(logit_width if logit_width is not None else len(tokenizer))
+        self.use_chat_template = (getattr(tokenizer, "chat_template", None) is not None
+                                  if use_chat_template is None else use_chat_template)
+        self.max_length = max_length
+        invalid = {self.mask_token_id, *map(int, invalid_token_ids)}
+        invalid.update(range(len(tokenizer), self.logit_width))  # padded rows of the output layer
+        self.invalid_token_ids = tuple(sorted(i for i in invalid if 0 <= i < self.logit_width))
+        self._prompt_head, _ = special_token_wrap(tokenizer)
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids that precede the response: the chat template with a generation prompt, or the
+        tokenizer's leading special tokens (e.g. [CLS]) followed by the text, to be continued."""
+        if self.use_chat_template:
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                     add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return self._prompt_head + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def response_ids(self, ids: Sequence[int]) -> list[int]:
+        """The response up to (not including) its first EOS."""
+        out = []
+        for i in ids:
+            if int(i) in self.eos_token_ids:
+                break
+            out.append(int(i))
+        return out
+
+    def decode_response(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(self.response_ids(ids), skip_special_tokens=True).strip()
+
+    def invalid_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Boolean (V,) mask of ids never allowed as response tokens."""
+        m = torch.zeros(self.logit_width, dtype=torch.bool, device=device)
+        m[list(self.invalid_token_ids)] = True
+        return m
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, V) for every position, shift already applied."""
+        out = self.module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        logits = out.logits if hasattr(out, "logits") else out
+        if self.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        position_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits (B, N − start, V) of the response slots ``input_ids[:, start:]``.
+
+        Adapters override this to run the output layer only on those slots."""
+        return self(input_ids, attention_mask, position_ids)[:, start:]

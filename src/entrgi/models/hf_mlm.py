@@ -1,0 +1,43 @@
+"""Any Hugging Face masked LM (BERT, RoBERTa, ModernBERT, ...) as a masked diffusion LM.
+
+An encoder MLM is bidirectional, predicts each position from its own hidden state (no shift), and
+uses its tokenizer's mask token. ``[SEP]``/``</s>`` and padding end a response; ``[CLS]``/``<s>``,
+``[UNK]`` and the mask token are never sampled.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from .base import DiffusionLM
+
+
+class HFMaskedLM(DiffusionLM):
+    family = "hf_mlm"
+
+    @classmethod
+    def from_module(cls, module, tokenizer, **overrides) -> HFMaskedLM:
+        """Wrap an already-built ``*ForMaskedLM`` module and its tokenizer."""
+        if tokenizer.mask_token_id is None:
+            raise ValueError("`tokenizer` has no mask token: a masked LM needs one to be a diffusion LM.")
+        eos = {i for i in (tokenizer.sep_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+        invalid = {i for i in (tokenizer.cls_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id)
+                   if i is not None} - eos
+        out_emb = module.get_output_embeddings()
+        width = out_emb.weight.shape[0] if out_emb is not None else len(tokenizer)
+        max_len = getattr(module.config, "max_position_embeddings", None)
+        kwargs = dict(mask_token_id=tokenizer.mask_token_id, eos_token_ids=eos,
+                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos),
+                      shift_logits=False, logit_width=width, invalid_token_ids=invalid,
+                      use_chat_template=False, max_length=max_len)
+        kwargs.update(overrides)
+        return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, **overrides) -> HFMaskedLM:
+        """Load with ``AutoModelForMaskedLM`` from a hub id or a local folder (no remote code)."""
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        module = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype)
+        if device is not None:
+            module = module.to(device)
+        return cls.from_module(module, tokenizer, **overrides)

@@ -1,0 +1,168 @@
+"""Reward models read through input embeddings, and the batch layout that feeds them.
+
+A reward model scores ``[context prefix ; response ; context suffix]``. The prefix/suffix come from
+the RM's own formatting of the user prompt (its chat template split at a placeholder, or plain
+text), are tokenised once per prompt, and stay constant; the response slots carry the embeddings
+that guidance optimises. :class:`RewardBatch` lays a batch out left-padded, so every row ends at the
+same position, with position ids that skip padding and masked-out slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.base import special_token_wrap
+
+PLACEHOLDER = "<<ENTRGI_RESPONSE_PLACEHOLDER>>"
+TEMPLATES = ("auto", "chat", "plain", "response")
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """RM token ids before and after the response slots, for one prompt."""
+
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+
+
+class RewardModel(nn.Module):
+    """Base class: a scalar reward read through input embeddings.
+
+    Subclasses provide :meth:`embedding_table` (E_R, (V_R, d)) and :meth:`forward_embeds`; the
+    template handling, the layout and the discrete re-scoring are shared.
+
+    Args:
+        tokenizer: the RM's tokenizer.
+        template: ``chat`` (the tokenizer's chat template, user prompt + assistant response), ``plain``
+            (prompt text, a space, the response), ``response`` (the response alone) or ``auto``
+            (chat when the tokenizer has a chat template, else plain).
+    """
+
+    def __init__(self, tokenizer, template: str = "auto"):
+        super().__init__()
+        if template not in TEMPLATES:
+            raise ValueError(f"`template` must be one of {list(TEMPLATES)}, got {template!r}.")
+        if template == "auto":
+            template = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        self.tokenizer = tokenizer
+        self.template = template
+        self._head, self._tail = special_token_wrap(tokenizer)
+        self._contexts: dict[str, RewardContext] = {}
+
+    # ---- to implement ---------------------------------------------------------------------------
+    def embedding_table(self) -> torch.Tensor:
+        """E_R: the RM's input-embedding rows (V_R, d)."""
+        raise NotImplementedError
+
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                       position_ids: torch.Tensor) -> torch.Tensor:
+        """Rewards (B,) of a left-padded batch; ``attention_mask`` (B, N) marks the real tokens (a causal
+        RM reads its score at each row's last attended position, an encoder pools attended ones)."""
+        raise NotImplementedError
+
+    # ---- text formatting ------------------------------------------------------------------------
+    def render(self, prompt: str, response: str) -> tuple[str, str, str]:
+        """(text before, response, text after) as the RM's template lays them out."""
+        if self.template == "chat":
+            conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": PLACEHOLDER}]
+            text = self.tokenizer.apply_chat_template(conv, tokenize=False)
+            if text.count(PLACEHOLDER) != 1:
+                raise ValueError("the reward tokenizer's chat template must render the assistant content once.")
+            before, after = text.split(PLACEHOLDER)
+            return before, response, after
+        if self.template == "plain":
+            return prompt + " ", response, ""
+        return "", response, ""
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def context(self, prompt: str) -> RewardContext:
+        """Prefix/suffix ids around the response for ``prompt`` (cached per prompt)."""
+        if prompt not in self._contexts:
+            before, _, after = self.render(prompt, "")
+            prefix = self._encode(before)
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            head = self._head[1:] if (self._head and prefix and self._head[0] == bos == prefix[0]) else self._head
+            self._contexts[prompt] = RewardContext(tuple(head + prefix), tuple(self._encode(after) + self._tail))
+        return self._contexts[prompt]
+
+    def text_ids(self, prompt: str, response: str) -> list[int]:
+        """Discrete RM ids of (prompt, response): prefix + tokenised response + suffix."""
+        ctx = self.context(prompt)
+        return [*ctx.prefix_ids, *self._encode(response), *ctx.suffix_ids]
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding_table().device
+
+    # ---- discrete re-scoring --------------------------------------------------------------------
+    @torch.no_grad()
+    def score_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        """Rewards (B,) of decoded texts on discrete tokens (float32, CPU)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"`prompts` ({len(prompts)}) and `responses` ({len(responses)}) differ in length.")
+        out = []
+        table = self.embedding_table()
+        for i in range(0, len(prompts), batch_size):
+            ids = [self.text_ids(p, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+            input_ids, attn = left_pad(ids, 0, table.device)
+            out.append(self.forward_embeds(table[input_ids], attn, position_ids_from(attn)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists: (ids (B, N), attention mask (B, N) long)."""
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), n), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, n - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+            attn[b, n - len(r):] = 1
+    return ids.to(device), attn.to(device)
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only attended tokens: cumsum(mask) − 1, clamped at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class RewardBatch:
+    """The RM's input for B rows, built once per batch: ``[pad ; prefix_b ; L slots ; suffix_b]``.
+
+    :meth:`inputs` scatters response embeddings (B, L, d) into the slots; prefix and suffix
+    embeddings are constants. Slots whose ``response_attention`` is False (at or after the first
+    EOS, or unmapped tokens) are not attended to and do not advance the position ids.
+    """
+
+    def __init__(self, reward: RewardModel, contexts: Sequence[RewardContext], response_length: int):
+        table = reward.embedding_table()
+        self.reward = reward
+        self.response_length = response_length
+        rows, slots = [], []
+        for c in contexts:
+            rows.append([*c.prefix_ids, *([0] * response_length), *c.suffix_ids])
+            slots.append([False] * len(c.prefix_ids) + [True] * response_length + [False] * len(c.suffix_ids))
+        ids, attn = left_pad(rows, 0, table.device)
+        slot_mask, _ = left_pad([list(map(int, s)) for s in slots], 0, table.device)
+        self.slot_mask = slot_mask.bool()  # (B, N_R)
+        self.base_attention = attn.masked_fill(self.slot_mask, 0)  # (B, N_R)
+        with torch.no_grad():
+            self.static_embeds = table[ids].masked_fill(self.slot_mask.unsqueeze(-1), 0.0)  # (B, N_R, d)
+
+    def inputs(self, response_embeds: torch.Tensor, response_attention: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs_embeds (B, N_R, d), attention_mask (B, N_R), position_ids (B, N_R))."""
+        embeds = self.static_embeds.masked_scatter(self.slot_mask.unsqueeze(-1),
+                                                   response_embeds.to(self.static_embeds.dtype))
+        attn = self.base_attention.masked_scatter(self.slot_mask, response_attention.long())
+        return embeds, attn, position_ids_from(attn)
+
+    def score(self, response_embeds: torch.Tensor, response_attention: torch.Tensor) -> torch.Tensor:
+        """Rewards (B,), differentiable w.r.t. ``response_embeds``."""
+        return self.reward.forward_embeds(*self.inputs(response_embeds, response_attention))

@@ -1,0 +1,105 @@
+"""Any Hugging Face ``*ForSequenceClassification`` as a reward model (Skywork-Reward-V2 and others).
+
+Decoder classifiers (Qwen3, Llama, Gemma, ... the ``GenericForSequenceClassification`` family) are
+run as base model + score head, reading the score at each row's last *attended* position: HF's own
+forward cannot find padding when given ``inputs_embeds`` and would read position −1. Other
+classifiers (BERT-style, pooled at [CLS]) are called as they are.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_layers import GenericForSequenceClassification
+
+from .base import RewardModel, left_pad, position_ids_from
+
+
+def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index (B,) of each row's last position with mask 1."""
+    idx = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (idx * attention_mask.long()).argmax(-1)
+
+
+class HFRewardModel(RewardModel):
+    """Wrap a sequence classifier and its tokenizer.
+
+    Args:
+        model: an HF ``*ForSequenceClassification`` (frozen here).
+        tokenizer: its tokenizer.
+        template: see :class:`~entrgi.reward.base.RewardModel`; Skywork-Reward-V2 uses ``chat``
+            (its chat template, no system prompt).
+        label: which output logit is the reward (Skywork: the single label 0).
+    """
+
+    def __init__(self, model, tokenizer, template: str = "auto", label: int = 0):
+        super().__init__(tokenizer, template)
+        num_labels = getattr(model.config, "num_labels", 1)
+        if not 0 <= label < num_labels:
+            raise ValueError(f"`label` must be in [0, {num_labels - 1}], got {label}.")
+        self.model = model.eval().requires_grad_(False)
+        self.label = label
+        self.decoder_head = isinstance(model, GenericForSequenceClassification)
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = 0 if pad is None else int(pad)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, template: str = "auto",
+                        label: int = 0, gradient_checkpointing: bool = False) -> HFRewardModel:
+        """Load with ``AutoModelForSequenceClassification`` (hub id or local folder, no remote code)."""
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
+        if device is not None:
+            model = model.to(device)
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable()
+        return cls(model, tokenizer, template=template, label=label)
+
+    def embedding_table(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                       position_ids: torch.Tensor) -> torch.Tensor:
+        if self.decoder_head:
+            base = getattr(self.model, self.model.base_model_prefix)
+            # HF checkpoints activations only in train mode; switch just for this call when gradients flow.
+            checkpoint = self.model.is_activation_checkpointing and torch.is_grad_enabled()
+            base.train(checkpoint)
+            try:
+                hidden = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                              position_ids=position_ids, use_cache=False).last_hidden_state  # (B, N, h)
+            finally:
+                base.eval()
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = hidden[rows, last_attended(attention_mask)]  # (B, h)
+            return self.model.score(pooled)[:, self.label].float()
+        kwargs = {"position_ids": position_ids} if self._takes_positions else {}
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return out.logits[:, self.label].float()
+
+    @torch.no_grad()
+    def score_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        """The standard recipe: render the template with the response, tokenise the whole text, run
+        the classifier on ``input_ids`` (left-padded) and read its pooled logit."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"`prompts` ({len(prompts)}) and `responses` ({len(responses)}) differ in length.")
+        device = self.embedding_table().device
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            rows = []
+            for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size]):
+                text = "".join(self.render(p, r))
+                ids = list(self.tokenizer(text)["input_ids"])
+                bos = getattr(self.tokenizer, "bos_token_id", None)
+                if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+                    ids = ids[1:]  # the template already wrote a BOS
+                rows.append(ids)
+            input_ids, attn = left_pad(rows, self.pad_token_id, device)
+            kwargs = {"position_ids": position_ids_from(attn)} if self._takes_positions else {}
+            logits = self.model(input_ids=input_ids, attention_mask=attn, **kwargs).logits
+            out.append(logits[:, self.label].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)

@@ -1,0 +1,93 @@
+"""Every config field is validated with an error naming it and its allowed range."""
+
+import dataclasses
+
+import pytest
+
+from entrgi import GuidanceConfig, SamplerConfig
+
+BAD_SAMPLER = [
+    ("max_new_tokens", 0, r"`max_new_tokens` must be an integer >= 1, got 0"),
+    ("steps", 0, r"`steps` must be an integer >= 1"),
+    ("steps", 2.5, r"`steps` must be an integer"),
+    ("num_samples", -1, r"`num_samples`"),
+    ("temperature", -0.1, r"`temperature` must be >= 0.0"),
+    ("top_p", 0.0, r"`top_p` must be in \(0.0, 1.0\], got 0.0"),
+    ("top_p", 1.5, r"`top_p` must be in \(0.0, 1.0\], got 1.5"),
+    ("top_k", 0, r"`top_k`"),
+    ("remasking", "confident", r"`remasking` must be one of \['origin'"),
+    ("remasking_temperature", -1.0, r"`remasking_temperature`"),
+    ("confidence_from", "posterior", r"`confidence_from` must be one of"),
+    ("eps", 0.0, r"`eps` must be in \(0.0, 1.0\)"),
+    ("schedule", "cosine", r"`schedule`"),
+    ("block_length", 0, r"`block_length`"),
+    ("seed", -3, r"`seed`"),
+    ("batch_size", 0, r"`batch_size`"),
+    ("deprioritize_eos", "yes", r"`deprioritize_eos`"),
+    ("temperature", float("nan"), r"`temperature`"),
+    ("temperature", True, r"`temperature`"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_SAMPLER)
+def test_sampler_field_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SamplerConfig(**{field: value})
+
+
+BAD_GUIDANCE = [
+    ("method", "dps", r"`method` must be one of \['none', 'best_of_n', 'expectation', 'aps', 'entrgi'\]"),
+    ("inner_steps", -1, r"`inner_steps` must be an integer >= 0"),
+    ("optimizer", "sgd", r"`optimizer`"),
+    ("lr", 0.0, r"`lr` must be > 0.0, got 0.0"),
+    ("entropy_temperature", -1.0, r"`entropy_temperature`"),
+    ("relaxation_temperature", 0.0, r"`relaxation_temperature` must be > 0.0"),
+    ("hard_top_p", 2.0, r"`hard_top_p`"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_GUIDANCE)
+def test_guidance_field_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GuidanceConfig(**{field: value})
+
+
+def test_block_constraints():
+    with pytest.raises(ValueError, match="multiple of `block_length`"):
+        SamplerConfig(max_new_tokens=10, block_length=4)
+    with pytest.raises(ValueError, match="`steps` .* multiple of the number of blocks"):
+        SamplerConfig(max_new_tokens=12, block_length=4, steps=10)
+    assert SamplerConfig(max_new_tokens=12, block_length=4, steps=9).num_blocks == 3
+
+
+def test_replace_revalidates():
+    with pytest.raises(ValueError, match="top_p"):
+        dataclasses.replace(SamplerConfig(), top_p=3.0)
+
+
+def test_greedy_sampling_needs_a_relaxation_temperature_for_guidance():
+    with pytest.raises(ValueError, match="relaxation_temperature"):
+        GuidanceConfig(method="entrgi").resolve(SamplerConfig(temperature=0.0))
+    r = GuidanceConfig(method="entrgi", relaxation_temperature=1.0).resolve(SamplerConfig(temperature=0.0))
+    assert r.relaxation_temperature == 1.0
+    GuidanceConfig(method="none").resolve(SamplerConfig(temperature=0.0))  # unguided greedy is fine
+
+
+def test_resolve_fills_defaults_from_the_sampler():
+    s = SamplerConfig(temperature=0.3, top_p=0.8)
+    r = GuidanceConfig(entropy_temperature=None).resolve(s)
+    assert (r.relaxation_temperature, r.entropy_temperature, r.hard_top_p) == (0.3, 0.3, 0.8)
+    r = GuidanceConfig().resolve(s)
+    assert r.entropy_temperature == 1.0  # the released code's choice
+
+
+def test_zero_inner_steps_warns():
+    with pytest.warns(UserWarning, match="inner_steps"):
+        GuidanceConfig(method="aps", inner_steps=0).resolve(SamplerConfig())
+
+
+def test_defaults_are_the_papers():
+    s, g = SamplerConfig(), GuidanceConfig()
+    assert (s.max_new_tokens, s.steps, s.num_samples, s.temperature, s.top_p, s.remasking) == (
+        128, 128, 4, 0.7, 0.95, "entropy")
+    assert (g.method, g.inner_steps, g.optimizer, g.lr, g.entropy_temperature) == ("entrgi", 3, "adam", 0.5, 1.0)
