@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from entrgi.logit_ops import sample_from_logits, sampling_logits, scale, top_k_filter, top_p_filter
+from entrgi.logit_ops import sample_from_logits, sample_gumbel_max, sampling_logits, scale, top_k_filter, top_p_filter
 
 
 def slow_top_p(row: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -66,3 +66,12 @@ def test_sampling_logits_greedy_then_sample_is_argmax():
     logits = torch.randn(50, 7)
     ids = sample_from_logits(sampling_logits(logits, 0.0, 0.9, 3), torch.rand(50, dtype=torch.float64))
     assert torch.equal(ids, logits.argmax(-1))
+
+
+def test_gumbel_max_frequencies_match_tempered_probabilities():
+    logits = torch.tensor([0.0, 1.0, 2.0, float("-inf")], dtype=torch.float64)
+    n, tau = 20000, 0.7
+    u = torch.rand(n, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = sample_gumbel_max((logits / tau).expand(n, 4), u)
+    freq = torch.bincount(ids, minlength=4).double() / n
+    assert torch.allclose(freq, torch.softmax(logits / tau, -1), atol=0.01)

@@ -111,6 +111,16 @@ def test_samples_do_not_depend_on_batch_size_or_prompt_order(mlm, qwen_reward, m
     assert tokens_by_prompt(alone)[PROMPTS[2]] == ref[PROMPTS[2]]
 
 
+def test_gumbel_sampling_is_deterministic_per_row(mlm):
+    cfg = small(sampling="gumbel", remasking="low_confidence", schedule="uniform", block_length=4, steps=4)
+    ref = tokens_by_prompt(generate(mlm, PROMPTS, sampler=cfg, guidance=NONE, progress=False))
+    out = generate(mlm, PROMPTS[::-1], sampler=SamplerConfig(**{**cfg.to_dict(), "batch_size": 2}), guidance=NONE,
+                   progress=False)
+    assert tokens_by_prompt(out) == ref
+    plain = tokens_by_prompt(generate(mlm, PROMPTS, sampler=small(), guidance=NONE, progress=False))
+    assert plain != ref
+
+
 def test_seed_changes_samples_and_repeats_exactly(mlm):
     a = generate(mlm, PROMPTS, sampler=small(seed=1), guidance=NONE, progress=False)
     b = generate(mlm, PROMPTS, sampler=small(seed=1), guidance=NONE, progress=False)

@@ -98,3 +98,11 @@ def test_origin_reveals_all_at_last_step_and_fraction_before():
     assert origin_reveal(u, cand, 9, 10, 1e-3).all()
     frac = origin_reveal(u, cand, 3, 10, 1e-3).double().mean()
     assert abs(frac - linear_fraction(3, 10, 1e-3)) < 0.01
+
+
+def test_low_confidence_ignores_temperature_like_llada():
+    logits = make_logits([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+    tokens = torch.tensor([1, 0])
+    a = confidence("low_confidence", logits, tokens, 0.3)
+    torch.testing.assert_close(a, torch.tensor([0.2, 0.4], dtype=torch.float64))
+    assert not torch.allclose(confidence("maskgit_plus", logits, tokens, 0.3), a)

@@ -18,6 +18,7 @@ GUIDED_METHODS = ("expectation", "aps", "entrgi")
 METHODS = ("none", "best_of_n", *GUIDED_METHODS)
 OPTIMIZERS = ("adam", "ascent")
 SCHEDULES = ("linear", "uniform")
+SAMPLING = ("inverse_cdf", "gumbel")
 
 
 def _help(text: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -64,9 +65,12 @@ class SamplerConfig:
     temperature: float = _help("Sampling temperature τ; 0 = greedy.", default=0.7)
     top_p: float = _help("Nucleus filter for sampled tokens, in (0, 1].", default=0.95)
     top_k: int | None = _help("Keep only the top-k ids when sampling (None = off).", default=None)
+    sampling: str = _help(
+        "How a token is drawn: inverse_cdf (one uniform per position) or gumbel (LLaDA: float64 Gumbel-max "
+        "over the vocabulary). Same distribution, different random numbers.", default="inverse_cdf", choices=SAMPLING)
     remasking: str = _help(
         "Which masked positions to commit: origin (random), maskgit_plus (prob. of the draw), topk_margin "
-        "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: prob. of the draw), random.",
+        "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: softmax(logits) prob. of the draw, τ-free), random.",
         default="entropy", choices=REMASKING_RULES)
     remasking_temperature: float = _help(
         "0 = commit the top-n confidences; > 0 = draw positions from softmax(confidence / this).", default=0.0)
@@ -91,6 +95,7 @@ class SamplerConfig:
         check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         if self.top_k is not None:
             check_int("top_k", self.top_k, 1)
+        check_choice("sampling", self.sampling, SAMPLING)
         check_choice("remasking", self.remasking, REMASKING_RULES)
         check_float("remasking_temperature", self.remasking_temperature, 0.0)
         check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)

@@ -66,3 +66,12 @@ def sample_from_logits(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Te
     # Guard against landing on a zero-probability id at the float boundary: fall back to argmax.
     bad = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) <= 0
     return torch.where(bad, probs.argmax(-1), ids)
+
+
+def sample_gumbel_max(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """argmax(logits + Gumbel noise) in float64, with noise −log(−log u) from ``uniforms`` (..., V).
+
+    LLaDA's ``add_gumbel_noise`` writes this as argmax(exp(logits) / (−log u)^τ) on logits not yet
+    divided by τ; both draw from softmax(logits / τ)."""
+    g = -torch.log(-torch.log(uniforms.double().clamp(1e-300, 1 - 1e-16)))
+    return (logits.double() + g).argmax(-1)

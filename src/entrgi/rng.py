@@ -51,6 +51,15 @@ class RowStreams:
                 out[b, mask[b]] = torch.rand(n, generator=g, dtype=torch.float64, device=self.device).to(mask.device)
         return out
 
+    def uniform_matrix_at(self, mask: torch.Tensor, width: int) -> torch.Tensor:
+        """(mask.sum(), width) uniforms: row b's masked positions (in order) from stream b."""
+        assert mask.shape[0] == len(self.generators), "one stream per row"
+        parts = [torch.rand((int(n), width), generator=g, dtype=torch.float64, device=self.device)
+                 for g, n in zip(self.generators, mask.sum(-1).tolist()) if n]
+        if not parts:
+            return torch.zeros((0, width), dtype=torch.float64, device=mask.device)
+        return torch.cat(parts).to(mask.device)
+
     def uniform_rows(self, n: int) -> torch.Tensor:
         """(B, n) uniforms, row b from stream b."""
         return torch.stack(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import GuidanceConfig, SamplerConfig
 from .guide import guide_logits, mean_entropy_weight
-from .logit_ops import sample_from_logits, sampling_logits
+from .logit_ops import sample_from_logits, sample_gumbel_max, sampling_logits
 from .models.base import DiffusionLM
 from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace
 from .reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
@@ -181,9 +181,7 @@ class MaskedDiffusionSampler:
                     stats.rm_forwards += B * rg.config.inner_steps
                     stats.rm_backwards += B * rg.config.inner_steps
                 # 3. Candidate tokens from the (guided) logits.
-                u = streams.uniform_at(candidates)
-                x0 = sample_from_logits(sampling_logits(guided[candidates], cfg.temperature, cfg.top_p, cfg.top_k),
-                                        u[candidates])  # (n,)
+                x0 = self._draw(cfg, guided[candidates], candidates, streams)  # (n,)
                 # 4. Which candidates to commit.
                 commit = self._choose(cfg, logits if cfg.confidence_from == "prior" else guided, candidates, x0,
                                       eos, streams, i, S)
@@ -207,6 +205,14 @@ class MaskedDiffusionSampler:
                 global_step += 1
         out = x[:, P:].tolist()
         return out, [t if trace else None for t in traces]
+
+    @staticmethod
+    def _draw(cfg: SamplerConfig, logits: torch.Tensor, candidates: torch.Tensor, streams: RowStreams) -> torch.Tensor:
+        """One token per candidate slot from τ / top-k / top-p filtered ``logits`` (n, V)."""
+        filtered = sampling_logits(logits, cfg.temperature, cfg.top_p, cfg.top_k)
+        if cfg.sampling == "gumbel" and cfg.temperature > 0:
+            return sample_gumbel_max(filtered, streams.uniform_matrix_at(candidates, logits.shape[-1]))
+        return sample_from_logits(filtered, streams.uniform_at(candidates)[candidates])
 
     @staticmethod
     def _choose(cfg: SamplerConfig, conf_logits: torch.Tensor, candidates: torch.Tensor, x0: torch.Tensor,

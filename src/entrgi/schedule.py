@@ -51,11 +51,14 @@ def commit_counts(n_masked: torch.Tensor, step: int, steps: int, schedule: str =
 def confidence(rule: str, logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
                uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Confidence (float64, higher = commit first) of each row of ``logits`` (n, V) given its drawn
-    ``tokens`` (n,). Computed on q = softmax(logits / τ), unfiltered (τ = 0 uses τ = 1, as Dream)."""
+    ``tokens`` (n,). Computed on q = softmax(logits / τ), unfiltered (τ = 0 uses τ = 1, as Dream);
+    LLaDA's ``low_confidence`` always uses softmax(logits), as its ``generate`` does."""
     if rule == "random":
         assert uniforms is not None, "rule 'random' needs uniforms"
         return uniforms.double()
-    q = scale(logits.float(), temperature if temperature > 0 else 1.0).softmax(-1).double()  # (n, V)
+    if rule == "low_confidence" or temperature <= 0:
+        temperature = 1.0
+    q = scale(logits.double(), temperature).softmax(-1)  # (n, V)
     if rule in ("maskgit_plus", "low_confidence"):
         return q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if rule == "topk_margin":
