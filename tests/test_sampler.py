@@ -294,3 +294,17 @@ def test_bad_inputs_fail_before_any_model_work(tok, pref_reward):
         generate(model, ["the cat"], sampler=small(), progress=False)
     with pytest.raises(ValueError, match=r"`prompts\[0\]` is .* tokens; with `max_new_tokens` = 128 .* context of 16"):
         generate(model, ["the cat"], pref_reward, progress=False)
+
+
+@pytest.mark.parametrize("method", ["none", "entrgi"])
+def test_reward_estimate_tracks_the_predicted_completion(mlm, qwen_reward, method):
+    out = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(method=method, lr=1.0),
+                   progress=False, track_reward=True)
+    for g in out.samples:
+        for s in g:
+            assert all(t.estimate is not None for t in s.trace)
+            # at the end nothing is masked: the estimate is the RM on the final tokens = the discrete re-score
+            assert s.trace[-1].estimate == pytest.approx(s.reward, abs=1e-4)
+    plain = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(method=method, lr=1.0),
+                     progress=False)
+    assert tokens_by_prompt(plain) == tokens_by_prompt(out)  # tracking does not change the samples

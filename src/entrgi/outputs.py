@@ -22,6 +22,7 @@ class StepTrace:
         rewards: RM reward seen before each inner step, then after the last one (M + 1 values;
             empty when the step is not guided).
         grad_norms: ‖∇_φ R‖ over the sample's masked slots at each inner step (M values).
+        estimate: RM reward of the predicted completion after this step (``track_reward``), else None.
     """
 
     step: int
@@ -31,6 +32,7 @@ class StepTrace:
     entropy_weight: float | None
     rewards: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
+    estimate: float | None = None
 
 
 @dataclass

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import GuidanceConfig, SamplerConfig
-from .guide import guide_logits, mean_entropy_weight
+from .config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from .guide import guide_logits, mean_entropy_weight, response_attention
 from .logit_ops import sample_from_logits, sample_gumbel_max, sampling_logits
 from .models.base import DiffusionLM
 from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace
@@ -35,9 +35,10 @@ from .schedule import (DEPRIORITISED, commit_counts, confidence, gumbel_keys, or
 #: canvas after the commit; ``prompt_length`` P; ``logits`` / ``guided_logits`` (B, L, V) before / after
 #: guidance (invalid ids at −inf); ``masked`` (B, L) before the commit; ``candidates`` (B, L) masked slots
 #: of the current block; ``proposal`` (B, L) drawn tokens at candidates; ``committed`` (B, L) slots
-#: committed at this step; ``rows`` the (prompt, sample) of each row.
+#: committed at this step; ``rows`` the (prompt, sample) of each row; ``estimate`` (B,) the RM reward of
+#: the predicted completion when ``track_reward`` (else None).
 CALLBACK_KEYS = ("x", "prompt_length", "logits", "guided_logits", "masked", "candidates", "proposal", "committed",
-                 "rows")
+                 "rows", "estimate")
 
 
 @dataclass
@@ -48,6 +49,29 @@ class _Row:
     prompt_ids: list[int]
     seed: int
     trace_seed: int
+
+
+@dataclass
+class _Batch:
+    """The state of one batch of rows in flight (see :meth:`MaskedDiffusionSampler._start`)."""
+
+    rows: list[_Row]
+    cfg: SamplerConfig
+    guidance: ResolvedGuidance
+    x: torch.Tensor  # (B, P + L) canvas: left-padded prompt, then the response slots
+    attn: torch.Tensor  # (B, P + L) 1 = real token
+    pos: torch.Tensor  # (B, P + L) position ids that skip padding
+    P: int  # prompt length after padding
+    streams: RowStreams
+    eos: torch.Tensor
+    invalid_bias: torch.Tensor  # (V,) 0 / −inf
+    trace: bool
+    track_reward: bool
+    traces: list[list[StepTrace]] = field(default_factory=list)
+    trace_streams: RowStreams | None = None
+    reward_batch: RewardBatch | None = None
+    table: torch.Tensor | None = None  # (V, d) RM embeddings aligned to DLLM ids
+    rm_mapped: torch.Tensor | None = None  # (V,)
 
 
 def bridge_for(model: DiffusionLM, reward: RewardModel) -> VocabBridge:
@@ -97,13 +121,15 @@ class MaskedDiffusionSampler:
     # ---- public API -----------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], sampler: SamplerConfig | None = None,
                  guidance: GuidanceConfig | None = None, *, progress: bool = True, trace: bool = True,
+                 track_reward: bool = False,
                  callback: Callable[[int, dict[str, Any]], None] | None = None) -> GenerationOutput:
         """Sample ``sampler.num_samples`` responses per prompt; see :func:`entrgi.generate`."""
         sampler = sampler or SamplerConfig()
         guidance = guidance or GuidanceConfig()
         resolved = guidance.resolve(sampler)
-        if guidance.needs_reward and self.reward is None:
-            raise ValueError(f"`reward` is required for method {guidance.method!r} (only 'none' runs without one).")
+        if (guidance.needs_reward or track_reward) and self.reward is None:
+            what = f"method {guidance.method!r}" if guidance.needs_reward else "`track_reward`"
+            raise ValueError(f"`reward` is required for {what} (only method 'none' runs without one).")
         rows = self._rows(prompts, sampler)
         n_prompts = max(r.prompt_index for r in rows) + 1
         chunk = sampler.batch_size or len(rows)
@@ -114,9 +140,10 @@ class MaskedDiffusionSampler:
         bar = tqdm(total=-(-len(rows) // chunk) * sampler.steps, disable=not progress,
                    desc=f"{guidance.method}", unit="step", leave=False)
         for lo in range(0, len(rows), chunk):
-            out_tokens, out_traces = self._run(rows[lo:lo + chunk], sampler, resolved, trace, stats, bar, callback)
-            tokens += out_tokens
-            traces += out_traces
+            batch = self._start(rows[lo:lo + chunk], sampler, resolved, trace, track_reward)
+            self._run(batch, stats, bar, callback)
+            tokens += batch.x[:, batch.P:].tolist()
+            traces += [t if trace else None for t in batch.traces]
         bar.close()
         texts = [self.model.decode_response(t) for t in tokens]
         rewards: list[float | None] = [None] * len(rows)
@@ -131,80 +158,106 @@ class MaskedDiffusionSampler:
         return GenerationOutput(samples, sampler, guidance, stats)
 
     # ---- the loop -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _run(self, rows: list[_Row], cfg: SamplerConfig, rg, trace: bool, stats: ComputeStats, bar,
-             callback) -> tuple[list[list[int]], list[list[StepTrace] | None]]:
+    def _start(self, rows: list[_Row], cfg: SamplerConfig, rg: ResolvedGuidance, trace: bool,
+               track_reward: bool) -> _Batch:
+        """Left-pad the prompts, append L mask slots, set up the streams and the reward layout."""
         model = self.model
         device = model.device
         B, L = len(rows), cfg.max_new_tokens
         prompt_ids, prompt_attn = left_pad([r.prompt_ids for r in rows], model.pad_token_id, device)
-        P = prompt_ids.shape[1]
         x = torch.cat([prompt_ids, torch.full((B, L), model.mask_token_id, device=device)], 1)  # (B, P + L)
         attn = torch.cat([prompt_attn, torch.ones((B, L), dtype=torch.long, device=device)], 1)
-        pos = position_ids_from(attn)
-        streams = RowStreams([r.seed for r in rows], device)
-        eos = torch.tensor(model.eos_token_ids or [-1], device=device)
-        invalid_bias = torch.zeros(model.logit_width, device=device).masked_fill(
-            model.invalid_mask(device), float("-inf"))
-        guided_run = rg.config.guided
-        if guided_run:
-            bridge = self.bridge
-            batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in rows], L)
-            table = bridge.rm_table(self.reward.embedding_table())
-            rm_mapped = bridge.mapped.to(device)
-            trace_streams = RowStreams([r.trace_seed for r in rows], device) if trace else None
-        traces: list[list[StepTrace]] = [[] for _ in rows]
+        batch = _Batch(rows=rows, cfg=cfg, guidance=rg, x=x, attn=attn, pos=position_ids_from(attn),
+                       P=prompt_ids.shape[1], streams=RowStreams([r.seed for r in rows], device),
+                       eos=torch.tensor(model.eos_token_ids or [-1], device=device),
+                       invalid_bias=torch.zeros(model.logit_width, device=device).masked_fill(
+                           model.invalid_mask(device), float("-inf")),
+                       trace=trace, track_reward=track_reward, traces=[[] for _ in rows])
+        if rg.config.guided or track_reward:
+            batch.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in rows], L)
+            batch.table = self.bridge.rm_table(self.reward.embedding_table())
+            batch.rm_mapped = self.bridge.mapped.to(device)
+            if trace and rg.config.guided:
+                batch.trace_streams = RowStreams([r.trace_seed for r in rows], device)
+        return batch
+
+    @torch.no_grad()
+    def _run(self, batch: _Batch, stats: ComputeStats, bar, callback) -> None:
+        """All blocks and steps for one batch (updates ``batch.x`` and ``batch.traces`` in place)."""
+        cfg = batch.cfg
         S = steps_per_block(cfg.steps, cfg.num_blocks)
-        block_len = cfg.block_length or L
+        block_len = cfg.block_length or cfg.max_new_tokens
         global_step = 0
         for blk in range(cfg.num_blocks):
-            in_block = torch.zeros(L, dtype=torch.bool, device=device)
+            in_block = torch.zeros(cfg.max_new_tokens, dtype=torch.bool, device=batch.x.device)
             in_block[blk * block_len:(blk + 1) * block_len] = True
             for i in range(S):
-                resp = x[:, P:]
-                masked = resp == model.mask_token_id  # (B, L)
-                candidates = masked & in_block
-                if not candidates.any():
-                    bar.update(1)
-                    global_step += 1
-                    continue
-                # 1. DLLM forward (no grad): logits of the response slots, invalid ids excluded.
-                logits = model.response_logits(x, attn, pos, P).float() + invalid_bias  # (B, L, V)
-                stats.dllm_forwards += B
-                # 2. Guidance: optimise a copy of the masked slots' logits.
-                guided, result = logits, None
-                if guided_run:
-                    with torch.enable_grad():
-                        result = guide_logits(logits, masked, resp, batch.score, table, rm_mapped, rg, eos,
-                                              streams, trace_streams)
-                    guided = result.logits
-                    stats.rm_forwards += B * rg.config.inner_steps
-                    stats.rm_backwards += B * rg.config.inner_steps
-                # 3. Candidate tokens from the (guided) logits.
-                x0 = self._draw(cfg, guided[candidates], candidates, streams)  # (n,)
-                # 4. Which candidates to commit.
-                commit = self._choose(cfg, logits if cfg.confidence_from == "prior" else guided, candidates, x0,
-                                      eos, streams, i, S)
-                proposal = resp.clone()
-                proposal[candidates] = x0
-                x[:, P:] = torch.where(commit, proposal, resp)
-                if trace:
-                    w = mean_entropy_weight(logits, masked, rg.entropy_temperature).cpu()
-                    for b in range(B):
-                        traces[b].append(StepTrace(
-                            step=global_step, block=blk, masked=int(masked[b].sum()),
-                            committed=commit[b].nonzero().flatten().tolist(),
-                            entropy_weight=None if torch.isnan(w[b]) else float(w[b]),
-                            rewards=result.rewards[b].tolist() if result is not None else [],
-                            grad_norms=result.grad_norms[b].tolist() if result is not None else []))
-                if callback is not None:
-                    callback(global_step, {"x": x, "prompt_length": P, "logits": logits, "guided_logits": guided,
-                                           "masked": masked, "candidates": candidates, "proposal": proposal,
-                                           "committed": commit, "rows": rows})
+                state = self._step(batch, in_block, blk, i, S, global_step, stats)
+                if state is not None:
+                    self._after_step(batch, state, global_step, stats)
+                    if callback is not None:
+                        callback(global_step, state)
                 bar.update(1)
                 global_step += 1
-        out = x[:, P:].tolist()
-        return out, [t if trace else None for t in traces]
+
+    def _step(self, batch: _Batch, in_block: torch.Tensor, blk: int, i: int, S: int, global_step: int,
+              stats: ComputeStats) -> dict[str, Any] | None:
+        """One denoising step; returns the state advertised in :data:`CALLBACK_KEYS` (None if idle)."""
+        cfg, rg, model = batch.cfg, batch.guidance, self.model
+        B, P = batch.x.shape[0], batch.P
+        resp = batch.x[:, P:]
+        masked = resp == model.mask_token_id  # (B, L)
+        candidates = masked & in_block
+        if not candidates.any():
+            return None
+        # 1. DLLM forward (no grad): logits of the response slots, invalid ids excluded.
+        logits = model.response_logits(batch.x, batch.attn, batch.pos, P).float() + batch.invalid_bias  # (B, L, V)
+        stats.dllm_forwards += B
+        # 2. Guidance: optimise a copy of the masked slots' logits.
+        guided, result = logits, None
+        if rg.config.guided:
+            with torch.enable_grad():
+                result = guide_logits(logits, masked, resp, batch.reward_batch.score, batch.table, batch.rm_mapped,
+                                      rg, batch.eos, batch.streams, batch.trace_streams)
+            guided = result.logits
+            stats.rm_forwards += B * rg.config.inner_steps
+            stats.rm_backwards += B * rg.config.inner_steps
+        # 3. Candidate tokens from the (guided) logits.
+        x0 = self._draw(cfg, guided[candidates], candidates, batch.streams)  # (n,)
+        # 4. Which candidates to commit.
+        commit = self._choose(cfg, logits if cfg.confidence_from == "prior" else guided, candidates, x0,
+                              batch.eos, batch.streams, i, S)
+        proposal = resp.clone()
+        proposal[candidates] = x0
+        batch.x[:, P:] = torch.where(commit, proposal, resp)
+        estimate = self._estimate(batch, guided, stats) if batch.track_reward else None
+        if batch.trace:
+            w = mean_entropy_weight(logits, masked, rg.entropy_temperature).cpu()
+            for b in range(B):
+                batch.traces[b].append(StepTrace(
+                    step=global_step, block=blk, masked=int(masked[b].sum()),
+                    committed=commit[b].nonzero().flatten().tolist(),
+                    entropy_weight=None if torch.isnan(w[b]) else float(w[b]),
+                    rewards=result.rewards[b].tolist() if result is not None else [],
+                    grad_norms=result.grad_norms[b].tolist() if result is not None else [],
+                    estimate=None if estimate is None else float(estimate[b])))
+        return {"x": batch.x, "prompt_length": P, "logits": logits, "guided_logits": guided, "masked": masked,
+                "candidates": candidates, "proposal": proposal, "committed": commit, "rows": batch.rows,
+                "estimate": estimate}
+
+    def _after_step(self, batch: _Batch, state: dict[str, Any], step: int, stats: ComputeStats) -> None:
+        """Hook run after every step (the particle sampler resamples rows here)."""
+
+    def _estimate(self, batch: _Batch, guided: torch.Tensor, stats: ComputeStats) -> torch.Tensor:
+        """RM reward (B,) of the predicted completion x̂0: committed tokens, and the argmax of the
+        (guided) logits at the slots still masked, on hard tokens (no gradient)."""
+        resp = batch.x[:, batch.P:]
+        masked = resp == self.model.mask_token_id
+        x_hat = torch.where(masked, guided.argmax(-1), resp)
+        no_mask = torch.zeros_like(masked)
+        attn = response_attention(x_hat, no_mask, batch.eos, batch.rm_mapped)
+        stats.rm_forwards += x_hat.shape[0]
+        return batch.reward_batch.score(batch.table[x_hat], attn).float()
 
     @staticmethod
     def _draw(cfg: SamplerConfig, logits: torch.Tensor, candidates: torch.Tensor, streams: RowStreams) -> torch.Tensor:
@@ -235,6 +288,7 @@ class MaskedDiffusionSampler:
 def generate(model: DiffusionLM, prompts: str | Sequence[str], reward: RewardModel | None = None, *,
              sampler: SamplerConfig | None = None, guidance: GuidanceConfig | None = None,
              bridge: VocabBridge | None = None, progress: bool = True, trace: bool = True,
+             track_reward: bool = False,
              callback: Callable[[int, dict[str, Any]], None] | None = None) -> GenerationOutput:
     """Generate ``sampler.num_samples`` responses per prompt, guided by ``reward`` per ``guidance``.
 
@@ -247,7 +301,9 @@ def generate(model: DiffusionLM, prompts: str | Sequence[str], reward: RewardMod
         bridge: DLLM -> RM vocabulary bridge (default: by token string).
         progress: show a progress bar over denoising steps.
         trace: record a :class:`~entrgi.outputs.StepTrace` per step and sample.
+        track_reward: after each step, score the predicted completion (committed tokens + argmax at the
+            masked slots) with the RM (one extra forward per step); stored as ``StepTrace.estimate``.
         callback: ``callback(step, state)`` after each step, ``state`` keyed by :data:`CALLBACK_KEYS`.
     """
     return MaskedDiffusionSampler(model, reward, bridge).generate(
-        prompts, sampler, guidance, progress=progress, trace=trace, callback=callback)
+        prompts, sampler, guidance, progress=progress, trace=trace, track_reward=track_reward, callback=callback)
