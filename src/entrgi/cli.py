@@ -4,13 +4,14 @@ evaluation layer. Run ``entrgi <command> --help`` for every flag."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from .cli_args import add_dataclass_args, dataclass_from_args
+from .cli_args import add_dataclass_args, dataclass_from_args, given_fields
 from .config import GuidanceConfig, SamplerConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +81,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.config import EvalConfig
+    from .eval.report import write_report
+    from .eval.runner import run_eval
+
+    data = dataclasses.asdict(EvalConfig.from_yaml(args.config)) if args.config else {}
+    data.update(given_fields(EvalConfig, args))
+    data["sampler"] = {**data.get("sampler", {}), **given_fields(SamplerConfig, args)}
+    data["guidance"] = {**data.get("guidance", {}), **given_fields(GuidanceConfig, args)}
+    out = run_eval(EvalConfig.from_dict(data), progress=not args.quiet)
+    if not args.no_report:
+        report = write_report(out)
+        print((out / "table.md").read_text())
+        print(f"report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .eval.report import write_report
+
+    report = write_report(args.run_dir, plots=not args.no_plots)
+    print(report.read_text().split("\n## ")[0])
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entrgi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(g.add_argument_group("sampler (SamplerConfig)"), SamplerConfig)
     add_dataclass_args(g.add_argument_group("guidance (GuidanceConfig)"), GuidanceConfig)
     g.set_defaults(func=cmd_generate)
+
+    from .eval.config import EvalConfig
+    e = sub.add_parser("eval", help="Run (or resume) an evaluation grid: methods x temperatures x seeds x prompt sets.")
+    e.add_argument("--config", help="YAML file of EvalConfig fields (flags override it).")
+    e.add_argument("--quiet", action="store_true", help="No progress bar.")
+    e.add_argument("--no-report", action="store_true", help="Do not write the report at the end.")
+    add_dataclass_args(e.add_argument_group("run (EvalConfig)"), EvalConfig)
+    add_dataclass_args(e.add_argument_group("sampler (SamplerConfig; temperature/seed come from the grid)"),
+                       SamplerConfig, skip=("temperature", "seed"))
+    add_dataclass_args(e.add_argument_group("guidance (GuidanceConfig; method comes from the grid)"),
+                       GuidanceConfig, skip=("method",))
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="Write the paper-layout table (Markdown, CSV) and plots of a run directory.")
+    r.add_argument("run_dir")
+    r.add_argument("--no-plots", action="store_true")
+    r.set_defaults(func=cmd_report)
     return parser
 
 

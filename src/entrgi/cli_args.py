@@ -35,6 +35,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
+        if typing.get_origin(base) is tuple:  # tuple[T, ...] -> several values
+            base = typing.get_args(base)[0]
+            kw["nargs"] = "+"
+        elif base is dict:
+            continue  # nested sections come from YAML (or their own flags)
         if f.metadata.get("choices"):
             kw["choices"] = list(f.metadata["choices"])
         kw["type"] = _parse_optional(base) if optional else base
@@ -42,7 +47,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         parser.add_argument(flag, **kw)
 
 
+def given_fields(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` whose flags were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
 def dataclass_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
     """Build ``cls`` from the flags that were given, on top of ``base`` (or the defaults)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    given = given_fields(cls, args)
     return dataclasses.replace(base, **given) if base is not None else cls(**given)

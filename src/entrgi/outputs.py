@@ -23,6 +23,8 @@ class StepTrace:
             empty when the step is not guided).
         grad_norms: ‖∇_φ R‖ over the sample's masked slots at each inner step (M values).
         estimate: RM reward of the predicted completion after this step (``track_reward``), else None.
+        resampled_from: particle sampler only: the index (within its prompt) of the particle this one
+            was copied from after this step, when a resampling happened.
     """
 
     step: int
@@ -33,6 +35,7 @@ class StepTrace:
     rewards: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     estimate: float | None = None
+    resampled_from: int | None = None
 
 
 @dataclass

@@ -72,6 +72,7 @@ class _Batch:
     reward_batch: RewardBatch | None = None
     table: torch.Tensor | None = None  # (V, d) RM embeddings aligned to DLLM ids
     rm_mapped: torch.Tensor | None = None  # (V,)
+    extra: dict[str, Any] = field(default_factory=dict)  # state of subclasses (e.g. particle weights)
 
 
 def bridge_for(model: DiffusionLM, reward: RewardModel) -> VocabBridge:

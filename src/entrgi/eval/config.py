@@ -1,0 +1,160 @@
+"""The evaluation run's configuration: a grid of methods × temperatures × seeds × prompt sets.
+
+Loaded from YAML (``entrgi eval --config run.yaml``) and/or flags. Fields that change results (models,
+sampler and guidance settings, judges, metrics) form the run's *identity*: resuming a run directory
+with a different identity is refused. The grid axes and ``n_prompts`` may change between runs of the
+same directory (results are keyed per prompt and cell).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import METHODS, GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
+from .prompts import SUBSAMPLING
+
+#: Best-of-N with N chosen so that its wall time matches the slowest guided method's.
+MATCHED_BON = "best_of_n_matched"
+PARTICLE_METHODS = ("particles", "particles_entrgi")
+EVAL_METHODS = (*METHODS, MATCHED_BON, *PARTICLE_METHODS)
+IDENTITY_FIELDS = ("model", "family", "reward", "reward_template", "dtype", "subsample", "subset_seed", "sampler",
+                   "guidance", "particles", "judges", "distinct_n", "perplexity", "track_reward")
+
+
+def split_method(method: str) -> tuple[str, int | None]:
+    """``"best_of_n@16"`` -> ("best_of_n", 16): a method with its own number of samples / particles."""
+    base, at, n = method.partition("@")
+    if not at:
+        return base, None
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"`methods`: the count after '@' must be a positive integer, got {method!r}.")
+    return base, int(n)
+
+
+def _h(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run (see ``configs/*.yaml`` for examples)."""
+
+    out: str = _h("Run directory (results JSONL, run.json, report).", default="runs/eval")
+    model: str | None = _h("Diffusion LM (hub id or folder); None = the embedded default pair.", default=None)
+    family: str | None = _h("Model family adapter (None = detect).", default=None)
+    reward: str | None = _h("Guiding reward model (None = the default pair's).", default=None)
+    reward_template: str = _h("How the RM sees (prompt, response): auto/chat/plain/response.", default="auto")
+    dtype: str | None = _h("Weights dtype for hub models (float32/bfloat16/float16).", default=None)
+    device: str | None = _h("Device (None = cuda:LOCAL_RANK if available, else cpu).", default=None)
+    prompt_sets: tuple[str, ...] = _h("Prompt sources (continuations, instructions, rm-bench, judgebench, "
+                                      "reward-bench-2, file:PATH[:FIELD], hf:DATASET:SPLIT:FIELD).",
+                                      default=("continuations",))
+    n_prompts: int | None = _h("Prompts per set and seed (None = all).", default=None)
+    subsample: str = _h("paper (shuffle with the seed, first n), fixed (one subset), none.", default="paper")
+    subset_seed: int = _h("Shuffle seed of the fixed subset.", default=0)
+    methods: tuple[str, ...] = _h(f"Methods to compare: {list(EVAL_METHODS)}; 'NAME@N' runs N samples "
+                                  "(e.g. best_of_n@16).", default=("best_of_n", "expectation", "aps", "entrgi"))
+    temperatures: tuple[float, ...] = _h("Sampling temperatures τ.", default=(0.1, 0.7))
+    seeds: tuple[int, ...] = _h("Seeds (each its own prompt subset under `paper` subsampling).", default=(1, 2, 3))
+    sampler: dict = _h("SamplerConfig overrides (not temperature/seed: the grid sets them).", default_factory=dict)
+    guidance: dict = _h("GuidanceConfig overrides (not method: the grid sets it).", default_factory=dict)
+    particles: dict = _h("ParticleConfig overrides for the particle methods.", default_factory=dict)
+    judges: tuple[str, ...] = _h("Held-out judges: vader, rm:PATH, lmunit:PATH.", default=("vader",))
+    prompts_per_batch: int = _h("Prompts generated together (x num_samples rows per forward).", default=8)
+    distinct_n: tuple[int, ...] = _h("n of the distinct-n diversity metric.", default=(1, 2))
+    perplexity: bool = _h("DLLM pseudo-perplexity of the outputs (one forward per token).", default=True)
+    track_reward: bool = _h("Record the RM estimate of the predicted completion at every step.", default=True)
+    matched_bon_n: int | None = _h("N of best_of_n_matched (None = from measured wall times).", default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_sets", "methods", "temperatures", "seeds", "judges", "distinct_n"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float)):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+            if not getattr(self, name):
+                raise ValueError(f"`{name}` must not be empty.")
+        for m in self.methods:
+            check_choice("methods", split_method(m)[0], EVAL_METHODS)
+        for t in self.temperatures:
+            check_float("temperatures", t, 0.0)
+        for s in self.seeds:
+            check_int("seeds", s, 0)
+        for n in self.distinct_n:
+            check_int("distinct_n", n, 1)
+        if self.n_prompts is not None:
+            check_int("n_prompts", self.n_prompts, 1)
+        check_choice("subsample", self.subsample, SUBSAMPLING)
+        check_int("subset_seed", self.subset_seed, 0)
+        check_int("prompts_per_batch", self.prompts_per_batch, 1)
+        if self.matched_bon_n is not None:
+            check_int("matched_bon_n", self.matched_bon_n, 1)
+        check_choice("reward_template", self.reward_template, ("auto", "chat", "plain", "response"))
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        for grid_key, section in (("temperature", "sampler"), ("seed", "sampler"), ("method", "guidance")):
+            if grid_key in getattr(self, section):
+                raise ValueError(f"`{section}.{grid_key}` is set by the grid; use `{grid_key}s` instead.")
+        self.sampler_config(self.temperatures[0], self.seeds[0])  # validates the overrides now
+        self.guidance_config("entrgi")
+        if any(split_method(m)[0] in PARTICLE_METHODS for m in self.methods):
+            self.particle_config(self.methods[0])
+
+    # ---- derived configs ------------------------------------------------------------------------
+    def sampler_config(self, temperature: float, seed: int, num_samples: int | None = None) -> SamplerConfig:
+        kw = {**self.sampler, "temperature": temperature, "seed": seed}
+        if num_samples is not None:
+            kw["num_samples"] = num_samples
+        try:
+            return SamplerConfig(**kw)
+        except TypeError as e:
+            raise ValueError(f"`sampler` has an unknown field: {e}") from e
+
+    def guidance_config(self, method: str) -> GuidanceConfig:
+        method = split_method(method)[0]
+        base = "best_of_n" if method == MATCHED_BON else ("entrgi" if method in PARTICLE_METHODS else method)
+        try:
+            return GuidanceConfig(**{**self.guidance, "method": base})
+        except TypeError as e:
+            raise ValueError(f"`guidance` has an unknown field: {e}") from e
+
+    def particle_config(self, method: str):
+        from ..particles import ParticleConfig
+        method = split_method(method)[0]
+        try:
+            return ParticleConfig(**{**self.particles, "guided": method == "particles_entrgi"})
+        except TypeError as e:
+            raise ValueError(f"`particles` has an unknown field: {e}") from e
+
+    # ---- identity and I/O -----------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: d[k] for k in IDENTITY_FIELDS}
+
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> EvalConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the YAML must be a mapping of EvalConfig fields.")
+        return cls.from_dict({**data, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(names)}.")
+        return cls(**data)

@@ -1,0 +1,246 @@
+"""The evaluation layer: prompts, metrics, judges, the resumable runner, sharding and the report."""
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from eval_worker import config, runner, write_prompts
+
+from entrgi.eval import EvalConfig, Shard, distinct_n, load_prompt_set, mean_sem, read_records, write_report
+from entrgi.eval.judges import VaderJudge, weighted_digit_score
+from entrgi.eval.metrics import pseudo_perplexity
+from entrgi.eval.prompts import PromptSet
+
+WORKER = Path(__file__).with_name("eval_worker.py")
+VOLATILE = ("compute", "rank")  # timing and worker id legitimately differ between runs
+
+
+def same(a, b, path="record"):
+    """Equal structures; floats to 1e-4 (worker processes use other thread counts, so reductions differ
+    in the last bits), everything else (keys, texts, token ids, counts) exactly."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4) or (math.isnan(a) and math.isnan(b)), (path, a, b)
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), (path, a.keys(), b.keys())
+        for k in a:
+            same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
+def stable(records):
+    return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in records), key=lambda r: r["key"])
+
+
+# ---- prompts ----------------------------------------------------------------------------------
+
+def test_shipped_prompt_sets():
+    for name in ("continuations", "instructions"):
+        ps = load_prompt_set(name)
+        assert len(ps.prompts) >= 24 and all(p.text and not p.text.startswith("#") for p in ps.prompts)
+        assert len({p.id for p in ps.prompts}) == len(ps.prompts)
+
+
+def test_paper_subsampling_matches_datasets_shuffle():
+    datasets = pytest.importorskip("datasets")
+    texts = [f"prompt {i}" for i in range(50)]
+    ps = PromptSet("x", tuple(__import__("entrgi.eval.prompts", fromlist=["_prompt"])._prompt(i, t)
+                              for i, t in enumerate(texts)))
+    for seed in (1, 2, 3):
+        ref = datasets.Dataset.from_dict({"prompt": texts}).shuffle(seed=seed)["prompt"][:10]
+        assert [p.text for p in ps.subsample(10, "paper", seed)] == list(ref)
+    a, b = ps.subsample(10, "fixed", 1), ps.subsample(10, "fixed", 2)
+    assert a == b and [p.text for p in ps.subsample(5, "none", 9)] == texts[:5]
+
+
+def test_local_prompt_files(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"q": "hello there"}\n{"q": "second one"}\n')
+    (tmp_path / "p.csv").write_text("q,other\nfirst,x\nsecond,y\n")
+    assert [p.text for p in load_prompt_set(f"file:{tmp_path / 'p.jsonl'}:q").prompts] == ["hello there", "second one"]
+    assert [p.text for p in load_prompt_set(f"file:{tmp_path / 'p.csv'}:q").prompts] == ["first", "second"]
+    with pytest.raises(ValueError, match="field 'nope'"):
+        load_prompt_set(f"file:{tmp_path / 'p.jsonl'}:nope")
+    with pytest.raises(ValueError, match="unknown prompt source"):
+        load_prompt_set("mmlu")
+
+
+# ---- metrics and judges -----------------------------------------------------------------------
+
+def test_mean_sem_is_the_standard_error_over_seeds():
+    vals = [1.0, 2.0, 4.0]
+    m, s = mean_sem(vals)
+    assert m == pytest.approx(statistics.fmean(vals))
+    assert s == pytest.approx(statistics.stdev(vals) / math.sqrt(3))
+    assert math.isnan(mean_sem([3.0])[1])
+
+
+def test_distinct_n():
+    assert distinct_n(["a b c", "a b d"], 1) == pytest.approx(4 / 6)
+    assert distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)
+    assert distinct_n(["x x x x"], 1) == pytest.approx(1 / 4)
+
+
+def test_pseudo_perplexity_matches_a_brute_force_computation(mlm):
+    prompt = "the cat"
+    ids = [9, 10, 11, mlm.tokenizer.sep_token_id, 0, 0]
+    got = pseudo_perplexity(mlm, prompt, [ids])[0]
+    p_ids = mlm.encode_prompt(prompt)
+    invalid = mlm.invalid_mask()
+    logps = []
+    for j in range(3):
+        x = torch.tensor([p_ids + ids])
+        x[0, len(p_ids) + j] = mlm.mask_token_id
+        with torch.no_grad():
+            logits = mlm.module(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, len(p_ids) + j]
+        logps.append(float(logits.masked_fill(invalid, float("-inf")).log_softmax(-1)[ids[j]]))
+    assert got == pytest.approx(math.exp(-sum(logps) / 3), rel=1e-5)
+
+
+def test_vader_judge_orders_sentiment():
+    pos, neg = VaderJudge().score(["", ""], ["what a wonderful happy day", "a terrible sad awful day"])
+    assert pos > 0.5 and neg < -0.5
+
+
+class FakeTok:
+    def decode(self, ids):
+        return {0: "3", 1: "5", 2: "x", 3: "9"}[ids[0]]
+
+
+def test_lmunit_weighted_digit_score():
+    logp = torch.log(torch.tensor([0.5, 0.3, 0.1, 0.1]))
+    texts = ['{"', '{"score', '{"score": ']
+    score = weighted_digit_score(texts, [torch.zeros(4), torch.zeros(4), logp], FakeTok())
+    assert score == pytest.approx((0.5 * 3 + 0.3 * 5) / 0.8)  # '9' is outside 0-6, 'x' is not a digit
+    assert weighted_digit_score(["no score here"], [logp], FakeTok()) == 0.0
+
+
+# ---- the runner -------------------------------------------------------------------------------
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="`methods`"):
+        EvalConfig(methods=("entrgi", "dps"))
+    with pytest.raises(ValueError, match="`sampler.temperature` is set by the grid"):
+        EvalConfig(sampler={"temperature": 0.3})
+    with pytest.raises(ValueError, match="top_p"):
+        EvalConfig(sampler={"top_p": 2.0})
+    with pytest.raises(ValueError, match="unknown field"):
+        EvalConfig(guidance={"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="unknown eval config keys"):
+        EvalConfig.from_dict({"method": "entrgi"})
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("full")
+    out = d / "run"
+    runner(config(out, write_prompts(d))).run()
+    return out
+
+
+def test_run_writes_one_record_per_prompt_and_cell(full_run):
+    records = read_records(full_run)
+    assert len(records) == 2 * 2 * 2 * 4  # methods x temperatures x seeds x prompts
+    r = records[0]
+    assert len(r["samples"]) == 2 and r["top1"] >= r["avg"]
+    assert set(r["judges"]) == {"vader"} and set(r["distinct"]) == {"1", "2"}
+    assert len(r["curves"]["estimate"][0]) == 6 and r["ppl"]["top1"] > 1
+    guided = [x for x in records if x["method"] == "entrgi"]
+    assert all(x["compute"]["rm_backwards"] > 0 for x in guided)
+    # paper subsampling: each seed its own subset
+    by_seed = {s: {x["prompt_id"] for x in records if x["seed"] == s} for s in (1, 2)}
+    assert by_seed[1] != by_seed[2]
+
+
+def test_report_writes_the_paper_table_csv_and_plots(full_run):
+    report = write_report(full_run)
+    text = (full_run / "table.md").read_text()
+    assert "| τ | method |" in text and "EntRGi" in text and "BoN" in text and "Top@1" in text and "Avg@2" in text
+    rows = (full_run / "table.csv").read_text().splitlines()
+    assert rows[0] == "prompt_set,temperature,method,metric,mean,sem,seeds" and len(rows) > 8
+    for png in ("reward_vs_step.png", "entropy_weight_vs_step.png", "bars.png"):
+        assert (full_run / png).stat().st_size > 5000
+    assert "Diversity" in report.read_text()
+
+
+def test_rerun_skips_done_work_and_changed_config_is_refused(full_run):
+    before = read_records(full_run)
+    runner(config(full_run, write_prompts(full_run.parent))).run()  # nothing left to do
+    assert len(read_records(full_run)) == len(before)
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['sampler'\]\)"):
+        runner(config(full_run, write_prompts(full_run.parent), sampler={"max_new_tokens": 5, "steps": 5,
+                                                                          "num_samples": 2})).run()
+    # growing the grid is allowed and only adds the new cells
+    runner(config(full_run, write_prompts(full_run.parent), seeds=(1, 2, 3))).run()
+    assert len(read_records(full_run)) == len(before) + 2 * 2 * 4
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(full_run, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent)}
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the worker finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_killed = len(read_records(out))
+    assert 5 <= n_killed < 32
+    with results.open("a") as f:
+        f.write('{"key": "torn')  # a line cut in the middle by the kill
+    runner(config(out, write_prompts(tmp_path))).run()
+    same(stable(read_records(out)), stable(read_records(full_run)[:32]))
+
+
+def test_two_worker_processes_give_the_single_process_result(full_run, tmp_path):
+    out = tmp_path / "sharded"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(out)],
+                              env={**os.environ, "PYTHONPATH": str(WORKER.parent), "RANK": str(r), "WORLD_SIZE": "2"})
+             for r in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert sorted(p.name for p in out.glob("results*.jsonl")) == ["results.rank0-of-2.jsonl",
+                                                                   "results.rank1-of-2.jsonl"]
+    same(stable(read_records(out)), stable(read_records(full_run)[:32]))
+    assert {r["rank"] for r in read_records(out)} == {0, 1}
+
+
+def test_in_process_shards_partition_the_prompts(tmp_path):
+    cfg = config(tmp_path / "s", write_prompts(tmp_path), methods=("best_of_n",), temperatures=(1.0,), seeds=(1,))
+    for rank in range(3):
+        runner(cfg, Shard(rank, 3)).run()
+    records = read_records(tmp_path / "s")
+    assert len(records) == 4 and len({r["prompt_id"] for r in records}) == 4
+
+
+def test_compute_matched_best_of_n_particles_and_sized_methods(tmp_path):
+    cfg = config(tmp_path / "m", write_prompts(tmp_path), temperatures=(1.0,), seeds=(1,), n_prompts=2,
+                 methods=("best_of_n", "entrgi", "particles", "best_of_n@3", "best_of_n_matched"),
+                 particles={"resample_every": 2, "lam": 2.0})
+    runner(cfg).run()
+    records = read_records(tmp_path / "m")
+    assert {r["num_samples"] for r in records if r["method"] == "best_of_n@3"} == {3}
+    assert {r["method"] for r in records} == set(cfg.methods)
+    matched = [r for r in records if r["method"] == "best_of_n_matched"]
+    fixed = json.loads((tmp_path / "m" / "matched_n.json").read_text())
+    n = list(fixed.values())[0]
+    assert n >= 2 and all(r["num_samples"] == n == len(r["samples"]) for r in matched)
+    table = (write_report(tmp_path / "m").parent / "table.md").read_text()
+    assert "BoN (compute-matched)" in table and "BoN (N=3)" in table and "Particles" in table
+    assert (tmp_path / "m" / "reward_vs_compute.png").exists()
+    with pytest.raises(ValueError, match="positive integer"):
+        EvalConfig(methods=("best_of_n@0",))
