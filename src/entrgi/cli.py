@@ -54,8 +54,13 @@ def load_pair(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     from .sampler import generate
 
-    sampler = dataclass_from_args(SamplerConfig, args, SamplerConfig(max_new_tokens=24, steps=24))
-    guidance = dataclass_from_args(GuidanceConfig, args)
+    if args.model is None:  # the embedded default pair: its own recommended settings
+        from .demo import DEMO_GUIDANCE, DEMO_SAMPLER
+        base_sampler, base_guidance = SamplerConfig(**DEMO_SAMPLER), GuidanceConfig(**DEMO_GUIDANCE)
+    else:  # the paper's settings
+        base_sampler, base_guidance = SamplerConfig(), GuidanceConfig()
+    sampler = dataclass_from_args(SamplerConfig, args, base_sampler)
+    guidance = dataclass_from_args(GuidanceConfig, args, base_guidance)
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
@@ -107,6 +112,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    print(run_demo(args.out, n_prompts=args.prompts, temperature=args.temperature, seed=args.seed,
+                   progress=not args.quiet))
+    return 0
+
+
+def cmd_train_default(args: argparse.Namespace) -> int:
+    from .default_pair.recipe import main as recipe_main
+
+    return recipe_main(args.recipe_args) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entrgi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(e.add_argument_group("guidance (GuidanceConfig; method comes from the grid)"),
                        GuidanceConfig, skip=("method",))
     e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="Reward guidance on the embedded default pair (offline, CPU, ~1 min).")
+    d.add_argument("--out", default="outputs/demo", help="Output folder (replaced).")
+    d.add_argument("--prompts", type=int, default=6, help="Number of sentence beginnings (default: 6).")
+    d.add_argument("--temperature", type=float, default=0.7)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train-default", add_help=False,
+                       help="Retrain the embedded default pair (see entrgi/default_pair/recipe.py; --help for flags).")
+    t.add_argument("recipe_args", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train_default)
 
     r = sub.add_parser("report", help="Write the paper-layout table (Markdown, CSV) and plots of a run directory.")
     r.add_argument("run_dir")

@@ -270,10 +270,10 @@ def matched_n(records: list[dict[str, Any]], set_name: str, temperature: float, 
         ts = [r["compute"]["wall_time_s"] for r in records if r["method"] == method
               and r["prompt_set"] == set_name and r["temperature"] == temperature]
         return sum(ts) / len(ts) if ts else None
-    t_bon = mean_time("best_of_n")
+    t_bon = mean_time("best_of_n") or mean_time("none")  # unguided sampling costs the same
     guided = [t for t in (mean_time(m) for m in (*GUIDED_METHODS, *PARTICLE_METHODS)) if t is not None]
     if t_bon is None or not guided:
-        raise ValueError("best_of_n_matched needs `best_of_n` and a guided method in the same run "
+        raise ValueError("best_of_n_matched needs `best_of_n` (or `none`) and a guided method in the same run "
                          "(or set `matched_bon_n`).")
     return max(k, round(k * max(guided) / t_bon))
 
