@@ -308,3 +308,22 @@ def test_reward_estimate_tracks_the_predicted_completion(mlm, qwen_reward, metho
     plain = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(method=method, lr=1.0),
                      progress=False)
     assert tokens_by_prompt(plain) == tokens_by_prompt(out)  # tracking does not change the samples
+
+
+def test_anchored_remasking_ranks_by_the_guided_logits(mlm, pref_reward):
+    """Without guidance anchored = maskgit_plus; with guidance the commit order follows the guided logits."""
+    plain = generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="maskgit_plus"), guidance=NONE, progress=False)
+    anch = generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="anchored"), guidance=NONE, progress=False)
+    assert tokens_by_prompt(plain) == tokens_by_prompt(anch)
+    states = []
+    generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="anchored", deprioritize_eos=False),
+             guidance=GuidanceConfig(method="aps", lr=2.0), progress=False, callback=record(states))
+    from entrgi.schedule import confidence
+    for st in states:
+        cand, commit = st["candidates"], st["committed"]
+        conf = torch.full(cand.shape, float("-inf"), dtype=torch.float64)
+        conf[cand] = confidence("maskgit_plus", st["guided_logits"][cand], st["proposal"][cand], 1.0)
+        for b in range(cand.shape[0]):
+            if commit[b].any() and (cand[b] & ~commit[b]).any():
+                # every committed slot is at least as confident (under the guided logits) as every skipped one
+                assert conf[b][commit[b]].min() >= conf[b][cand[b] & ~commit[b]].max() - 1e-12

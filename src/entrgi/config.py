@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-REMASKING_RULES = ("origin", "maskgit_plus", "topk_margin", "entropy", "low_confidence", "random")
+REMASKING_RULES = ("origin", "maskgit_plus", "topk_margin", "entropy", "low_confidence", "random", "anchored")
 CONFIDENCE_SOURCES = ("prior", "guided")
 GUIDED_METHODS = ("expectation", "aps", "entrgi")
 METHODS = ("none", "best_of_n", *GUIDED_METHODS)
@@ -70,7 +70,8 @@ class SamplerConfig:
         "over the vocabulary). Same distribution, different random numbers.", default="inverse_cdf", choices=SAMPLING)
     remasking: str = _help(
         "Which masked positions to commit: origin (random), maskgit_plus (prob. of the draw), topk_margin "
-        "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: softmax(logits) prob. of the draw, τ-free), random.",
+        "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: softmax(logits) prob. of the draw, τ-free), "
+        "random, anchored (APS: prob. of the draw under the GUIDED logits).",
         default="entropy", choices=REMASKING_RULES)
     remasking_temperature: float = _help(
         "0 = commit the top-n confidences; > 0 = draw positions from softmax(confidence / this).", default=0.0)

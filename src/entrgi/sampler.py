@@ -6,7 +6,7 @@ Per step (``shared/reference/algorithm.md``):
   2. guided methods optimise a copy of the masked slots' logits (:func:`entrgi.guide.guide_logits`);
   3. candidate tokens are drawn from the (guided) logits with τ / top-k / top-p;
   4. the positions to commit are ranked by the remasking rule on the prior logits (or the guided
-     ones), EOS candidates last; the count follows Dream's linear or LLaDA's uniform schedule,
+     ones: ``confidence_from="guided"`` or APS's ``remasking="anchored"``), EOS candidates last; the count follows Dream's linear or LLaDA's uniform schedule,
      inside the current block when blocks are used. Prompt and committed tokens never change.
 """
 
@@ -226,8 +226,8 @@ class MaskedDiffusionSampler:
         # 3. Candidate tokens from the (guided) logits.
         x0 = self._draw(cfg, guided[candidates], candidates, batch.streams)  # (n,)
         # 4. Which candidates to commit.
-        commit = self._choose(cfg, logits if cfg.confidence_from == "prior" else guided, candidates, x0,
-                              batch.eos, batch.streams, i, S)
+        anchored = cfg.confidence_from == "guided" or cfg.remasking == "anchored"
+        commit = self._choose(cfg, guided if anchored else logits, candidates, x0, batch.eos, batch.streams, i, S)
         proposal = resp.clone()
         proposal[candidates] = x0
         batch.x[:, P:] = torch.where(commit, proposal, resp)

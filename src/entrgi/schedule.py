@@ -4,7 +4,8 @@
   everything left at the last step) and LLaDA's uniform schedule (``n // T`` per step, the remainder
   one each on the first steps); both depend only on the row's current mask count and the step.
 - Confidence: Dream's ``maskgit_plus`` (probability of the drawn token), ``topk_margin`` (p1 − p2),
-  ``entropy`` (Σ q log q), LLaDA's ``low_confidence`` (= maskgit_plus) and ``random``; ``origin`` is
+  ``entropy`` (Σ q log q), LLaDA's ``low_confidence`` (τ-free maskgit_plus) and ``random``, APS's
+  ``anchored`` (maskgit_plus on the guided logits: the caller passes them); ``origin`` is
   Dream's random order where each masked position is revealed with probability 1 − s/t.
 - Selection: the top-n candidates by confidence (earliest position first on ties), or n drawn
   without replacement from softmax(confidence / T) via Gumbel-top-k with the row's own uniforms.
@@ -59,7 +60,7 @@ def confidence(rule: str, logits: torch.Tensor, tokens: torch.Tensor, temperatur
     if rule == "low_confidence" or temperature <= 0:
         temperature = 1.0
     q = scale(logits.double(), temperature).softmax(-1)  # (n, V)
-    if rule in ("maskgit_plus", "low_confidence"):
+    if rule in ("maskgit_plus", "low_confidence", "anchored"):
         return q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if rule == "topk_margin":
         top2 = q.topk(2, dim=-1).values if q.shape[-1] > 1 else torch.cat([q, torch.zeros_like(q)], -1)

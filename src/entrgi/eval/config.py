@@ -23,7 +23,9 @@ from .prompts import SUBSAMPLING
 #: Best-of-N with N chosen so that its wall time matches the slowest guided method's.
 MATCHED_BON = "best_of_n_matched"
 PARTICLE_METHODS = ("particles", "particles_entrgi")
-EVAL_METHODS = (*METHODS, MATCHED_BON, *PARTICLE_METHODS)
+#: APS as published: straight-through guidance + anchored remasking (commit order from the guided logits).
+APS_ANCHORED = "aps_anchored"
+EVAL_METHODS = (*METHODS, APS_ANCHORED, MATCHED_BON, *PARTICLE_METHODS)
 IDENTITY_FIELDS = ("model", "family", "reward", "reward_template", "dtype", "subsample", "subset_seed", "sampler",
                    "guidance", "particles", "judges", "distinct_n", "perplexity", "track_reward")
 
@@ -108,8 +110,11 @@ class EvalConfig:
             self.particle_config(self.methods[0])
 
     # ---- derived configs ------------------------------------------------------------------------
-    def sampler_config(self, temperature: float, seed: int, num_samples: int | None = None) -> SamplerConfig:
+    def sampler_config(self, temperature: float, seed: int, num_samples: int | None = None,
+                       method: str | None = None) -> SamplerConfig:
         kw = {**self.sampler, "temperature": temperature, "seed": seed}
+        if method is not None and split_method(method)[0] == APS_ANCHORED:
+            kw["remasking"] = "anchored"
         if num_samples is not None:
             kw["num_samples"] = num_samples
         try:
@@ -119,6 +124,8 @@ class EvalConfig:
 
     def guidance_config(self, method: str) -> GuidanceConfig:
         method = split_method(method)[0]
+        if method == APS_ANCHORED:
+            method = "aps"
         base = "best_of_n" if method == MATCHED_BON else ("entrgi" if method in PARTICLE_METHODS else method)
         try:
             return GuidanceConfig(**{**self.guidance, "method": base})

@@ -16,9 +16,10 @@ from .config import MATCHED_BON, split_method
 from .metrics import mean_sem
 from .runner import read_records
 
-METHOD_ORDER = ("none", "best_of_n", MATCHED_BON, "expectation", "aps", "entrgi", "particles", "particles_entrgi")
+METHOD_ORDER = ("none", "best_of_n", MATCHED_BON, "expectation", "aps", "aps_anchored", "entrgi", "particles",
+                "particles_entrgi")
 METHOD_LABELS = {"none": "Unguided", "best_of_n": "BoN", MATCHED_BON: "BoN (compute-matched)",
-                 "expectation": "Expectation", "aps": "APS", "entrgi": "EntRGi", "particles": "Particles",
+                 "expectation": "Expectation", "aps": "APS", "aps_anchored": "APS (anchored)", "entrgi": "EntRGi", "particles": "Particles",
                  "particles_entrgi": "Particles+EntRGi"}
 
 

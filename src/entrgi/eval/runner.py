@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import GUIDED_METHODS
 from ..outputs import GenerationOutput
-from .config import MATCHED_BON, PARTICLE_METHODS, EvalConfig, split_method
+from .config import APS_ANCHORED, MATCHED_BON, PARTICLE_METHODS, EvalConfig, split_method
 from .judges import Judge, load_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
@@ -199,7 +199,7 @@ class EvalRunner:
     # ---- one batch of prompts -------------------------------------------------------------------
     def generate(self, cell: Cell, prompts: list[Prompt], k: int) -> GenerationOutput:
         cfg = self.cfg
-        sampler = cfg.sampler_config(cell.temperature, cell.seed, num_samples=k)
+        sampler = cfg.sampler_config(cell.temperature, cell.seed, num_samples=k, method=cell.method)
         texts = [p.text for p in prompts]
         if split_method(cell.method)[0] in PARTICLE_METHODS:
             from ..particles import generate_particles
@@ -271,7 +271,7 @@ def matched_n(records: list[dict[str, Any]], set_name: str, temperature: float, 
               and r["prompt_set"] == set_name and r["temperature"] == temperature]
         return sum(ts) / len(ts) if ts else None
     t_bon = mean_time("best_of_n") or mean_time("none")  # unguided sampling costs the same
-    guided = [t for t in (mean_time(m) for m in (*GUIDED_METHODS, *PARTICLE_METHODS)) if t is not None]
+    guided = [t for t in (mean_time(m) for m in (*GUIDED_METHODS, APS_ANCHORED, *PARTICLE_METHODS)) if t is not None]
     if t_bon is None or not guided:
         raise ValueError("best_of_n_matched needs `best_of_n` (or `none`) and a guided method in the same run "
                          "(or set `matched_bon_n`).")
