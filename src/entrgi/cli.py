@@ -27,6 +27,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="How the RM sees (prompt, response) (default: auto = its chat template if any).")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="Weights dtype (default: the checkpoint's).")
+    g.add_argument("--device-map", default=None,
+                   help="accelerate placement over several GPUs (e.g. auto, balanced); overrides --device.")
     g.add_argument("--rm-checkpointing", action="store_true", help="Gradient checkpointing in the reward model.")
 
 
@@ -40,13 +42,14 @@ def load_pair(args: argparse.Namespace):
         model = default_model
     else:
         from .models import load_diffusion_lm
-        model = load_diffusion_lm(args.model, family=args.family, dtype=dtype, device=args.device)
+        model = load_diffusion_lm(args.model, family=args.family, dtype=dtype, device=args.device,
+                                  device_map=args.device_map)
     if args.reward is None:
         reward = default_reward
     else:
         from .reward.hf import HFRewardModel
         reward = HFRewardModel.from_pretrained(args.reward, dtype=dtype, device=args.device,
-                                               template=args.reward_template,
+                                               device_map=args.device_map, template=args.reward_template,
                                                gradient_checkpointing=args.rm_checkpointing)
     return model, reward
 

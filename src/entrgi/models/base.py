@@ -40,6 +40,8 @@ class DiffusionLM(nn.Module):
     """
 
     family = "generic"
+    #: The family's own sampler settings (SamplerConfig fields); see :meth:`recommended_sampler`.
+    SAMPLER_DEFAULTS: dict = {}
 
     def __init__(self, module: nn.Module, tokenizer, *, mask_token_id: int, eos_token_ids: Iterable[int],
                  pad_token_id: int, shift_logits: bool = False, logit_width: int | None = None,
@@ -60,6 +62,13 @@ class DiffusionLM(nn.Module):
         invalid.update(range(len(tokenizer), self.logit_width))  # padded rows of the output layer
         self.invalid_token_ids = tuple(sorted(i for i in invalid if 0 <= i < self.logit_width))
         self._prompt_head, _ = special_token_wrap(tokenizer)
+
+    @classmethod
+    def recommended_sampler(cls, **overrides):
+        """A :class:`~entrgi.config.SamplerConfig` with this family's defaults (:attr:`SAMPLER_DEFAULTS`),
+        then ``overrides``."""
+        from ..config import SamplerConfig
+        return SamplerConfig(**{**cls.SAMPLER_DEFAULTS, **overrides})
 
     # ---- tokens ---------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:

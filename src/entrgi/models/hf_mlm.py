@@ -34,10 +34,12 @@ class HFMaskedLM(DiffusionLM):
         return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, **overrides) -> HFMaskedLM:
-        """Load with ``AutoModelForMaskedLM`` from a hub id or a local folder (no remote code)."""
+    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, device_map=None,
+                        **overrides) -> HFMaskedLM:
+        """Load with ``AutoModelForMaskedLM`` from a hub id or a local folder (no remote code); ``device_map``
+        places it with accelerate (``"auto"`` or a dict), else ``device`` holds all of it."""
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        module = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype)
-        if device is not None:
+        module = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype, device_map=device_map)
+        if device is not None and device_map is None:
             module = module.to(device)
         return cls.from_module(module, tokenizer, **overrides)

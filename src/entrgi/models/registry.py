@@ -1,21 +1,33 @@
-"""Model families by name, and loading a diffusion LM from a hub id or a local folder."""
+"""Model families by name, and loading a diffusion LM from a hub id or a local folder.
+
+The family is read from the checkpoint's ``config.json`` as plain JSON (``model_type`` "Dream"/"dream"
+-> dream, "llada" -> llada, a ``*ForMaskedLM`` architecture -> hf_mlm): ``AutoConfig`` would need the
+remote code of model types transformers does not know. No loader here passes or enables remote code.
+"""
 
 from __future__ import annotations
 
 import difflib
-
-from transformers import AutoConfig
+from pathlib import Path
 
 from .base import DiffusionLM
+from .checkpoint import read_config
+from .dream import Dream
 from .hf_mlm import HFMaskedLM
+from .llada import LLaDA
 
-FAMILIES: dict[str, type[DiffusionLM]] = {"hf_mlm": HFMaskedLM}
+FAMILIES: dict[str, type[DiffusionLM]] = {"hf_mlm": HFMaskedLM, "dream": Dream, "llada": LLaDA}
+#: ``model_type`` (lower case) -> family.
+MODEL_TYPES: dict[str, str] = {"dream": "dream", "llada": "llada"}
+ENCODER_MODEL_TYPES = ("bert", "roberta", "modernbert", "distilbert", "xlm-roberta", "electra", "deberta-v2")
 
 
-def register_family(name: str):
-    """Class decorator: make an adapter loadable as ``family=name``."""
+def register_family(name: str, model_types: tuple[str, ...] = ()):
+    """Class decorator: make an adapter loadable as ``family=name`` (and detected from ``model_types``)."""
     def wrap(cls: type[DiffusionLM]) -> type[DiffusionLM]:
         FAMILIES[name] = cls
+        for t in model_types:
+            MODEL_TYPES[t.lower()] = name
         return cls
     return wrap
 
@@ -28,22 +40,38 @@ def family_class(name: str) -> type[DiffusionLM]:
     return FAMILIES[name]
 
 
-def detect_family(name_or_path: str) -> str:
-    """Family from the checkpoint's config: its ``model_type`` if registered, else ``hf_mlm`` for
-    ``*ForMaskedLM`` architectures."""
-    config = AutoConfig.from_pretrained(name_or_path) if not isinstance(name_or_path, dict) else name_or_path
-    model_type = getattr(config, "model_type", "")
-    if model_type in FAMILIES:
-        return model_type
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForMaskedLM") for a in archs) or model_type in ("bert", "roberta", "modernbert", "distilbert"):
+def detect_family(name_or_path: str | Path | dict, revision: str | None = None) -> str:
+    """Family of a checkpoint (folder, hub id or an already-read config.json dict): its ``model_type``
+    if registered, else ``hf_mlm`` for a ``*ForMaskedLM`` architecture transformers implements."""
+    config = read_config(name_or_path, revision)
+    model_type = str(config.get("model_type", ""))
+    if model_type.lower() in MODEL_TYPES:
+        return MODEL_TYPES[model_type.lower()]
+    archs = config.get("architectures") or []
+    if any(a.endswith("ForMaskedLM") for a in archs) or model_type in ENCODER_MODEL_TYPES:
+        from transformers import CONFIG_MAPPING
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"{name_or_path!r} is a masked LM of model_type {model_type!r}, which transformers does "
+                             "not implement; its remote code is never run. Wrap the module yourself with "
+                             "`HFMaskedLM.from_module`.")
         return "hf_mlm"
-    raise ValueError(f"Cannot tell the model family of {name_or_path!r} (model_type={model_type!r}, "
+    where = name_or_path if not isinstance(name_or_path, dict) else "this config"
+    raise ValueError(f"Cannot tell the model family of {where!r} (model_type={model_type!r}, "
                      f"architectures={archs}); pass `family=` one of {sorted(FAMILIES)}.")
 
 
-def load_diffusion_lm(name_or_path: str, *, family: str | None = None, dtype=None, device=None,
-                      **kwargs) -> DiffusionLM:
-    """Load a masked diffusion LM through its family adapter (never with remote code)."""
-    cls = family_class(family or detect_family(name_or_path))
-    return cls.from_pretrained(name_or_path, dtype=dtype, device=device, **kwargs)
+def load_diffusion_lm(name_or_path: str | Path, *, family: str | None = None, dtype=None, device=None,
+                      device_map=None, **kwargs) -> DiffusionLM:
+    """Load a masked diffusion LM through its family adapter (never with remote code).
+
+    Args:
+        name_or_path: a hub id (downloaded with ``huggingface_hub``) or a local folder with config.json,
+            safetensors weights (sharded or not) and tokenizer files.
+        family: ``dream``, ``llada``, ``hf_mlm`` or a registered name (default: detected from config.json).
+        dtype: weights dtype, e.g. ``torch.bfloat16`` (default: as stored).
+        device: one device for the whole model.
+        device_map: accelerate placement for models larger than one device (``"auto"`` or a dict).
+        **kwargs: passed to the family's ``from_pretrained`` (e.g. ``attn_implementation``).
+    """
+    cls = family_class(family or detect_family(name_or_path, kwargs.get("revision")))
+    return cls.from_pretrained(name_or_path, dtype=dtype, device=device, device_map=device_map, **kwargs)

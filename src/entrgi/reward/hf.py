@@ -48,12 +48,15 @@ class HFRewardModel(RewardModel):
         self.pad_token_id = 0 if pad is None else int(pad)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, template: str = "auto",
+    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, device_map=None, template: str = "auto",
                         label: int = 0, gradient_checkpointing: bool = False) -> HFRewardModel:
-        """Load with ``AutoModelForSequenceClassification`` (hub id or local folder, no remote code)."""
+        """Load with ``AutoModelForSequenceClassification`` (hub id or local folder, no remote code).
+
+        ``device_map`` places the model with accelerate (``"auto"``, ``"balanced"`` or a dict, for RMs
+        larger than one device); otherwise ``device`` holds all of it."""
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
-        if device is not None:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype, device_map=device_map)
+        if device is not None and device_map is None:
             model = model.to(device)
         if gradient_checkpointing:
             model.activation_checkpointing_enable()

@@ -1,0 +1,128 @@
+"""Dream (``Dream-org/Dream-v0-Instruct-7B``) on transformers 5, without its remote code.
+
+Dream is Qwen2.5-7B trained as a masked diffusion LM: the Qwen2 decoder layers (q/k/v biases, GQA,
+RoPE θ = 1e6, RMSNorm, SwiGLU) with **bidirectional** attention and a **right shift** of the logits
+(position i is predicted by hidden state i−1). The layers are transformers' own ``Qwen2Model`` pieces
+run by :class:`~entrgi.models.bidirectional.BidirectionalLM`; the checkpoint's weight names are the
+module's names (``model.embed_tokens.weight``, ``model.layers.N.self_attn.q_proj.{weight,bias}``, …,
+``model.norm.weight``, ``lm_head.weight``) and are loaded strictly.
+
+Tokens (Qwen2.5 BPE + two additions): ``<|endoftext|>`` 151643 is eos = pad, ``<|im_end|>`` 151645
+ends the assistant turn, ``<|beginoftext|>`` 151665, ``<|mask|>`` 151666; logit rows 151667…152063 are
+padding. The chat template is the tokenizer's own (Qwen2.5 style, default system prompt).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
+
+from .bidirectional import BidirectionalDLLM, BidirectionalLM
+from .checkpoint import (as_ids, build_empty, check_token_id, first_id, load_safetensors, load_tokenizer, read_config,
+                         require_keys, resolve_checkpoint)
+
+MASK_ID = 151666
+MASK = "<|mask|>"
+EOS_ID = 151643  # <|endoftext|>: eos = pad
+IM_END = "<|im_end|>"  # 151645, ends the assistant turn
+BEGIN_OF_TEXT = "<|beginoftext|>"  # 151665, never a response token
+MODEL_TYPES = ("dream",)
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def qwen2_config(raw: dict, attn_implementation: str | None = None) -> Qwen2Config:
+    """The ``Qwen2Config`` of a Dream ``config.json`` (its keys are Qwen2's; checked here)."""
+    require_keys(raw, REQUIRED_KEYS, "Dream")
+    if str(raw.get("model_type", "dream")).lower() not in MODEL_TYPES:
+        raise ValueError(f"not a Dream config: model_type={raw.get('model_type')!r}.")
+    if raw.get("use_sliding_window"):
+        raise ValueError("Dream with `use_sliding_window` = true is not supported (bidirectional layers use full "
+                         "attention).")
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"Dream `hidden_act` must be 'silu', got {act!r}.")
+    rope = {"rope_type": "default", "rope_theta": float(raw.get("rope_theta", 10000.0))}
+    scaling = raw.get("rope_scaling")
+    if scaling:
+        rope.update(scaling)
+        rope["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
+    heads = raw["num_attention_heads"]
+    if raw["hidden_size"] % heads:
+        raise ValueError(f"Dream `hidden_size` ({raw['hidden_size']}) must be a multiple of `num_attention_heads` "
+                         f"({heads}).")
+    cfg = Qwen2Config(
+        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+        num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=heads,
+        num_key_value_heads=raw.get("num_key_value_heads") or heads, hidden_act=act,
+        max_position_embeddings=raw.get("max_position_embeddings", 32768), rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_parameters=rope, tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        use_sliding_window=False, attention_dropout=0.0, use_cache=False, pad_token_id=None)
+    if attn_implementation is not None:
+        cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+class DreamModule(BidirectionalLM):
+    """Qwen2 decoder (bidirectional) + ``lm_head``; ``forward`` returns *unshifted* logits (B, N, V)."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(Qwen2Model(config), nn.Linear(config.hidden_size, config.vocab_size, bias=False))
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+class Dream(BidirectionalDLLM):
+    """Dream as a :class:`~entrgi.models.base.DiffusionLM` (right-shifted logits)."""
+
+    family = "dream"
+    #: The paper's Dream settings: T = L = 128, τ = 0.7, top-p 0.95, entropy ranking, Dream's linear schedule.
+    SAMPLER_DEFAULTS = dict(max_new_tokens=128, steps=128, temperature=0.7, top_p=0.95, remasking="entropy",
+                            schedule="linear", sampling="inverse_cdf", block_length=None)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, tokenizer, config: dict | None = None, **overrides) -> Dream:
+        """Wrap a :class:`DreamModule` (or any module with Dream's ``forward``) and a Dream tokenizer.
+
+        Special ids come from ``config`` (the checkpoint's config.json) when given, else Dream's."""
+        config = config or {}
+        vocab = tokenizer.get_vocab()
+        eos = set(as_ids(config.get("eos_token_id"))) or {EOS_ID}
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        if IM_END in vocab:
+            eos.add(vocab[IM_END])
+        invalid = {vocab[BEGIN_OF_TEXT]} if BEGIN_OF_TEXT in vocab else set()
+        out = getattr(module, "lm_head", None)
+        kwargs = dict(
+            mask_token_id=first_id(config.get("mask_token_id"), tokenizer.mask_token_id, MASK_ID),
+            eos_token_ids=eos, pad_token_id=first_id(config.get("pad_token_id"), EOS_ID), shift_logits=True,
+            logit_width=out.weight.shape[0] if out is not None else int(config.get("vocab_size", len(tokenizer))),
+            invalid_token_ids=invalid, max_length=config.get("max_position_embeddings"))
+        kwargs.update(overrides)
+        check_token_id(tokenizer, MASK, kwargs["mask_token_id"], "Dream")
+        return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype: torch.dtype | None = None, device=None,
+                        device_map=None, attn_implementation: str | None = None, revision: str | None = None,
+                        **overrides) -> Dream:
+        """Load a Dream checkpoint (hub id or folder: config.json, (sharded) safetensors, tokenizer files).
+
+        Args:
+            dtype: weights dtype, e.g. ``torch.bfloat16`` (None = as stored).
+            device: one device for everything.
+            device_map: accelerate placement over several devices (``"auto"``, a dict, ...).
+            attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+        """
+        folder = resolve_checkpoint(name_or_path, revision)
+        raw = read_config(folder)
+        config = qwen2_config(raw, attn_implementation)
+        tokenizer = load_tokenizer(folder, Qwen2Tokenizer)
+        module = build_empty(lambda: DreamModule(config))
+        tied = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
+        module = load_safetensors(module, folder, tied=tied, dtype=dtype, device=device, device_map=device_map,
+                                  no_split_module_classes=["Qwen2DecoderLayer"])
+        return cls.from_module(module, tokenizer, raw, **overrides)

@@ -1,0 +1,166 @@
+"""LLaDA (``GSAI-ML/LLaDA-8B-Instruct``) on transformers 5, without its remote code.
+
+LLaDA-8B is a LLaMA-style transformer trained as a masked diffusion LM: pre-norm RMSNorm blocks,
+multi-head attention with RoPE (θ = 5e5), SwiGLU MLP (``ff_out(silu(ff_proj(x)) * up_proj(x))``),
+**bidirectional** attention and **no** logit shift. The layers are transformers' ``LlamaModel``
+pieces run by :class:`~entrgi.models.bidirectional.BidirectionalLM`.
+
+Its checkpoint uses OLMo-style names (``model.transformer.wte``, ``model.transformer.blocks.N.q_proj``,
+``attn_out``, ``ff_proj``/``up_proj``/``ff_out``, ``attn_norm``/``ff_norm``, ``model.transformer.ln_f``,
+``model.transformer.ff_out``) and config keys (``d_model``, ``n_layers``, ``n_heads``, ``n_kv_heads``,
+``mlp_hidden_size``, ``embedding_size``, ...); :data:`BLOCK_NAMES` maps them onto the module at load
+time, and only the architecture options LLaDA-8B uses are accepted (:func:`llama_config` names any other).
+
+Tokens: ``<|mdm_mask|>`` 126336 is the mask, ``<|endoftext|>`` 126081 eos = pad, ``<|eot_id|>`` 126348
+ends the assistant turn. Positions: the released code numbers positions 0…N−1 including left padding;
+here position ids skip padding (identical for unpadded rows, and a row's logits do not depend on its
+batch). Its RoPE is applied in float32 (``rope_full_precision``); transformers' in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from .bidirectional import BidirectionalDLLM, BidirectionalLM
+from .checkpoint import (as_ids, build_empty, check_token_id, first_id, load_safetensors, load_tokenizer, read_config,
+                         require_keys, resolve_checkpoint)
+
+MASK_ID = 126336
+MASK = "<|mdm_mask|>"
+EOS_ID = 126081  # <|endoftext|>: eos = pad
+EOT = "<|eot_id|>"  # 126348, ends the assistant turn
+MODEL_TYPES = ("llada",)
+REQUIRED_KEYS = ("d_model", "n_heads", "n_layers", "vocab_size")
+
+#: Defaults of the released ``ModelConfig`` for keys a config.json may omit.
+CONFIG_DEFAULTS = dict(mlp_ratio=4, mlp_hidden_size=None, n_kv_heads=None, multi_query_attention=None,
+                       activation_type="swiglu", block_type="sequential", block_group_size=1, alibi=False, rope=False,
+                       attention_layer_norm=False, input_emb_norm=False, layer_norm_type="default",
+                       layer_norm_with_affine=True, rms_norm_eps=1e-5, max_sequence_length=1024, rope_theta=10000.0,
+                       include_qkv_bias=False, include_bias=False, bias_for_layer_norm=None, scale_logits=False,
+                       embedding_size=50304, weight_tying=True)
+#: The architecture options this module implements (LLaDA-8B's).
+SUPPORTED = dict(block_type="llama", activation_type="silu", layer_norm_type="rms", layer_norm_with_affine=True,
+                 rope=True, alibi=False, attention_layer_norm=False, input_emb_norm=False, scale_logits=False,
+                 include_bias=False, block_group_size=1)
+
+#: Checkpoint name -> module name. Per block ``model.transformer.blocks.N.<name>.weight``:
+BLOCK_NAMES = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+               "attn_out": "self_attn.o_proj", "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+               "ff_out": "mlp.down_proj", "attn_norm": "input_layernorm", "ff_norm": "post_attention_layernorm"}
+TOP_NAMES = {"model.transformer.wte.weight": "model.embed_tokens.weight",
+             "model.transformer.ln_f.weight": "model.norm.weight",
+             "model.transformer.ff_out.weight": "lm_head.weight"}
+_BLOCK = re.compile(r"model\.transformer\.blocks\.(\d+)\.(\w+)\.weight")
+
+
+def module_name(checkpoint_name: str) -> str | None:
+    """LLaDA checkpoint weight name -> :class:`LLaDAModule` name (None if it is not one of its weights)."""
+    if checkpoint_name in TOP_NAMES:
+        return TOP_NAMES[checkpoint_name]
+    m = _BLOCK.fullmatch(checkpoint_name)
+    if m and m.group(2) in BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{BLOCK_NAMES[m.group(2)]}.weight"
+    return None
+
+
+def checkpoint_name(name: str) -> str:
+    """The inverse of :func:`module_name`."""
+    inverse_top = {v: k for k, v in TOP_NAMES.items()}
+    if name in inverse_top:
+        return inverse_top[name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    inverse = {v: k for k, v in BLOCK_NAMES.items()}
+    if not m or m.group(2) not in inverse:
+        raise KeyError(name)
+    return f"model.transformer.blocks.{m.group(1)}.{inverse[m.group(2)]}.weight"
+
+
+def llama_config(raw: dict, attn_implementation: str | None = None) -> LlamaConfig:
+    """The ``LlamaConfig`` of a LLaDA ``config.json``, after checking it uses only LLaDA-8B's options."""
+    require_keys(raw, REQUIRED_KEYS, "LLaDA")
+    if str(raw.get("model_type", "llada")).lower() not in MODEL_TYPES:
+        raise ValueError(f"not a LLaDA config: model_type={raw.get('model_type')!r}.")
+    c = {**CONFIG_DEFAULTS, **raw}
+    bad = {k: c[k] for k, v in SUPPORTED.items() if c[k] != v}
+    if c["include_qkv_bias"] or c["bias_for_layer_norm"]:
+        bad.update(include_qkv_bias=c["include_qkv_bias"], bias_for_layer_norm=c["bias_for_layer_norm"])
+    if bad:
+        raise ValueError(f"LLaDA config options not supported: {bad} (supported: the LLaDA-8B architecture, "
+                         f"{SUPPORTED}, no biases).")
+    d, heads = c["d_model"], c["n_heads"]
+    if d % heads:
+        raise ValueError(f"LLaDA `d_model` ({d}) must be a multiple of `n_heads` ({heads}).")
+    kv = c["n_kv_heads"] if c["n_kv_heads"] is not None else (1 if c["multi_query_attention"] else heads)
+    cfg = LlamaConfig(
+        vocab_size=c["embedding_size"] or c["vocab_size"], hidden_size=d,
+        intermediate_size=c["mlp_hidden_size"] or c["mlp_ratio"] * d, num_hidden_layers=c["n_layers"],
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=d // heads, hidden_act="silu",
+        max_position_embeddings=c["max_sequence_length"], rms_norm_eps=c["rms_norm_eps"],
+        rope_parameters={"rope_type": "default", "rope_theta": float(c["rope_theta"])}, attention_bias=False,
+        mlp_bias=False, tie_word_embeddings=bool(c["weight_tying"]), attention_dropout=0.0, use_cache=False,
+        pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    if attn_implementation is not None:
+        cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+class LLaDAModule(BidirectionalLM):
+    """LLaMA decoder (bidirectional) + ``lm_head``; ``forward`` returns logits (B, N, V)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(LlamaModel(config), nn.Linear(config.hidden_size, config.vocab_size, bias=False))
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+class LLaDA(BidirectionalDLLM):
+    """LLaDA as a :class:`~entrgi.models.base.DiffusionLM` (no shift)."""
+
+    family = "llada"
+    #: LLaDA's released sampler (``generate.py`` demo): semi-autoregressive blocks of 32, low-confidence
+    #: remasking, float64 Gumbel-max sampling, uniform commit counts per block, greedy (τ = 0), no top-p.
+    #: Guided methods need a positive relaxation temperature with τ = 0
+    #: (``GuidanceConfig(relaxation_temperature=1.0)``) or a positive ``temperature``.
+    SAMPLER_DEFAULTS = dict(max_new_tokens=128, steps=128, block_length=32, temperature=0.0, top_p=1.0,
+                            remasking="low_confidence", schedule="uniform", sampling="gumbel")
+
+    @classmethod
+    def from_module(cls, module: nn.Module, tokenizer, config: dict | None = None, **overrides) -> LLaDA:
+        """Wrap a :class:`LLaDAModule` and a LLaDA tokenizer; special ids from ``config`` (config.json) when
+        given, else LLaDA-8B's."""
+        config = config or {}
+        vocab = tokenizer.get_vocab()
+        eos = set(as_ids(config.get("eos_token_id"))) or {EOS_ID}
+        if EOT in vocab:
+            eos.add(vocab[EOT])
+        out = getattr(module, "lm_head", None)
+        kwargs = dict(
+            mask_token_id=first_id(config.get("mask_token_id"), MASK_ID), eos_token_ids=eos,
+            pad_token_id=first_id(config.get("pad_token_id"), config.get("eos_token_id"), EOS_ID), shift_logits=False,
+            logit_width=out.weight.shape[0] if out is not None else len(tokenizer),
+            max_length=config.get("max_sequence_length"))
+        kwargs.update(overrides)
+        check_token_id(tokenizer, MASK, kwargs["mask_token_id"], "LLaDA")
+        return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype: torch.dtype | None = None, device=None,
+                        device_map=None, attn_implementation: str | None = None, revision: str | None = None,
+                        **overrides) -> LLaDA:
+        """Load a LLaDA checkpoint (hub id or folder); arguments as in
+        :meth:`entrgi.models.dream.Dream.from_pretrained`."""
+        folder = resolve_checkpoint(name_or_path, revision)
+        raw = read_config(folder)
+        config = llama_config(raw, attn_implementation)
+        tokenizer = load_tokenizer(folder)
+        module = build_empty(lambda: LLaDAModule(config))
+        tied = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
+        module = load_safetensors(module, folder, module_name, tied=tied, dtype=dtype, device=device,
+                                  device_map=device_map, no_split_module_classes=["LlamaDecoderLayer"])
+        return cls.from_module(module, tokenizer, raw, **overrides)
