@@ -244,3 +244,9 @@ def test_compute_matched_best_of_n_particles_and_sized_methods(tmp_path):
     assert (tmp_path / "m" / "reward_vs_compute.png").exists()
     with pytest.raises(ValueError, match="positive integer"):
         EvalConfig(methods=("best_of_n@0",))
+
+
+@pytest.mark.parametrize("name", ["default-pair", "particles", "paper-dream"])
+def test_shipped_configs_are_valid(name):
+    cfg = EvalConfig.from_yaml(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.methods and cfg.seeds and cfg.out.startswith("runs/")
