@@ -10,11 +10,15 @@ module's ``is_causal`` flag is off so that SDPA/flash kernels never add a causal
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from .base import DiffusionLM
+from .checkpoint import build_empty, load_safetensors, load_tokenizer, read_config, resolve_checkpoint
 
 
 class BidirectionalLM(nn.Module):
@@ -24,10 +28,13 @@ class BidirectionalLM(nn.Module):
     checkpoint layout; other layouts are renamed at load time.
     """
 
-    def __init__(self, decoder: nn.Module, lm_head: nn.Linear):
+    def __init__(self, decoder: nn.Module):
         super().__init__()
+        cfg = decoder.config
         self.model = decoder
-        self.lm_head = lm_head
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = decoder.embed_tokens.weight
         for layer in decoder.layers:
             layer.self_attn.is_causal = False
 
@@ -55,9 +62,44 @@ class BidirectionalLM(nn.Module):
 
 
 class BidirectionalDLLM(DiffusionLM):
-    """Adapter around a :class:`BidirectionalLM`: the output layer runs only on the slots asked for."""
+    """Adapter around a :class:`BidirectionalLM`: the output layer runs only on the slots asked for.
+
+    A family sets how its checkpoint is read: ``module_class`` (built from the transformers config
+    that ``config_from_json`` derives from config.json), ``tokenizer_class``, ``rename`` (checkpoint
+    weight name -> module name) and ``decoder_layer`` (never split by ``device_map``)."""
 
     module: BidirectionalLM
+    module_class: type[BidirectionalLM]
+    config_from_json: Callable
+    tokenizer_class = None
+    decoder_layer: str = ""
+
+    @staticmethod
+    def rename(checkpoint_name: str) -> str | None:
+        return checkpoint_name
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype: torch.dtype | None = None, device=None,
+                        device_map=None, attn_implementation: str | None = None, revision: str | None = None,
+                        **overrides) -> BidirectionalDLLM:
+        """Load a checkpoint (hub id or folder: config.json, (sharded) safetensors, tokenizer files).
+
+        Args:
+            dtype: weights dtype, e.g. ``torch.bfloat16`` (None = as stored).
+            device: one device for everything.
+            device_map: accelerate placement over several devices (``"auto"``, a dict, ...).
+            attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+            revision: hub revision.
+        """
+        folder = resolve_checkpoint(name_or_path, revision)
+        raw = read_config(folder)
+        config = cls.config_from_json(raw, attn_implementation)
+        tokenizer = load_tokenizer(folder, cls.tokenizer_class)
+        module = build_empty(lambda: cls.module_class(config))
+        tied = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
+        module = load_safetensors(module, folder, cls.rename, tied=tied, dtype=dtype, device=device,
+                                  device_map=device_map, no_split_module_classes=[cls.decoder_layer])
+        return cls.from_module(module, tokenizer, raw, **overrides)
 
     def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                         start: int) -> torch.Tensor:

@@ -14,15 +14,11 @@ padding. The chat template is the tokenizer's own (Qwen2.5 style, default system
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from torch import nn
 from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
 
 from .bidirectional import BidirectionalDLLM, BidirectionalLM
-from .checkpoint import (as_ids, build_empty, check_token_id, first_id, load_safetensors, load_tokenizer, read_config,
-                         require_keys, resolve_checkpoint)
+from .checkpoint import as_ids, check_token_id, first_id, require_keys
 
 MASK_ID = 151666
 MASK = "<|mask|>"
@@ -69,15 +65,17 @@ class DreamModule(BidirectionalLM):
     """Qwen2 decoder (bidirectional) + ``lm_head``; ``forward`` returns *unshifted* logits (B, N, V)."""
 
     def __init__(self, config: Qwen2Config):
-        super().__init__(Qwen2Model(config), nn.Linear(config.hidden_size, config.vocab_size, bias=False))
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(Qwen2Model(config))
 
 
 class Dream(BidirectionalDLLM):
     """Dream as a :class:`~entrgi.models.base.DiffusionLM` (right-shifted logits)."""
 
     family = "dream"
+    module_class = DreamModule
+    config_from_json = staticmethod(qwen2_config)
+    tokenizer_class = Qwen2Tokenizer  # Dream's DreamTokenizer is Qwen2's byte-level BPE
+    decoder_layer = "Qwen2DecoderLayer"
     #: The paper's Dream settings: T = L = 128, τ = 0.7, top-p 0.95, entropy ranking, Dream's linear schedule.
     SAMPLER_DEFAULTS = dict(max_new_tokens=128, steps=128, temperature=0.7, top_p=0.95, remasking="entropy",
                             schedule="linear", sampling="inverse_cdf", block_length=None)
@@ -104,25 +102,3 @@ class Dream(BidirectionalDLLM):
         kwargs.update(overrides)
         check_token_id(tokenizer, MASK, kwargs["mask_token_id"], "Dream")
         return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, dtype: torch.dtype | None = None, device=None,
-                        device_map=None, attn_implementation: str | None = None, revision: str | None = None,
-                        **overrides) -> Dream:
-        """Load a Dream checkpoint (hub id or folder: config.json, (sharded) safetensors, tokenizer files).
-
-        Args:
-            dtype: weights dtype, e.g. ``torch.bfloat16`` (None = as stored).
-            device: one device for everything.
-            device_map: accelerate placement over several devices (``"auto"``, a dict, ...).
-            attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
-        """
-        folder = resolve_checkpoint(name_or_path, revision)
-        raw = read_config(folder)
-        config = qwen2_config(raw, attn_implementation)
-        tokenizer = load_tokenizer(folder, Qwen2Tokenizer)
-        module = build_empty(lambda: DreamModule(config))
-        tied = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
-        module = load_safetensors(module, folder, tied=tied, dtype=dtype, device=device, device_map=device_map,
-                                  no_split_module_classes=["Qwen2DecoderLayer"])
-        return cls.from_module(module, tokenizer, raw, **overrides)

@@ -20,15 +20,11 @@ batch). Its RoPE is applied in float32 (``rope_full_precision``); transformers' 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from .bidirectional import BidirectionalDLLM, BidirectionalLM
-from .checkpoint import (as_ids, build_empty, check_token_id, first_id, load_safetensors, load_tokenizer, read_config,
-                         require_keys, resolve_checkpoint)
+from .checkpoint import as_ids, check_token_id, first_id, require_keys
 
 MASK_ID = 126336
 MASK = "<|mdm_mask|>"
@@ -114,15 +110,17 @@ class LLaDAModule(BidirectionalLM):
     """LLaMA decoder (bidirectional) + ``lm_head``; ``forward`` returns logits (B, N, V)."""
 
     def __init__(self, config: LlamaConfig):
-        super().__init__(LlamaModel(config), nn.Linear(config.hidden_size, config.vocab_size, bias=False))
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(LlamaModel(config))
 
 
 class LLaDA(BidirectionalDLLM):
     """LLaDA as a :class:`~entrgi.models.base.DiffusionLM` (no shift)."""
 
     family = "llada"
+    module_class = LLaDAModule
+    config_from_json = staticmethod(llama_config)
+    rename = staticmethod(module_name)  # OLMo-style checkpoint names -> LlamaModel names
+    decoder_layer = "LlamaDecoderLayer"
     #: LLaDA's released sampler (``generate.py`` demo): semi-autoregressive blocks of 32, low-confidence
     #: remasking, float64 Gumbel-max sampling, uniform commit counts per block, greedy (τ = 0), no top-p.
     #: Guided methods need a positive relaxation temperature with τ = 0
@@ -148,19 +146,3 @@ class LLaDA(BidirectionalDLLM):
         kwargs.update(overrides)
         check_token_id(tokenizer, MASK, kwargs["mask_token_id"], "LLaDA")
         return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, dtype: torch.dtype | None = None, device=None,
-                        device_map=None, attn_implementation: str | None = None, revision: str | None = None,
-                        **overrides) -> LLaDA:
-        """Load a LLaDA checkpoint (hub id or folder); arguments as in
-        :meth:`entrgi.models.dream.Dream.from_pretrained`."""
-        folder = resolve_checkpoint(name_or_path, revision)
-        raw = read_config(folder)
-        config = llama_config(raw, attn_implementation)
-        tokenizer = load_tokenizer(folder)
-        module = build_empty(lambda: LLaDAModule(config))
-        tied = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
-        module = load_safetensors(module, folder, module_name, tied=tied, dtype=dtype, device=device,
-                                  device_map=device_map, no_split_module_classes=["LlamaDecoderLayer"])
-        return cls.from_module(module, tokenizer, raw, **overrides)
