@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow bench eval report train-default clean
+.PHONY: setup demo test test-slow bench bench-quick eval report train-default clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_guidance.py
+
+bench-quick: setup
+	$(BIN)/python benchmarks/bench_guidance.py --quick
 
 eval: setup
 	$(BIN)/entrgi eval --config configs/default-pair.yaml

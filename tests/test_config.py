@@ -43,6 +43,11 @@ BAD_GUIDANCE = [
     ("entropy_temperature", -1.0, r"`entropy_temperature`"),
     ("relaxation_temperature", 0.0, r"`relaxation_temperature` must be > 0.0"),
     ("hard_top_p", 2.0, r"`hard_top_p`"),
+    ("prefix_cache", "yes", r"`prefix_cache` must be True or False, got 'yes'"),
+    ("compile", 1, r"`compile` must be True or False, got 1"),
+    ("vocab_chunk", 0, r"`vocab_chunk` must be an integer >= 1, got 0"),
+    ("vocab_chunk", 4096.0, r"`vocab_chunk` must be an integer >= 1"),
+    ("soft_top_k", 0, r"`soft_top_k` must be an integer >= 1, got 0"),
 ]
 
 
@@ -91,3 +96,9 @@ def test_defaults_are_the_papers():
     assert (s.max_new_tokens, s.steps, s.num_samples, s.temperature, s.top_p, s.remasking) == (
         128, 128, 4, 0.7, 0.95, "entropy")
     assert (g.method, g.inner_steps, g.optimizer, g.lr, g.entropy_temperature) == ("entrgi", 3, "adam", 0.5, 1.0)
+
+
+def test_cost_switches_default_to_exact_and_fast():
+    g = GuidanceConfig()
+    assert (g.prefix_cache, g.vocab_chunk, g.compile, g.soft_top_k) == (True, 4096, False, None)
+    assert GuidanceConfig(vocab_chunk=None, soft_top_k=64).soft_top_k == 64  # None = dense; the approximation is opt-in

@@ -142,6 +142,20 @@ class GuidanceConfig:
     relaxation_temperature: float | None = _help(
         "Temperature of q = softmax(φ/·) for the soft and hard embeddings; None = the sampling τ.", default=None)
     hard_top_p: float | None = _help("Top-p of the hard sample ẽ; None = the sampler's top_p.", default=None)
+    # ---- cost switches (docs/performance.md). The first three keep results (to float rounding). ----
+    prefix_cache: bool = _help(
+        "Encode the RM's prompt prefix once per batch and reuse its keys/values at every inner and denoising "
+        "step (causal decoder RMs; others run the whole row). Same rewards to float rounding.", default=True)
+    vocab_chunk: int | None = _help(
+        "Ids per chunk when the soft embedding q·E and its gradient are computed over the vocabulary in "
+        "chunks (no (n, V) intermediates besides the gradient); None = one dense softmax and matmul. Same "
+        "values to float rounding.", default=4096)
+    compile: bool = _help(
+        "torch.compile the reward model's forward (off: measured not to pay on CPU; see docs/performance.md).",
+        default=False)
+    soft_top_k: int | None = _help(
+        "APPROXIMATION, changes results: the soft embedding uses only the k most likely ids (renormalised), "
+        "and only their logits get a gradient. None = exact.", default=None)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -154,6 +168,13 @@ class GuidanceConfig:
             check_float("relaxation_temperature", self.relaxation_temperature, 0.0, low_open=True)
         if self.hard_top_p is not None:
             check_float("hard_top_p", self.hard_top_p, 0.0, 1.0, low_open=True)
+        for name in ("prefix_cache", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if self.vocab_chunk is not None:
+            check_int("vocab_chunk", self.vocab_chunk, 1)
+        if self.soft_top_k is not None:
+            check_int("soft_top_k", self.soft_top_k, 1)
 
     @property
     def guided(self) -> bool:

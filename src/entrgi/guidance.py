@@ -11,6 +11,11 @@ Notation (code name -> paper symbol), following ``shared/reference/algorithm.md`
 
 The forward value of ê is (1 − w)·ē + w·ẽ; its gradient w.r.t. φ is always that of ē alone.
 Nothing here calls a model: the sampler feeds ê to the reward model and owns the loop.
+
+Cost: ē and its gradient are a (n, V) @ (V, d) product each way; with V = 152k the (n, V) tensors
+(q, its cast, the softmax gradient) dominate memory. :func:`expected_embeddings` with ``chunk_size``
+computes both over vocabulary chunks (:class:`ChunkedExpectedEmbedding`) and keeps no (n, V) tensor for
+backward; ``top_k`` is an opt-in approximation (the k most likely ids, renormalised).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Literal
 
 import torch
 
-from .logit_ops import sample_from_logits, sampling_logits, scale
+import torch.nn.functional as F
+
+from .logit_ops import draw, scale
 
 MixingMethod = Literal["expectation", "aps", "entrgi"]
 MIXING_METHODS: tuple[str, ...] = ("expectation", "aps", "entrgi")
@@ -44,16 +51,123 @@ def entropy_weight(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tens
 
     V is the logit width ``logits.shape[-1]`` (the released code's choice: Dream's padded 152,064).
     The released code uses T = 1; the paper's formula H(q) implies T = τ. T = 0 gives w = 0.
+    Computed in one pass over vocabulary chunks (:func:`entropy_chunked`); equals :func:`entropy` / log V.
     """
     vocab = logits.shape[-1]
-    if vocab < 2:
+    if vocab < 2 or temperature == 0:
         return torch.zeros(logits.shape[:-1], dtype=upcast(logits).dtype, device=logits.device)
-    return (entropy(logits, temperature) / math.log(vocab)).clamp(0.0, 1.0)
+    h = entropy_chunked(upcast(logits).reshape(-1, vocab), temperature)
+    return (h.view(logits.shape[:-1]) / math.log(vocab)).clamp(0.0, 1.0)
+
+
+def entropy_chunked(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 8192) -> torch.Tensor:
+    """:func:`entropy` of (n, V) rows as H = lse − E_p[z] (z = logits / T), one pass over vocabulary chunks
+    with a running max (no (n, V) temporary). −inf logits count as p = 0. T > 0."""
+    n, V = logits.shape
+    low = torch.finfo(logits.dtype).min  # −inf -> a finite floor in e·z: e is exactly 0 there, and 0 · floor = 0
+    m = torch.full((n,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    s, t = torch.zeros_like(m), torch.zeros_like(m)  # Σ e^(z − m), Σ e^(z − m) z
+    for lo in range(0, V, chunk):
+        z = logits[:, lo:lo + chunk] / temperature  # (n, c)
+        m_new = torch.maximum(m, z.amax(-1))
+        shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows still all −inf
+        alpha = (m - shift).exp()  # rescales earlier sums (0 while nothing finite was seen)
+        e = (z - shift.unsqueeze(-1)).exp_()
+        s = s * alpha + e.sum(-1)
+        t = t * alpha + e.mul_(z.clamp_min_(low)).sum(-1)
+        m = m_new
+    return (m + s.log() - t / s).nan_to_num_(0.0).clamp_min(0.0)  # a row with no finite logit: 0
 
 
 def soft_embeddings(probs: torch.Tensor, embedding_table: torch.Tensor) -> torch.Tensor:
     """ē = q · E_R: (..., V) @ (V, d) -> (..., d), in the table's dtype."""
     return probs.to(embedding_table.dtype) @ embedding_table
+
+
+class ChunkedExpectedEmbedding(torch.autograd.Function):
+    """ē = softmax((φ + b) / τ) · E over vocabulary chunks; the backward recomputes q chunk by chunk.
+
+    Forward, one pass over the chunks with a running max (an online softmax): p_c = exp(z_c − m),
+    s = Σ p_c, ē = Σ p_c · E_c / s, rescaled whenever the running max m grows; lse = m + log s.
+    Backward: ∂⟨g, ē⟩/∂φ = q ⊙ (g·E^T − ⟨g, ē⟩) / τ with q_c = exp(z_c − lse), chunk by chunk.
+    Saved: φ (the caller's leaf, no copy), lse (n,) and ē (n, d); the only (n, V) tensor made is the
+    gradient. z = (φ + b) / τ.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, table, bias, temperature: float, chunk: int):
+        n, V = logits.shape
+        acc = torch.float32 if table.dtype in (torch.float16, torch.bfloat16) else table.dtype
+        m = torch.full((n,), float("-inf"), dtype=logits.dtype, device=logits.device)  # running max of z
+        s = torch.zeros(n, dtype=torch.float64, device=logits.device)  # running Σ exp(z − m), in double
+        soft = torch.zeros((n, table.shape[1]), dtype=acc, device=logits.device)  # running Σ exp(z − m) E
+        for lo in range(0, V, chunk):
+            p = _scaled_chunk(logits, bias, lo, chunk, temperature)  # z_c (n, c)
+            m_new = torch.maximum(m, p.amax(-1))
+            shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows still all −inf
+            p.sub_(shift.unsqueeze(-1)).exp_()
+            alpha = (m - shift).exp()  # rescales the sums of earlier chunks (0 on the first finite chunk)
+            s.mul_(alpha.double()).add_(p.sum(-1).double())
+            soft.mul_(alpha.unsqueeze(-1).to(acc)).add_((p.to(table.dtype) @ table[lo:lo + chunk]).to(acc))
+            m = m_new
+        lse = m.double() + s.log()  # (n,) float64: logsumexp((φ + b) / τ)
+        soft.div_(s.unsqueeze(-1).to(acc))
+        ctx.save_for_backward(logits, table, bias, lse, soft)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(lse)
+        return soft.to(table.dtype), lse
+
+    @staticmethod
+    def backward(ctx, grad, _grad_lse=None):
+        logits, table, bias, lse, soft = ctx.saved_tensors
+        tau, chunk = ctx.temperature, ctx.chunk
+        g = (grad / tau).to(table.dtype)  # (n, d)
+        g_dot = ((grad.to(soft.dtype) * soft).sum(-1, keepdim=True) / tau).to(logits.dtype)  # ⟨g, ē⟩ / τ (n, 1)
+        out = torch.empty_like(logits)
+        for lo in range(0, logits.shape[1], chunk):
+            q = _scaled_chunk(logits, bias, lo, chunk, tau).sub_(lse.unsqueeze(-1).to(logits.dtype)).exp_()  # (n, c)
+            g_e = (g @ table[lo:lo + chunk].T).to(logits.dtype).sub_(g_dot)  # (n, c)
+            torch.mul(q, g_e, out=out[:, lo:lo + chunk])
+        return out, None, None, None, None
+
+
+def _scaled_chunk(logits: torch.Tensor, bias: torch.Tensor | None, lo: int, size: int, tau: float) -> torch.Tensor:
+    """A fresh (n, c) tensor (φ[:, lo:lo+c] + b[lo:lo+c]) / τ."""
+    x = logits[:, lo:lo + size] / tau
+    return x if bias is None else x.add_(bias[lo:lo + size])
+
+
+def expected_embeddings(logits: torch.Tensor, embedding_table: torch.Tensor, temperature: float = 1.0, *,
+                        bias: torch.Tensor | None = None, chunk_size: int | None = None,
+                        top_k: int | None = None) -> torch.Tensor:
+    """ē = softmax((logits + bias) / τ) · E_R: (..., V) -> (..., d), differentiable w.r.t. ``logits``.
+
+    Args:
+        bias: (V,) added to the logits (0 / −inf: ids the table has no row for get q = 0).
+        chunk_size: ids per vocabulary chunk (:class:`ChunkedExpectedEmbedding`): the same values to float
+            rounding, without (n, V) intermediates; None = one dense softmax and matmul.
+        top_k: APPROXIMATION (changes results): ē over the k most likely ids only, their probabilities
+            renormalised; the gradient reaches only those k logits. None = exact.
+    """
+    return _expected_embeddings(logits, embedding_table, temperature, bias, chunk_size, top_k)[0]
+
+
+def _expected_embeddings(logits, embedding_table, temperature, bias, chunk_size, top_k):
+    """(ē (..., d), logsumexp((logits + bias) / τ) (n,) float64 when the chunked path made it, else None)."""
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    flat = upcast(logits).reshape(-1, V)
+    lse = None
+    if top_k is not None and top_k < V:
+        x = flat if bias is None else flat + bias
+        vals, ids = torch.topk(x, top_k, -1)  # (n, k)
+        q = scale(vals, temperature).softmax(-1)
+        soft = F.embedding_bag(ids, embedding_table, per_sample_weights=q.to(embedding_table.dtype), mode="sum")
+    elif chunk_size is not None and chunk_size < V and temperature > 0:
+        soft, lse = ChunkedExpectedEmbedding.apply(flat, embedding_table, bias, float(temperature), int(chunk_size))
+    else:
+        x = flat if bias is None else flat + bias
+        soft = soft_embeddings(scale(x, temperature).softmax(-1), embedding_table)
+    return soft.view(*lead, embedding_table.shape[1]), lse
 
 
 def mixing_weight(logits: torch.Tensor, method: str, entropy_temperature: float = 1.0) -> torch.Tensor:
@@ -89,21 +203,45 @@ def reward_input_embeddings(
 
     Ids whose logit is −inf (invalid or unmapped ids) get q = 0 and are never sampled.
     """
+    return mixed_embeddings(logits, embedding_table, method, temperature=temperature, top_p=top_p, top_k=top_k,
+                            entropy_temperature=entropy_temperature, generator=generator, uniforms=uniforms)
+
+
+def mixed_embeddings(
+    logits: torch.Tensor,
+    embedding_table: torch.Tensor,
+    method: str,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    entropy_temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    soft_top_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reward_input_embeddings` of ``logits + bias``, with the cost options of the guidance loop.
+
+    ``bias`` (V,) is added without an autograd copy of the (n, V) logits; ``chunk_size`` and ``soft_top_k``
+    are passed to :func:`expected_embeddings` (``soft_top_k`` is an approximation). w and the hard sample
+    are computed without gradient on ``logits + bias``.
+    """
     if method not in MIXING_METHODS:
         raise ValueError(f"`method` must be one of {MIXING_METHODS}, got {method!r}.")
     if logits.shape[-1] != embedding_table.shape[0]:
         raise ValueError(
             f"`embedding_table` must have one row per logit ({logits.shape[-1]}), got {embedding_table.shape[0]}."
         )
-    probs = scale(upcast(logits), temperature).softmax(-1)  # (..., V)
-    soft = soft_embeddings(probs, embedding_table)  # (..., d)
-    weight = mixing_weight(logits, method, entropy_temperature)  # (...,)
+    soft, lse = _expected_embeddings(logits, embedding_table, temperature, bias, chunk_size, soft_top_k)  # (..., d)
     if method == "expectation":
-        return soft, weight
+        return soft, mixing_weight(logits, method)
     with torch.no_grad():
+        x = logits.detach() if bias is None else logits.detach() + bias  # (..., V)
+        weight = mixing_weight(x, method, entropy_temperature)  # (...,)
         if uniforms is None:
             uniforms = torch.rand(logits.shape[:-1], generator=generator, device=logits.device)
-        tokens = sample_from_logits(sampling_logits(logits.detach(), temperature, top_p, top_k), uniforms)
-        hard = embedding_table[tokens]  # (..., d)
+        hard = embedding_table[draw(x, uniforms, temperature, top_p, top_k, lse=lse)]  # (..., d)
     embeds = soft + (weight.unsqueeze(-1).to(soft.dtype) * (hard - soft)).detach()
     return embeds, weight

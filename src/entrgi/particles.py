@@ -95,11 +95,7 @@ class ParticleSampler(MaskedDiffusionSampler):
     def _start(self, rows, cfg, rg, trace, track_reward) -> _Batch:
         batch = super()._start(rows, cfg, rg, trace, track_reward)
         if batch.reward_batch is None:  # the estimate needs the RM layout even without guidance
-            from .reward.base import RewardBatch
-            batch.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in rows],
-                                             cfg.max_new_tokens)
-            batch.table = self.bridge.rm_table(self.reward.embedding_table())
-            batch.rm_mapped = self.bridge.mapped.to(batch.x.device)
+            self._attach_reward(batch)
         k = cfg.num_samples
         groups = [rows[g:g + k] for g in range(0, len(rows), k)]
         batch.extra = {

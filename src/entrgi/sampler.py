@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from .guidance import upcast
 from .guide import guide_logits, mean_entropy_weight, response_attention
-from .logit_ops import sample_from_logits, sample_gumbel_max, sampling_logits
+from .logit_ops import draw, sample_gumbel_max, sampling_logits
 from .models.base import DiffusionLM
 from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace
 from .reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
@@ -175,12 +177,23 @@ class MaskedDiffusionSampler:
                            model.invalid_mask(device), float("-inf")),
                        trace=trace, track_reward=track_reward, traces=[[] for _ in rows])
         if rg.config.guided or track_reward:
-            batch.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in rows], L)
-            batch.table = self.bridge.rm_table(self.reward.embedding_table())
-            batch.rm_mapped = self.bridge.mapped.to(device)
+            self._attach_reward(batch)
             if trace and rg.config.guided:
                 batch.trace_streams = RowStreams([r.trace_seed for r in rows], device)
         return batch
+
+    def _attach_reward(self, batch: _Batch) -> None:
+        """The RM layout of the batch (on the RM's device; the prompt prefix encoded once when
+        ``prefix_cache``) and the aligned table / mapped mask on the DLLM's device, where φ lives."""
+        device = batch.x.device
+        if batch.guidance.config.compile:
+            if not hasattr(self.reward, "enable_compile"):
+                raise ValueError(f"`compile`: {type(self.reward).__name__} has no compiled path (HFRewardModel has).")
+            self.reward.enable_compile()
+        batch.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in batch.rows],
+                                         batch.cfg.max_new_tokens, prefix_cache=batch.guidance.config.prefix_cache)
+        batch.table = self.bridge.rm_table(self.reward.embedding_table(), device)
+        batch.rm_mapped = self.bridge.mapped.to(device)
 
     @torch.no_grad()
     def _run(self, batch: _Batch, stats: ComputeStats, bar, callback) -> None:
@@ -212,22 +225,25 @@ class MaskedDiffusionSampler:
         if not candidates.any():
             return None
         # 1. DLLM forward (no grad): logits of the response slots, invalid ids excluded.
-        logits = model.response_logits(batch.x, batch.attn, batch.pos, P).float() + batch.invalid_bias  # (B, L, V)
+        with record_function("entrgi.dllm_forward"):
+            logits = self._logits(batch)  # (B, L, V)
         stats.dllm_forwards += B
         # 2. Guidance: optimise a copy of the masked slots' logits.
         guided, result = logits, None
         if rg.config.guided:
-            with torch.enable_grad():
-                result = guide_logits(logits, masked, resp, batch.reward_batch.score, batch.table, batch.rm_mapped,
-                                      rg, batch.eos, batch.streams, batch.trace_streams)
+            with torch.enable_grad(), record_function("entrgi.guide"):
+                result = self._guide(batch, logits, masked, resp)
             guided = result.logits
             stats.rm_forwards += B * rg.config.inner_steps
             stats.rm_backwards += B * rg.config.inner_steps
         # 3. Candidate tokens from the (guided) logits.
-        x0 = self._draw(cfg, guided[candidates], candidates, batch.streams)  # (n,)
+        with record_function("entrgi.draw"):
+            x0 = self._draw(cfg, guided[candidates], candidates, batch.streams)  # (n,)
         # 4. Which candidates to commit.
         anchored = cfg.confidence_from == "guided" or cfg.remasking == "anchored"
-        commit = self._choose(cfg, guided if anchored else logits, candidates, x0, batch.eos, batch.streams, i, S)
+        with record_function("entrgi.choose"):
+            commit = self._choose(cfg, guided if anchored else logits, candidates, x0, batch.eos, batch.streams, i,
+                                  S)
         proposal = resp.clone()
         proposal[candidates] = x0
         batch.x[:, P:] = torch.where(commit, proposal, resp)
@@ -246,6 +262,16 @@ class MaskedDiffusionSampler:
                 "candidates": candidates, "proposal": proposal, "committed": commit, "rows": batch.rows,
                 "estimate": estimate}
 
+    def _logits(self, batch: _Batch) -> torch.Tensor:
+        """Float logits (B, L, V) of the response slots, invalid ids at −inf (one DLLM forward)."""
+        logits = upcast(self.model.response_logits(batch.x, batch.attn, batch.pos, batch.P))
+        return logits.add_(batch.invalid_bias)  # in place: the forward's output is ours (float32, or float64 models')
+
+    def _guide(self, batch: _Batch, logits: torch.Tensor, masked: torch.Tensor, resp: torch.Tensor):
+        """Step 2: the inner loop (:func:`entrgi.guide.guide_logits`)."""
+        return guide_logits(logits, masked, resp, batch.reward_batch.score, batch.table, batch.rm_mapped,
+                            batch.guidance, batch.eos, batch.streams, batch.trace_streams)
+
     def _after_step(self, batch: _Batch, state: dict[str, Any], step: int, stats: ComputeStats) -> None:
         """Hook run after every step (the particle sampler resamples rows here)."""
 
@@ -263,10 +289,10 @@ class MaskedDiffusionSampler:
     @staticmethod
     def _draw(cfg: SamplerConfig, logits: torch.Tensor, candidates: torch.Tensor, streams: RowStreams) -> torch.Tensor:
         """One token per candidate slot from τ / top-k / top-p filtered ``logits`` (n, V)."""
-        filtered = sampling_logits(logits, cfg.temperature, cfg.top_p, cfg.top_k)
         if cfg.sampling == "gumbel" and cfg.temperature > 0:
+            filtered = sampling_logits(logits, cfg.temperature, cfg.top_p, cfg.top_k)
             return sample_gumbel_max(filtered, streams.uniform_matrix_at(candidates, logits.shape[-1]))
-        return sample_from_logits(filtered, streams.uniform_at(candidates)[candidates])
+        return draw(logits, streams.uniform_at(candidates)[candidates], cfg.temperature, cfg.top_p, cfg.top_k)
 
     @staticmethod
     def _choose(cfg: SamplerConfig, conf_logits: torch.Tensor, candidates: torch.Tensor, x0: torch.Tensor,

@@ -17,6 +17,8 @@ import torch
 
 from .logit_ops import scale
 
+#: Elements per row block of the float64 confidence computation (2 M doubles = 16 MiB).
+ROW_BLOCK_ELEMENTS = 1 << 21
 # Key given to EOS candidates when they are deprioritised: below every real confidence, above
 # non-candidates (which get −inf), so an EOS is committed only once nothing else is left.
 DEPRIORITISED = torch.finfo(torch.float64).min
@@ -59,6 +61,14 @@ def confidence(rule: str, logits: torch.Tensor, tokens: torch.Tensor, temperatur
         return uniforms.double()
     if rule == "low_confidence" or temperature <= 0:
         temperature = 1.0
+    step = max(1, ROW_BLOCK_ELEMENTS // max(logits.shape[-1], 1))
+    if logits.shape[0] > step:  # row blocks: the same values, float64 (rows, V) temporaries stay small
+        return torch.cat([_confidence(rule, logits[i:i + step], tokens[i:i + step], temperature)
+                          for i in range(0, logits.shape[0], step)])
+    return _confidence(rule, logits, tokens, temperature)
+
+
+def _confidence(rule: str, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     q = scale(logits.double(), temperature).softmax(-1)  # (n, V)
     if rule in ("maskgit_plus", "low_confidence", "anchored"):
         return q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -5,12 +5,18 @@ the RM's own formatting of the user prompt (its chat template split at a placeho
 text), are tokenised once per prompt, and stay constant; the response slots carry the embeddings
 that guidance optimises. :class:`RewardBatch` lays a batch out left-padded, so every row ends at the
 same position, with position ids that skip padding and masked-out slots.
+
+Prefix cache: a causal decoder RM's keys/values over the prompt prefix do not depend on what follows,
+so :class:`RewardBatch` (``prefix_cache=True``, for RMs whose :attr:`RewardModel.supports_prefix_cache`)
+encodes ``[pad ; prefix_b]`` once and each scoring call runs only ``[L slots ; pad ; suffix_b]``
+against the cached prefix: the same rewards (float rounding), gradients only through the response.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +68,24 @@ class RewardModel(nn.Module):
                        position_ids: torch.Tensor) -> torch.Tensor:
         """Rewards (B,) of a left-padded batch; ``attention_mask`` (B, N) marks the real tokens (a causal
         RM reads its score at each row's last attended position, an encoder pools attended ones)."""
+        raise NotImplementedError
+
+    # ---- optional: prefix cache (causal decoders) -----------------------------------------------
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """True when :meth:`encode_prefix` / :meth:`forward_embeds_cached` are exact for this RM (a causal
+        decoder: a position's state depends only on the positions before it)."""
+        return False
+
+    def encode_prefix(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor) -> Any:
+        """The state of a left-padded prefix batch (B, P, d) that later calls continue from (no gradient)."""
+        raise NotImplementedError
+
+    def forward_embeds_cached(self, prefix: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                              position_ids: torch.Tensor) -> torch.Tensor:
+        """Rewards (B,) of ``[prefix ; inputs_embeds]``: ``inputs_embeds`` (B, T, d) and ``position_ids``
+        (B, T) cover the continuation, ``attention_mask`` (B, P + T) the prefix and the continuation."""
         raise NotImplementedError
 
     # ---- text formatting ------------------------------------------------------------------------
@@ -138,31 +162,65 @@ class RewardBatch:
     :meth:`inputs` scatters response embeddings (B, L, d) into the slots; prefix and suffix
     embeddings are constants. Slots whose ``response_attention`` is False (at or after the first
     EOS, or unmapped tokens) are not attended to and do not advance the position ids.
+
+    Args:
+        reward: the reward model; its device holds the layout (inputs from elsewhere are moved there).
+        contexts: one :class:`RewardContext` per row.
+        response_length: L.
+        prefix_cache: encode ``[pad ; prefix_b]`` once (no gradient) and run each call on
+            ``[L slots ; pad ; suffix_b]`` only, when ``reward.supports_prefix_cache``; otherwise (or False)
+            every call runs the whole row. Same rewards and gradients up to float rounding.
     """
 
-    def __init__(self, reward: RewardModel, contexts: Sequence[RewardContext], response_length: int):
+    def __init__(self, reward: RewardModel, contexts: Sequence[RewardContext], response_length: int, *,
+                 prefix_cache: bool = False):
         table = reward.embedding_table()
         self.reward = reward
         self.response_length = response_length
-        rows, slots = [], []
-        for c in contexts:
-            rows.append([*c.prefix_ids, *([0] * response_length), *c.suffix_ids])
-            slots.append([False] * len(c.prefix_ids) + [True] * response_length + [False] * len(c.suffix_ids))
-        ids, attn = left_pad(rows, 0, table.device)
-        slot_mask, _ = left_pad([list(map(int, s)) for s in slots], 0, table.device)
-        self.slot_mask = slot_mask.bool()  # (B, N_R)
-        self.base_attention = attn.masked_fill(self.slot_mask, 0)  # (B, N_R)
+        self.device = table.device
+        self.prefix_cached = bool(prefix_cache and reward.supports_prefix_cache
+                                  and any(c.prefix_ids for c in contexts))
+        L = response_length
+        if self.prefix_cached:
+            prefix_ids, self.prefix_attention = left_pad([c.prefix_ids for c in contexts], 0, self.device)
+            suffix_ids, suffix_attn = left_pad([c.suffix_ids for c in contexts], 0, self.device)
+            B = len(contexts)
+            ids = torch.cat([torch.zeros((B, L), dtype=torch.long, device=self.device), suffix_ids], 1)
+            self.slot_mask = torch.zeros(ids.shape, dtype=torch.bool, device=self.device)
+            self.slot_mask[:, :L] = True  # (B, L + S)
+            self.base_attention = torch.cat([torch.zeros((B, L), dtype=torch.long, device=self.device),
+                                             suffix_attn], 1)  # (B, L + S)
+            with torch.no_grad():
+                self.prefix_state = reward.encode_prefix(table[prefix_ids], self.prefix_attention,
+                                                         position_ids_from(self.prefix_attention))
+        else:
+            rows, slots = [], []
+            for c in contexts:
+                rows.append([*c.prefix_ids, *([0] * L), *c.suffix_ids])
+                slots.append([False] * len(c.prefix_ids) + [True] * L + [False] * len(c.suffix_ids))
+            ids, attn = left_pad(rows, 0, self.device)
+            slot_mask, _ = left_pad([list(map(int, s)) for s in slots], 0, self.device)
+            self.slot_mask = slot_mask.bool()  # (B, N_R)
+            self.base_attention = attn.masked_fill(self.slot_mask, 0)  # (B, N_R)
         with torch.no_grad():
             self.static_embeds = table[ids].masked_fill(self.slot_mask.unsqueeze(-1), 0.0)  # (B, N_R, d)
 
     def inputs(self, response_embeds: torch.Tensor, response_attention: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs_embeds (B, N_R, d), attention_mask (B, N_R), position_ids (B, N_R))."""
-        embeds = self.static_embeds.masked_scatter(self.slot_mask.unsqueeze(-1),
-                                                   response_embeds.to(self.static_embeds.dtype))
-        attn = self.base_attention.masked_scatter(self.slot_mask, response_attention.long())
-        return embeds, attn, position_ids_from(attn)
+        """(inputs_embeds (B, N, d), attention_mask (B, N'), position_ids (B, N)) of the part a call runs:
+        the whole row (N' = N = N_R), or with the prefix cache the slots and suffix (N = L + S) with the
+        attention mask over prefix and tail (N' = P + N)."""
+        embeds = self.static_embeds.masked_scatter(
+            self.slot_mask.unsqueeze(-1), response_embeds.to(device=self.device, dtype=self.static_embeds.dtype))
+        attn = self.base_attention.masked_scatter(self.slot_mask, response_attention.to(self.device).long())
+        if not self.prefix_cached:
+            return embeds, attn, position_ids_from(attn)
+        full = torch.cat([self.prefix_attention, attn], 1)  # (B, P + L + S)
+        return embeds, full, position_ids_from(full)[:, self.prefix_attention.shape[1]:]
 
     def score(self, response_embeds: torch.Tensor, response_attention: torch.Tensor) -> torch.Tensor:
-        """Rewards (B,), differentiable w.r.t. ``response_embeds``."""
+        """Rewards (B,) on the reward model's device, differentiable w.r.t. ``response_embeds``."""
+        if self.prefix_cached:
+            return self.reward.forward_embeds_cached(self.prefix_state, *self.inputs(response_embeds,
+                                                                                     response_attention))
         return self.reward.forward_embeds(*self.inputs(response_embeds, response_attention))

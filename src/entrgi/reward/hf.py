@@ -4,6 +4,12 @@ Decoder classifiers (Qwen3, Llama, Gemma, ... the ``GenericForSequenceClassifica
 run as base model + score head, reading the score at each row's last *attended* position: HF's own
 forward cannot find padding when given ``inputs_embeds`` and would read position −1. Other
 classifiers (BERT-style, pooled at [CLS]) are called as they are.
+
+Decoder classifiers support the prefix cache of :class:`~entrgi.reward.base.RewardBatch`: the prefix's
+keys/values are computed once (``encode_prefix``) and each call runs the continuation against a
+read-only cache (:class:`FrozenPrefixLayer`: transformers' ``DynamicLayer`` whose ``update`` returns
+prefix + new states without storing them, so one prefix serves every call, backward included, and
+gradient checkpointing may replay a layer).
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from transformers.modeling_layers import GenericForSequenceClassification
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 
 from .base import RewardModel, left_pad, position_ids_from
 
@@ -22,6 +29,25 @@ def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index (B,) of each row's last position with mask 1."""
     idx = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
     return (idx * attention_mask.long()).argmax(-1)
+
+
+class FrozenPrefixLayer(DynamicLayer):
+    """A cache layer holding a prefix's keys/values (B, h_kv, P, d_h) that ``update`` never changes:
+    it returns ``cat(prefix, new)`` and forgets ``new``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+
+
+def _layer_cache(output) -> Cache:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 class HFRewardModel(RewardModel):
@@ -46,6 +72,30 @@ class HFRewardModel(RewardModel):
         self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = 0 if pad is None else int(pad)
+        self._cache_kwarg = None
+        self._compiled = None
+        if self.decoder_head:
+            params = inspect.signature(self._base.forward).parameters
+            self._cache_kwarg = next((k for k in ("cache", "past_key_values") if k in params), None)
+
+    @property
+    def _base(self):
+        return getattr(self.model, self.model.base_model_prefix)
+
+    def enable_compile(self, **options) -> None:
+        """Run the base decoder through ``torch.compile(**options)`` from now on (decoder classifiers only;
+        the first calls of each new input shape compile). ``GuidanceConfig(compile=True)`` calls this."""
+        if self.decoder_head and self._compiled is None:
+            self._compiled = torch.compile(self._base, **options)
+
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Decoder classifiers with full (not sliding-window) attention and a cache argument."""
+        if not self.decoder_head or self._cache_kwarg is None:
+            return False
+        cfg = self.model.config
+        kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+        return kinds == {"full_attention"} and not getattr(cfg, "use_sliding_window", False)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, device_map=None, template: str = "auto",
@@ -65,24 +115,63 @@ class HFRewardModel(RewardModel):
     def embedding_table(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
 
+    def _run_base(self, cache: Cache | None = None, **inputs) -> torch.Tensor:
+        """The base decoder's last hidden states (B, N, h), checkpointed when enabled and gradients flow."""
+        base = self._base
+        # HF checkpoints activations only in train mode; switch just for this call when gradients flow.
+        checkpoint = self.model.is_activation_checkpointing and torch.is_grad_enabled()
+        layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)] if cache is not None else []
+        kwargs = {self._cache_kwarg: cache} if cache is not None else {}
+        saved = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
+        base.train(checkpoint)
+        for m in layers:  # the frozen prefix cache is read-only: a checkpointed layer may replay with it
+            m._can_checkpoint_with_cache = True
+        try:
+            run = base if self._compiled is None else self._compiled
+            return run(**inputs, **kwargs, use_cache=False).last_hidden_state
+        finally:
+            base.eval()
+            for m, v in zip(layers, saved):
+                if v is None:
+                    del m._can_checkpoint_with_cache
+                else:
+                    m._can_checkpoint_with_cache = v
+
     def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                        position_ids: torch.Tensor) -> torch.Tensor:
         if self.decoder_head:
-            base = getattr(self.model, self.model.base_model_prefix)
-            # HF checkpoints activations only in train mode; switch just for this call when gradients flow.
-            checkpoint = self.model.is_activation_checkpointing and torch.is_grad_enabled()
-            base.train(checkpoint)
-            try:
-                hidden = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                              position_ids=position_ids, use_cache=False).last_hidden_state  # (B, N, h)
-            finally:
-                base.eval()
+            hidden = self._run_base(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                    position_ids=position_ids)  # (B, N, h)
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             pooled = hidden[rows, last_attended(attention_mask)]  # (B, h)
             return self.model.score(pooled)[:, self.label].float()
         kwargs = {"position_ids": position_ids} if self._takes_positions else {}
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return out.logits[:, self.label].float()
+
+    @torch.no_grad()
+    def encode_prefix(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (keys, values) (B, h_kv, P, d_h) of the prefix; padding rows zeroed (never attended)."""
+        if not self.supports_prefix_cache:
+            raise ValueError(f"{type(self.model).__name__} does not support the prefix cache.")
+        base = self._base
+        base.eval()
+        out = base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=True)
+        keep = attention_mask.bool()[:, None, :, None]
+        return [(layer.keys.masked_fill(~keep, 0.0), layer.values.masked_fill(~keep, 0.0))
+                for layer in _layer_cache(out).layers]
+
+    def forward_embeds_cached(self, prefix: list[tuple[torch.Tensor, torch.Tensor]], inputs_embeds: torch.Tensor,
+                              attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        cache = Cache(layers=[FrozenPrefixLayer(k, v) for k, v in prefix])
+        hidden = self._run_base(cache, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                position_ids=position_ids)  # (B, T, h)
+        P = attention_mask.shape[1] - hidden.shape[1]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, last_attended(attention_mask) - P]  # (B, h)
+        return self.model.score(pooled)[:, self.label].float()
 
     @torch.no_grad()
     def score_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:

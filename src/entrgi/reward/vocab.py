@@ -111,17 +111,22 @@ class VocabBridge:
             raise ValueError("the DLLM and reward tokenizers share no token string: no vocabulary bridge exists.")
         return cls(m, report)
 
-    def rm_table(self, rm_embedding: torch.Tensor) -> torch.Tensor:
+    def rm_table(self, rm_embedding: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
         """E_R aligned to DLLM ids: (V, d), row i = ``rm_embedding[dllm_to_rm[i]]``, zeros where unmapped.
 
-        Built once per table and cached (the last table only)."""
+        ``device``: where to put it (default: the embedding's). Guidance wants it where the DLLM's logits
+        are (the soft embedding q·E is formed there; only the (n, d) result travels to the RM). Built once
+        per (table, device) and cached (the last table only)."""
+        device = rm_embedding.device if device is None else torch.device(device)
         key = (rm_embedding.data_ptr(), rm_embedding.shape, rm_embedding.dtype, rm_embedding.device)
-        if key in self._tables:
-            return self._tables[key]
+        cached = self._tables.get(key, {}) if key in self._tables else {}
+        if device in cached:
+            return cached[device]
         m = self.dllm_to_rm.to(rm_embedding.device)
         table = rm_embedding[m.clamp_min(0)] * self.mapped.to(rm_embedding.device).unsqueeze(-1).to(rm_embedding.dtype)
-        self._tables = {key: table.detach()}
-        return self._tables[key]
+        cached[device] = table.detach().to(device)
+        self._tables = {key: cached}
+        return cached[device]
 
     def rm_ids(self, dllm_ids: torch.Tensor) -> torch.Tensor:
         """RM ids of DLLM ids (−1 where unmapped)."""

@@ -1,0 +1,121 @@
+"""A naive reference of the guided sampler, written straight from ``shared/reference/algorithm.md``.
+
+Slow on purpose: the yardstick that tests and ``benchmarks/bench_guidance.py`` compare the optimised
+path against (same random streams, so the same tokens and, to float rounding, the same rewards).
+
+What it does not do, and :class:`~entrgi.sampler.MaskedDiffusionSampler` does:
+- DLLM logits are formed for the whole sequence (B, P + L, V), then sliced to the response slots;
+- every inner step runs the RM over the whole ``[prefix ; L slots ; suffix]`` (no prefix cache);
+- the soft embedding is one dense softmax (n, V) and matmul (n, V) @ (V, d), autograd keeps q;
+- the entropy weight, the top-p filter (a full sort of the vocabulary) and the inverse-CDF draw
+  (a float64 softmax and cumsum over the vocabulary) work on whole (n, V) tensors;
+- Adam is the per-op implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import ResolvedGuidance
+from .guidance import upcast
+from .guide import GuideResult, response_attention
+from .logit_ops import sample_from_logits, scale, top_k_filter, top_p_filter_sorted
+from .reward.base import RewardBatch
+from .rng import RowStreams
+from .sampler import MaskedDiffusionSampler, _Batch
+
+
+def naive_draw(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float,
+               top_k: int | None) -> torch.Tensor:
+    """Scale, top-k, top-p by a full sort, then inverse CDF over the whole vocabulary."""
+    return sample_from_logits(top_p_filter_sorted(top_k_filter(scale(logits, temperature), top_k), top_p), uniforms)
+
+
+def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids: torch.Tensor, score,
+                       table: torch.Tensor, rm_mapped: torch.Tensor, guidance: ResolvedGuidance,
+                       eos_ids: torch.Tensor, streams: RowStreams,
+                       trace_streams: RowStreams | None = None) -> GuideResult:
+    """The inner loop of :func:`entrgi.guide.guide_logits`, one formula at a time."""
+    cfg = guidance.config
+    tau, V = guidance.relaxation_temperature, logits.shape[-1]
+    rm_bias = torch.zeros(V, device=logits.device).masked_fill(~rm_mapped, float("-inf"))
+    committed = table[response_ids.clamp_max(V - 1)].detach()  # (B, L, d)
+    rows = masked.nonzero()[:, 0]
+    phi = upcast(logits[masked].detach().clone()).requires_grad_(True)  # (n, V)
+    optimizer = (torch.optim.Adam([phi], lr=cfg.lr, foreach=False) if cfg.optimizer == "adam"
+                 else torch.optim.SGD([phi], lr=cfg.lr))
+    B = logits.shape[0]
+    rewards, grad_norms = [], []
+
+    def rm_view(source: RowStreams):
+        x = phi + rm_bias  # (n, V) the RM's view: unmapped ids excluded
+        q = torch.softmax(x / tau, -1)  # (n, V)
+        soft = q.to(table.dtype) @ table  # (n, d) ē
+        if cfg.method == "expectation":
+            embeds = soft
+        else:
+            with torch.no_grad():
+                if cfg.method == "aps":
+                    w = torch.ones(x.shape[0], device=x.device)
+                else:  # entrgi: H(softmax(x / T_H)) / log V
+                    logp = torch.log_softmax(scale(x.detach(), guidance.entropy_temperature), -1)
+                    p = logp.exp()
+                    w = (-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1) / math.log(V)).clamp(0, 1)
+                u = source.uniform_at(masked)[masked]
+                hard = table[naive_draw(x.detach(), u, tau, guidance.hard_top_p, guidance.top_k)]  # (n, d) ẽ
+            embeds = soft + (w.unsqueeze(-1).to(soft.dtype) * (hard - soft)).detach()
+        resp = committed.masked_scatter(masked.unsqueeze(-1), embeds.to(committed.dtype))
+        ids = response_ids.masked_scatter(masked, phi.detach().argmax(-1))
+        return resp, response_attention(ids, masked, eos_ids, rm_mapped)
+
+    for _ in range(cfg.inner_steps):
+        resp, attn = rm_view(streams)
+        r = score(resp, attn)
+        optimizer.zero_grad(set_to_none=True)
+        (-r.sum()).backward()
+        sq = torch.zeros(B, device=phi.device, dtype=phi.dtype).index_add_(0, rows, phi.grad.pow(2).sum(-1))
+        grad_norms.append(sq.sqrt().detach().cpu())
+        rewards.append(r.detach().float().cpu())
+        optimizer.step()
+    if trace_streams is not None:
+        with torch.no_grad():
+            rewards.append(score(*rm_view(trace_streams)).float().cpu())
+    guided = logits.clone()
+    guided[masked] = phi.detach().to(guided.dtype)
+    stack = lambda xs: torch.stack(xs, -1) if xs else torch.zeros(B, 0)  # noqa: E731
+    return GuideResult(guided, stack(rewards), stack(grad_norms))
+
+
+class NaiveSampler(MaskedDiffusionSampler):
+    """:class:`~entrgi.sampler.MaskedDiffusionSampler` with every step done the naive way (see the module
+    docstring); the schedule, remasking and random streams are shared, so outputs are comparable."""
+
+    def _attach_reward(self, batch: _Batch) -> None:
+        device = batch.x.device
+        batch.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in batch.rows],
+                                         batch.cfg.max_new_tokens, prefix_cache=False)
+        batch.table = self.bridge.rm_table(self.reward.embedding_table(), device)
+        batch.rm_mapped = self.bridge.mapped.to(device)
+
+    def _logits(self, batch: _Batch) -> torch.Tensor:
+        logits = self.model(batch.x, batch.attn, batch.pos)  # (B, P + L, V): every position
+        return upcast(logits[:, batch.P:]) + batch.invalid_bias
+
+    def _guide(self, batch: _Batch, logits: torch.Tensor, masked: torch.Tensor, resp: torch.Tensor):
+        return naive_guide_logits(logits, masked, resp, batch.reward_batch.score, batch.table, batch.rm_mapped,
+                                  batch.guidance, batch.eos, batch.streams, batch.trace_streams)
+
+    @staticmethod
+    def _draw(cfg, logits, candidates, streams):
+        if cfg.sampling == "gumbel" and cfg.temperature > 0:
+            return MaskedDiffusionSampler._draw(cfg, logits, candidates, streams)
+        return naive_draw(logits, streams.uniform_at(candidates)[candidates], cfg.temperature, cfg.top_p, cfg.top_k)
+
+
+def generate_naive(model, prompts, reward=None, **kwargs):
+    """:func:`entrgi.generate` through :class:`NaiveSampler` (same arguments)."""
+    bridge = kwargs.pop("bridge", None)
+    return NaiveSampler(model, reward, bridge).generate(prompts, kwargs.pop("sampler", None),
+                                                        kwargs.pop("guidance", None), **kwargs)

