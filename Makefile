@@ -44,7 +44,7 @@ report: setup
 	$(BIN)/entrgi report runs/default-pair
 
 train-default: setup
-	$(BIN)/entrgi train-default
+	$(BIN)/entrgi train-default --out runs/default-pair-retrained
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

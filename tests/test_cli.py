@@ -99,3 +99,25 @@ def test_eval_yaml_config(folders, tmp_path):
     assert len((tmp_path / "y" / "results.jsonl").read_text().splitlines()) == 2
     cfg.write_text("methodz: [none]\n")
     assert main(["eval", "--config", str(cfg), "--quiet"]) == 2
+
+
+def test_train_default_passes_its_flags_to_the_recipe(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train-default", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max-steps" in out and "--out" in out and "--threads" in out
+    with pytest.raises(SystemExit) as exc:  # a recipe flag with a bad value is the recipe parser's error
+        main(["train-default", "--max-steps", "many"])
+    assert exc.value.code == 2 and "--max-steps" in capsys.readouterr().err
+
+
+def test_model_and_reward_come_together(folders, capsys):
+    mlm, rm = folders
+    assert main(["generate", "--model", str(mlm), "--prompt", "x"]) == 2  # guided by default: needs a reward
+    assert "`--reward` is required with `--model`" in capsys.readouterr().err
+    assert main(["generate", "--reward", str(rm), "--prompt", "x"]) == 2
+    assert "`--reward` needs `--model`" in capsys.readouterr().err
+    assert main(["generate", "--model", str(mlm), "--prompt", "x", "--method", "none", "--max-new-tokens", "4",
+                 "--steps", "2", "--num-samples", "1", "--quiet"]) == 0
+    assert "n/a" in capsys.readouterr().out  # unguided, no reward to print

@@ -491,3 +491,8 @@ def test_reward_model_device_map(word_rm_ckpt):
     mapped = HFRewardModel.from_pretrained(word_rm_ckpt, device_map={"": "cpu"}, dtype=torch.float32)
     texts = ["the cat sat", "a good day"]
     torch.testing.assert_close(mapped.score_texts(PROMPTS, texts), plain.score_texts(PROMPTS, texts))
+
+
+def test_masked_lm_takes_the_same_loading_options(mlm_ckpt):
+    model = load_diffusion_lm(mlm_ckpt, attn_implementation="eager", revision=None)
+    assert model.module.config._attn_implementation == "eager"

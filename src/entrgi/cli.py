@@ -33,19 +33,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_pair(args: argparse.Namespace):
-    """(diffusion LM, reward model) from ``--model`` / ``--reward``, or the embedded default pair."""
+    """(diffusion LM, reward model or None) from ``--model`` / ``--reward``, or the embedded default pair."""
     dtype = DTYPES.get(args.dtype) if args.dtype else None
-    if args.model is None or args.reward is None:
+    if args.model is None and args.reward is None:
         from .default_pair import load_default_pair
-        default_model, default_reward = load_default_pair(device=args.device)
+        return load_default_pair(device=args.device)
     if args.model is None:
-        model = default_model
-    else:
-        from .models import load_diffusion_lm
-        model = load_diffusion_lm(args.model, family=args.family, dtype=dtype, device=args.device,
-                                  device_map=args.device_map)
+        raise ValueError("`--reward` needs `--model` (the embedded pair's DLLM reads only its own vocabulary); "
+                         "give both, or neither for the embedded default pair.")
+    from .models import load_diffusion_lm
+    model = load_diffusion_lm(args.model, family=args.family, dtype=dtype, device=args.device,
+                              device_map=args.device_map)
     if args.reward is None:
-        reward = default_reward
+        reward = None  # unguided sampling only (checked by cmd_generate)
     else:
         from .reward.hf import HFRewardModel
         reward = HFRewardModel.from_pretrained(args.reward, dtype=dtype, device=args.device,
@@ -69,6 +69,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts += [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
     if not prompts:
         raise ValueError("`--prompt` (or `--prompts-file`) is required: give at least one prompt.")
+    if args.model is not None and args.reward is None and guidance.method != "none":
+        raise ValueError(f"`--reward` is required with `--model` for method {guidance.method!r} "
+                         "(only `--method none` samples without a reward model).")
     model, reward = load_pair(args)
     out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, progress=not args.quiet)
     if args.output:
@@ -123,12 +126,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_default(args: argparse.Namespace) -> int:
-    from .default_pair.recipe import main as recipe_main
-
-    return recipe_main(args.recipe_args) or 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entrgi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,8 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-default", add_help=False,
                        help="Retrain the embedded default pair (see entrgi/default_pair/recipe.py; --help for flags).")
-    t.add_argument("recipe_args", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train_default)
+    t.add_argument("recipe_args", nargs=argparse.REMAINDER)  # (main() hands these to the recipe's parser)
 
     r = sub.add_parser("report", help="Write the paper-layout table (Markdown, CSV) and plots of a run directory.")
     r.add_argument("run_dir")
@@ -178,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-default"]:  # its own parser (every flag, --help included, goes to the recipe)
+        from .default_pair.recipe import main as recipe_main
+        return recipe_main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

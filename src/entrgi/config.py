@@ -59,7 +59,7 @@ class SamplerConfig:
     """How the masked diffusion LM commits tokens (Dream's sampler, with LLaDA's blocks as an option)."""
 
     max_new_tokens: int = _help("Response length L (masked slots appended to the prompt).", default=128)
-    steps: int = _help("Denoising steps T (over the whole response, or per block when `block_length` is set).",
+    steps: int = _help("Denoising steps T over the whole response (split evenly over the blocks when `block_length` is set).",
                        default=128)
     num_samples: int = _help("Trajectories K per prompt.", default=4)
     temperature: float = _help("Sampling temperature τ; 0 = greedy.", default=0.7)

@@ -64,7 +64,7 @@ class RecipeConfig:
 
     seed: int = 0
     max_steps: int = 1200
-    dllm_minutes: float | None = None
+    dllm_minutes: float | None = 70.0
     batch_size: int = 64
     min_window: int = 16
     max_window: int = 40
@@ -85,7 +85,7 @@ class RecipeConfig:
     reward_l2: float | None = None
     reward_l2_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     max_length: int = 128
-    threads: int | None = 2
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.loss_weighting not in ("uniform", "mdlm"):
@@ -498,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="entrgi train-default", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="default_pair", help="Output folder for the artefacts.")
-    p.add_argument("--dllm-minutes", type=float, default=None, help="Wall-clock cap on DLLM training.")
+    p.add_argument("--dllm-minutes", type=float, default=defaults.dllm_minutes,
+                   help="Wall-clock cap on DLLM training (the run stops early and says so).")
     for f in dataclasses.fields(RecipeConfig):
         if f.name in ("dllm_minutes",):
             continue

@@ -34,12 +34,16 @@ class HFMaskedLM(DiffusionLM):
         return cls(module.eval().requires_grad_(False), tokenizer, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, device_map=None,
-                        **overrides) -> HFMaskedLM:
+    def from_pretrained(cls, name_or_path: str, *, dtype=None, device=None, device_map=None, revision=None,
+                        attn_implementation=None, **overrides) -> HFMaskedLM:
         """Load with ``AutoModelForMaskedLM`` from a hub id or a local folder (no remote code); ``device_map``
-        places it with accelerate (``"auto"`` or a dict), else ``device`` holds all of it."""
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        module = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype, device_map=device_map)
+        places it with accelerate (``"auto"`` or a dict), else ``device`` holds all of it. ``revision`` and
+        ``attn_implementation`` go to transformers as for the other families; ``overrides`` to
+        :meth:`from_module`."""
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+        extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        module = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype, device_map=device_map,
+                                                      revision=revision, **extra)
         if device is not None and device_map is None:
             module = module.to(device)
         return cls.from_module(module, tokenizer, **overrides)
