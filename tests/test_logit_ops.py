@@ -1,6 +1,8 @@
 """Filtering and sampling against slow, obviously-correct references."""
 
 import pytest
+import math
+
 import torch
 
 from entrgi.logit_ops import sample_from_logits, sample_gumbel_max, sampling_logits, scale, top_k_filter, top_p_filter
@@ -75,3 +77,16 @@ def test_gumbel_max_frequencies_match_tempered_probabilities():
     ids = sample_gumbel_max((logits / tau).expand(n, 4), u)
     freq = torch.bincount(ids, minlength=4).double() / n
     assert torch.allclose(freq, torch.softmax(logits / tau, -1), atol=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_flushed_equals_exp_without_denormals(dtype):
+    from entrgi.logit_ops import exp_flushed_
+    tiny = torch.finfo(dtype).tiny
+    z = torch.cat([torch.linspace(-800.0, 5.0, 4001, dtype=dtype), torch.tensor([float("-inf")], dtype=dtype)])
+    got = exp_flushed_(z.clone())
+    ref = z.exp()
+    keep = ref >= tiny * math.e
+    torch.testing.assert_close(got[keep], ref[keep], rtol=1e-6, atol=0.0)
+    assert (got[~keep] == 0).all() and not ((got > 0) & (got < tiny)).any()  # flushed, no denormal left
+    assert keep.sum() > 100 and (~keep).sum() > 100

@@ -27,7 +27,7 @@ import torch
 
 import torch.nn.functional as F
 
-from .logit_ops import draw, scale
+from .logit_ops import draw, exp_flushed_, scale
 
 MixingMethod = Literal["expectation", "aps", "entrgi"]
 MIXING_METHODS: tuple[str, ...] = ("expectation", "aps", "entrgi")
@@ -72,7 +72,7 @@ def entropy_chunked(logits: torch.Tensor, temperature: float = 1.0, chunk: int =
         m_new = torch.maximum(m, z.amax(-1))
         shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows still all −inf
         alpha = (m - shift).exp()  # rescales earlier sums (0 while nothing finite was seen)
-        e = (z - shift.unsqueeze(-1)).exp_()
+        e = exp_flushed_(z - shift.unsqueeze(-1))
         s = s * alpha + e.sum(-1)
         t = t * alpha + e.mul_(z.clamp_min_(low)).sum(-1)
         m = m_new
@@ -105,7 +105,7 @@ class ChunkedExpectedEmbedding(torch.autograd.Function):
             p = _scaled_chunk(logits, bias, lo, chunk, temperature)  # z_c (n, c)
             m_new = torch.maximum(m, p.amax(-1))
             shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows still all −inf
-            p.sub_(shift.unsqueeze(-1)).exp_()
+            exp_flushed_(p.sub_(shift.unsqueeze(-1)))
             alpha = (m - shift).exp()  # rescales the sums of earlier chunks (0 on the first finite chunk)
             s.mul_(alpha.double()).add_(p.sum(-1).double())
             soft.mul_(alpha.unsqueeze(-1).to(acc)).add_((p.to(table.dtype) @ table[lo:lo + chunk]).to(acc))
@@ -125,7 +125,7 @@ class ChunkedExpectedEmbedding(torch.autograd.Function):
         g_dot = ((grad.to(soft.dtype) * soft).sum(-1, keepdim=True) / tau).to(logits.dtype)  # ⟨g, ē⟩ / τ (n, 1)
         out = torch.empty_like(logits)
         for lo in range(0, logits.shape[1], chunk):
-            q = _scaled_chunk(logits, bias, lo, chunk, tau).sub_(lse.unsqueeze(-1).to(logits.dtype)).exp_()  # (n, c)
+            q = exp_flushed_(_scaled_chunk(logits, bias, lo, chunk, tau).sub_(lse.unsqueeze(-1).to(logits.dtype)))
             g_e = (g @ table[lo:lo + chunk].T).to(logits.dtype).sub_(g_dot)  # (n, c)
             torch.mul(q, g_e, out=out[:, lo:lo + chunk])
         return out, None, None, None, None
