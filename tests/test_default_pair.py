@@ -231,3 +231,18 @@ def test_recipe_runs_end_to_end(tmp_path):
                           sampler=SamplerConfig(max_new_tokens=8, steps=4, num_samples=2),
                           guidance=GuidanceConfig(method="entrgi", inner_steps=1))
     assert all(s.reward is not None for s in out.samples[0])
+
+
+def test_demo_prints_every_method_and_writes_its_files(tmp_path, monkeypatch):
+    from entrgi import demo
+    from entrgi.demo import DEMO_METHODS, run_demo
+    from entrgi.eval.report import method_label
+    monkeypatch.setattr(demo, "DEMO_SAMPLER", {"max_new_tokens": 6, "steps": 3, "num_samples": 2, "top_p": 0.95})
+    text = run_demo(tmp_path / "demo", n_prompts=1, show=1, progress=False)
+    rows = {line.split("  ")[0].strip(): line.split() for line in text.splitlines()}
+    for m in DEMO_METHODS:
+        row = rows[method_label(m)]
+        assert len(row) >= 7 and all(v.replace(".", "").replace("-", "").isdigit() for v in row[-7:])
+    assert "EntRGi (Top@1)" in text and "unguided (sample 1)" in text
+    for name in ("results.jsonl", "reward_vs_step.png", "demo.txt"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0

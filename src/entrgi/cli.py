@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="Reward guidance on the embedded default pair (offline, CPU, ~1 min).")
     d.add_argument("--out", default="outputs/demo", help="Output folder (replaced).")
-    d.add_argument("--prompts", type=int, default=6, help="Number of sentence beginnings (default: 6).")
+    d.add_argument("--prompts", type=int, default=4, help="Number of sentence beginnings (default: 4).")
     d.add_argument("--temperature", type=float, default=0.7)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")

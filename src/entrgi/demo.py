@@ -25,14 +25,14 @@ DEMO_GUIDANCE = {"inner_steps": 3, "lr": 1.0}
 DEMO_METHODS = ("none", "best_of_n_matched", "expectation", "aps", "entrgi")
 
 
-def demo_config(out: str | Path, n_prompts: int = 6, temperature: float = 0.7, seed: int = 0) -> EvalConfig:
+def demo_config(out: str | Path, n_prompts: int = 4, temperature: float = 0.7, seed: int = 0) -> EvalConfig:
     return EvalConfig(out=str(out), prompt_sets=("continuations",), n_prompts=n_prompts, subsample="none",
                       methods=DEMO_METHODS, temperatures=(temperature,), seeds=(seed,), sampler=DEMO_SAMPLER,
                       guidance=DEMO_GUIDANCE, judges=("vader",), prompts_per_batch=n_prompts, perplexity=False,
                       track_reward=True)
 
 
-def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 6, temperature: float = 0.7, seed: int = 0,
+def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 4, temperature: float = 0.7, seed: int = 0,
              show: int = 3, progress: bool = True) -> str:
     """Run the demo into ``out`` (replaced) and return the printed text."""
     out = Path(out)
