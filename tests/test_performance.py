@@ -8,8 +8,7 @@ import torch
 from test_logit_ops import slow_top_p
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.guidance import (entropy, entropy_chunked, entropy_weight, expected_embeddings, mixed_embeddings,
-                             reward_input_embeddings)
+from entrgi.guidance import entropy, entropy_chunked, entropy_weight, expected_embeddings, reward_input_embeddings
 from entrgi.logit_ops import (draw, logsumexp_chunked, nucleus_groups, sample_from_logits, sampling_logits,
                               top_p_filter, top_p_filter_sorted, topk_blocked)
 from entrgi.naive import generate_naive
@@ -155,13 +154,13 @@ def test_soft_top_k_is_an_explicit_approximation(soft_setup):
 
 
 @pytest.mark.parametrize("method", ["expectation", "aps", "entrgi"])
-def test_mixed_embeddings_equal_reward_input_embeddings_of_biased_logits(soft_setup, method):
+def test_bias_and_chunks_equal_reward_input_embeddings_of_biased_logits(soft_setup, method):
     logits, table, bias = soft_setup
     u = torch.rand(7, generator=torch.Generator().manual_seed(5), dtype=F64)
     ref, w_ref = reward_input_embeddings(logits + bias, table, method, temperature=0.7, top_p=0.9, uniforms=u)
     for chunk in (None, 64):
-        got, w = mixed_embeddings(logits, table, method, bias=bias, temperature=0.7, top_p=0.9, uniforms=u,
-                                  chunk_size=chunk)
+        got, w = reward_input_embeddings(logits, table, method, bias=bias, temperature=0.7, top_p=0.9, uniforms=u,
+                                         chunk_size=chunk)
         torch.testing.assert_close(got, ref)
         torch.testing.assert_close(w, w_ref)
 

@@ -193,6 +193,9 @@ def reward_input_embeddings(
     entropy_temperature: float = 1.0,
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    soft_top_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reward model's input at masked positions: ``(embeds (..., d), weight (...,))``.
 
@@ -202,31 +205,10 @@ def reward_input_embeddings(
     3. embeds = soft + stopgrad(w · (hard − soft)), w from :func:`mixing_weight`.
 
     Ids whose logit is −inf (invalid or unmapped ids) get q = 0 and are never sampled.
-    """
-    return mixed_embeddings(logits, embedding_table, method, temperature=temperature, top_p=top_p, top_k=top_k,
-                            entropy_temperature=entropy_temperature, generator=generator, uniforms=uniforms)
 
-
-def mixed_embeddings(
-    logits: torch.Tensor,
-    embedding_table: torch.Tensor,
-    method: str,
-    *,
-    bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    entropy_temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    uniforms: torch.Tensor | None = None,
-    chunk_size: int | None = None,
-    soft_top_k: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`reward_input_embeddings` of ``logits + bias``, with the cost options of the guidance loop.
-
-    ``bias`` (V,) is added without an autograd copy of the (n, V) logits; ``chunk_size`` and ``soft_top_k``
-    are passed to :func:`expected_embeddings` (``soft_top_k`` is an approximation). w and the hard sample
-    are computed without gradient on ``logits + bias``.
+    Cost options of the guidance loop: ``bias`` (V,) is added to the logits without an autograd copy of the
+    (n, V) logits (w and the hard sample use ``logits + bias``, without gradient); ``chunk_size`` and
+    ``soft_top_k`` go to :func:`expected_embeddings` (``soft_top_k`` is an approximation).
     """
     if method not in MIXING_METHODS:
         raise ValueError(f"`method` must be one of {MIXING_METHODS}, got {method!r}.")

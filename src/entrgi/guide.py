@@ -25,7 +25,7 @@ import torch
 from torch.profiler import record_function
 
 from .config import ResolvedGuidance
-from .guidance import entropy_weight, mixed_embeddings, upcast
+from .guidance import entropy_weight, reward_input_embeddings, upcast
 from .rng import RowStreams
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -106,7 +106,7 @@ def guide_logits(
     rewards, grad_norms = [], []
 
     def rm_view(uniform_source: RowStreams) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, _ = mixed_embeddings(
+        embeds, _ = reward_input_embeddings(
             phi, table, cfg.method, bias=rm_bias, temperature=guidance.relaxation_temperature,
             top_p=guidance.hard_top_p, top_k=guidance.top_k, entropy_temperature=guidance.entropy_temperature,
             uniforms=uniform_source.uniform_at(masked)[masked] if cfg.method != "expectation" else None,
@@ -132,8 +132,15 @@ def guide_logits(
     if trace_streams is not None:
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
+    return guide_result(logits, masked, phi, rewards, grad_norms)
+
+
+def guide_result(logits: torch.Tensor, masked: torch.Tensor, phi: torch.Tensor, rewards: list[torch.Tensor],
+                 grad_norms: list[torch.Tensor]) -> GuideResult:
+    """The guided logits (``logits`` with ``phi`` at the masked slots) and the per-step records, stacked."""
     guided = logits.clone()
     guided[masked] = phi.detach().to(guided.dtype)
+    B = logits.shape[0]
     stack = lambda xs: torch.stack(xs, -1) if xs else torch.zeros(B, 0)  # noqa: E731
     return GuideResult(guided, stack(rewards), stack(grad_norms))
 

@@ -20,7 +20,7 @@ import torch
 
 from .config import ResolvedGuidance
 from .guidance import upcast
-from .guide import GuideResult, response_attention
+from .guide import GuideResult, guide_result, response_attention
 from .logit_ops import sample_from_logits, scale, top_k_filter, top_p_filter_sorted
 from .reward.base import RewardBatch
 from .rng import RowStreams
@@ -82,10 +82,7 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
     if trace_streams is not None:
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
-    guided = logits.clone()
-    guided[masked] = phi.detach().to(guided.dtype)
-    stack = lambda xs: torch.stack(xs, -1) if xs else torch.zeros(B, 0)  # noqa: E731
-    return GuideResult(guided, stack(rewards), stack(grad_norms))
+    return guide_result(logits, masked, phi, rewards, grad_norms)
 
 
 class NaiveSampler(MaskedDiffusionSampler):
