@@ -1,10 +1,13 @@
 """Every config field is validated with an error naming it and its allowed range."""
 
 import dataclasses
+import math
+import typing
 
 import pytest
 
-from entrgi import GuidanceConfig, SamplerConfig
+from entrgi import GuidanceConfig, ParticleConfig, SamplerConfig
+from entrgi.config import check_float
 
 BAD_SAMPLER = [
     ("max_new_tokens", 0, r"`max_new_tokens` must be an integer >= 1, got 0"),
@@ -102,3 +105,51 @@ def test_cost_switches_default_to_exact_and_fast():
     g = GuidanceConfig()
     assert (g.prefix_cache, g.vocab_chunk, g.compile, g.soft_top_k) == (True, 4096, False, None)
     assert GuidanceConfig(vocab_chunk=None, soft_top_k=64).soft_top_k == 64  # None = dense; the approximation is opt-in
+
+
+# ---- non-finite values and min_new_tokens ----------------------------------------------------------
+def float_fields(cls):
+    """Names of the fields typed float or float | None (read from the type hints, so new ones are covered)."""
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if hints[f.name] in (float, float | None)]
+
+
+def test_float_fields_are_the_expected_ones():  # the derivation below is not vacuous
+    assert float_fields(SamplerConfig) == ["temperature", "top_p", "remasking_temperature", "eps"]
+    assert float_fields(GuidanceConfig) == ["lr", "entropy_temperature", "relaxation_temperature", "hard_top_p"]
+    assert float_fields(ParticleConfig) == ["lam", "ess_threshold"]
+
+
+@pytest.mark.parametrize("cls,field", [(c, f) for c in (SamplerConfig, GuidanceConfig, ParticleConfig)
+                                       for f in float_fields(c)])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_every_float_field_refuses_inf_and_nan(cls, field, value):
+    message = rf"`{field}` must be a finite number" if math.isinf(value) else rf"`{field}` must be a number"
+    with pytest.raises(ValueError, match=message) as info:
+        cls(**{field: value})
+    assert str(info.value).endswith(f"got {value!r}.")
+
+
+def test_large_finite_values_are_still_accepted():
+    assert GuidanceConfig(lr=1e30, entropy_temperature=1e30, relaxation_temperature=1e30).lr == 1e30
+    assert SamplerConfig(temperature=1e30, remasking_temperature=1e30).temperature == 1e30
+    assert ParticleConfig(lam=1e30).lam == 1e30
+
+
+def test_check_float_allows_inf_only_when_asked():
+    check_float("x", math.inf, 0.0, allow_inf=True)
+    with pytest.raises(ValueError, match=r"`x` must be a finite number >= 0.0, got inf"):
+        check_float("x", math.inf, 0.0)
+    with pytest.raises(ValueError, match=r"`x` must be a number"):
+        check_float("x", math.nan, 0.0, allow_inf=True)  # NaN never
+    check_float("x", 10**400, 0.0)  # a huge int is finite (no float overflow)
+
+
+def test_min_new_tokens_is_validated():
+    assert SamplerConfig().min_new_tokens == 0
+    assert SamplerConfig(max_new_tokens=8, min_new_tokens=8).min_new_tokens == 8
+    with pytest.raises(ValueError, match=r"`min_new_tokens` must be <= `max_new_tokens` \(8\), got 9"):
+        SamplerConfig(max_new_tokens=8, min_new_tokens=9)
+    for bad in (-1, 2.0, True, None):
+        with pytest.raises(ValueError, match=r"`min_new_tokens` must be an integer >= 0"):
+            SamplerConfig(min_new_tokens=bad)

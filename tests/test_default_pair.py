@@ -162,6 +162,32 @@ def test_guidance_raises_reward(pair):
     assert mean(guided) > mean(base) + 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, "bfloat16", torch.float32])
+def test_dtype_applies_to_both_models(dtype, pair):
+    dllm, reward = dp.load_default_pair(dtype=dtype)
+    want = dp.DTYPES[dtype] if isinstance(dtype, str) else dtype
+    assert {p.dtype for p in dllm.module.parameters()} == {want}
+    assert {p.dtype for p in reward.encoder.parameters()} == {want}
+    assert reward.embedding_table().dtype == want
+    assert reward.head_weight.dtype == torch.float32  # the head and the reward stay float32
+    scores = reward.score_texts(["it"] * 3, POSITIVE)
+    ref = pair[1].score_texts(["it"] * 3, POSITIVE)
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    tol = 0 if want == torch.float32 else 0.15 * ref.abs().max()  # fp16/bf16 rounding of the same weights
+    assert (scores - ref).abs().max() <= tol
+    out = entrgi.generate(dllm, ["she was"], reward, progress=False, trace=False,
+                          sampler=SamplerConfig(max_new_tokens=6, steps=3, num_samples=2, seed=0),
+                          guidance=GuidanceConfig(method="entrgi", inner_steps=1))
+    assert all(s.text and s.reward is not None and torch.isfinite(torch.tensor(s.reward)) for s in out.samples[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int8, "half precision"])
+def test_an_unsupported_dtype_is_refused(dtype):
+    with pytest.raises(ValueError, match=r"the default pair cannot run in dtype .*: use one of float32, float16, "
+                                         r"bfloat16"):
+        dp.load_default_pair(dtype=dtype)
+
+
 # ---- corpus parsing (no apt) ---------------------------------------------------------------------
 def _r_character_vector(items, version=3):
     out = b"X\n" + struct.pack(">iii", version, 0x040201, 0x030500)

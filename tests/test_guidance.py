@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
+from entrgi import GuidanceConfig, MaskedDiffusionSampler, ParticleConfig, ParticleSampler, SamplerConfig, generate
+from entrgi.errors import NonFiniteError
 from entrgi.guidance import entropy, entropy_weight, reward_input_embeddings, soft_embeddings
+from entrgi.guide import check_inner_step
+from entrgi.naive import NaiveSampler
+from entrgi.reward.callable import CallableReward
 
 F64 = torch.float64  # the maths is checked in double precision
 
@@ -171,3 +176,127 @@ def test_soft_embeddings_matmul():
     q = torch.softmax(torch.randn(2, 5), -1)
     table = torch.randn(5, 3)
     torch.testing.assert_close(soft_embeddings(q, table), q @ table)
+
+
+# ---- entropy_weight at the temperature limits -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_entropy_weight_large_temperature_tends_to_uniform_over_finite_ids(dtype):
+    logits = (torch.randn(3, 10, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    logits[0, :2] = float("-inf")  # 8 finite ids: the limit is log 8 / log 10
+    limit = torch.tensor([math.log(8) / math.log(10), 1.0, 1.0], dtype=dtype)
+    for T in (1e6, 1e30, 1e39, 1e300):  # 1e39 and 1e300 are beyond float32: taken as its largest value
+        torch.testing.assert_close(entropy_weight(logits, T), limit)
+    assert (entropy_weight(logits, 1e3) < limit).all()  # approached from below
+
+
+def test_entropy_weight_zero_temperature_and_bad_temperatures():
+    logits = torch.tensor([[1.0, 1.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]], dtype=F64)
+    assert torch.equal(entropy_weight(logits, 0.0), torch.zeros(2, dtype=F64))  # one-hot limit (ties ignored)
+    torch.testing.assert_close(entropy_weight(logits, 1e-3), torch.tensor([math.log(2) / math.log(4), 0.0],
+                                                                          dtype=F64))  # ties: log 2 / log V
+    for bad in (math.inf, -math.inf, math.nan, -0.5):
+        with pytest.raises(ValueError, match="temperature` of the entropy weight must be a finite number >= 0"):
+            entropy_weight(logits, bad)
+
+
+# ---- non-finite rewards and gradients stop sampling with a clear error ------------------------------------
+NAN, INF = math.nan, math.inf
+NF_PROMPT = "the cat sat"
+
+
+def nf_sampler(**kw):
+    return SamplerConfig(**{**dict(max_new_tokens=4, steps=2, num_samples=3, temperature=1.0, top_p=1.0), **kw})
+
+
+def bad_reward(tok, value=NAN, *, row=1, on_call=None, when="always", gradient=False):
+    """A CallableReward = Σ attended coordinate 0, times ``value`` for batch row ``row`` (all rows if None).
+
+    ``on_call``: only that (0-based) call; ``when``: "always", "grad" (with autograd on) or "no_grad";
+    ``gradient``: leave the value finite and put ``value`` into the gradient instead."""
+    calls = []
+
+    def fn(embeds, attn, pos):
+        k, grad_on = len(calls), torch.is_grad_enabled()
+        calls.append(k)
+        r = (embeds[..., 0] * attn).sum(-1)
+        bad = (on_call is None or on_call == k) and when in ("always", "grad" if grad_on else "no_grad")
+        if not bad:
+            return r
+        mult = torch.ones(r.shape[0])
+        mult[slice(None) if row is None else row] = value
+        if gradient:
+            if embeds.requires_grad:
+                embeds.register_hook(lambda g: g * mult.view(-1, 1, 1))
+            return r
+        return r * mult
+
+    table = torch.randn(len(tok), 6, generator=torch.Generator().manual_seed(0))
+    return CallableReward(fn, table, tok, template="response")
+
+
+SAMPLERS = {"optimised": MaskedDiffusionSampler, "naive": NaiveSampler}
+
+
+@pytest.mark.parametrize("impl", list(SAMPLERS))
+@pytest.mark.parametrize("method", ["expectation", "aps", "entrgi"])
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+def test_non_finite_reward_in_the_inner_loop_names_method_steps_and_rows(mlm, tok, impl, method, value):
+    reward = bad_reward(tok, value, on_call=1)  # the 2nd RM call: inner step 2 of the first denoising step
+    with pytest.raises(NonFiniteError) as info:
+        SAMPLERS[impl](mlm, reward).generate(NF_PROMPT, nf_sampler(), GuidanceConfig(method=method), progress=False)
+    e = info.value
+    assert isinstance(e, ValueError)
+    assert (e.what, e.rows, e.samples, e.step, e.steps, e.method) == ("reward", [1], [(0, 1)], 0, 2, method)
+    assert str(e) == (f"the reward model returned a non-finite reward ({value}) for (prompt, sample) (0, 1) at "
+                      f"denoising step 1 of 2, inner step 2 of 3 (method {method!r}); check the reward model or "
+                      "function: its weights, inputs and arithmetic must give finite values.")
+
+
+@pytest.mark.parametrize("impl", list(SAMPLERS))
+@pytest.mark.parametrize("method", ["expectation", "aps", "entrgi"])
+def test_non_finite_gradient_in_the_inner_loop(mlm, tok, impl, method):
+    reward = bad_reward(tok, NAN, row=2, gradient=True, on_call=4)  # 3 inner + 1 trace call per step
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient of the guided logits φ for \(prompt, sample\) "
+                                             r"\(0, 2\) at denoising step 2 of 2, inner step 1 of 3 ") as info:
+        SAMPLERS[impl](mlm, reward).generate(NF_PROMPT, nf_sampler(), GuidanceConfig(method=method), progress=False)
+    assert (info.value.what, info.value.rows) == ("gradient", [2])
+
+
+def test_the_trace_evaluation_and_the_final_rescore_are_checked(mlm, tok):
+    reward = bad_reward(tok, NAN, row=None, when="no_grad")  # finite while guiding, NaN without autograd
+    with pytest.raises(NonFiniteError, match=r"\(0, 0\), \(0, 1\), \(0, 2\) at denoising step 1 of 2, the trace "
+                                             r"evaluation after the last inner step \(method 'aps'\)"):
+        generate(mlm, NF_PROMPT, reward, sampler=nf_sampler(), guidance=GuidanceConfig(method="aps"), progress=False)
+    with pytest.raises(NonFiniteError, match=r"non-finite reward \(nan, nan, nan\) for \(prompt, sample\) \(0, 0\), "
+                                             r"\(0, 1\), \(0, 2\) at the re-score of the decoded samples"):
+        generate(mlm, NF_PROMPT, reward, sampler=nf_sampler(), guidance=GuidanceConfig(method="aps"), progress=False,
+                 trace=False)
+
+
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_best_of_n_refuses_a_non_finite_score(mlm, tok, value):
+    with pytest.raises(NonFiniteError) as info:
+        generate(mlm, [NF_PROMPT, "a dog"], bad_reward(tok, value, row=4), sampler=nf_sampler(),
+                 guidance=GuidanceConfig(method="best_of_n"), progress=False)
+    e = info.value  # row 4 of the 6 = prompt 1, sample 1
+    assert (e.rows, e.samples, e.step, e.method) == ([4], [(1, 1)], None, "best_of_n")
+    assert f"non-finite reward ({value}) for (prompt, sample) (1, 1) at the re-score of the decoded samples" in str(e)
+
+
+def test_particle_weights_refuse_a_non_finite_estimate(mlm, tok):
+    sampler = ParticleSampler(mlm, bad_reward(tok, NAN, row=0, when="no_grad"), ParticleConfig(resample_every=2))
+    with pytest.raises(NonFiniteError, match=r"\(0, 0\) at denoising step 2 of 4, the particle weighting"):
+        sampler.generate(NF_PROMPT, nf_sampler(steps=4), progress=False)
+
+
+def test_finite_rewards_pass_and_huge_finite_gradients_are_not_errors(mlm, tok):
+    out = generate(mlm, NF_PROMPT, bad_reward(tok, 1.0), sampler=nf_sampler(), progress=False)  # x 1: finite
+    assert all(math.isfinite(s.reward) for s in out.samples[0])
+    rows = torch.tensor([0, 0, 1])
+    huge = torch.full((3, 5), 1e20)  # finite, but its squared norm overflows float32
+    norms = torch.zeros(2).index_add_(0, rows, torch.linalg.vector_norm(huge, dim=-1).square()).sqrt()
+    assert not torch.isfinite(norms).all()
+    check_inner_step(torch.zeros(2), norms, huge, rows, "aps", 0, 1)  # no error
+    huge[2, 1] = NAN
+    with pytest.raises(NonFiniteError, match=r"gradient .* rows \[1\] of the batch at inner step 1 of 1"):
+        check_inner_step(torch.zeros(2), norms, huge, rows, "aps", 0, 1)

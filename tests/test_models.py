@@ -3,7 +3,11 @@
 files) and loaded back through the public loader; checked against an independent float64 reference,
 then run end to end with guidance, from Python and from the CLI."""
 
+import ast
 import json
+import math
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -155,9 +159,26 @@ def test_loading_never_runs_or_asks_for_remote_code(monkeypatch, dream_ckpt, lla
     assert ("AutoModelForMaskedLM", str(mlm_ckpt)) in calls  # the guard was active (native classes pass it)
 
 
-def test_package_source_never_mentions_remote_code():
+def test_every_transformers_load_refuses_remote_code_explicitly():
+    """Each ``from_pretrained`` of a transformers class in the package passes ``trust_remote_code=False`` (so a
+    checkpoint with remote code is an error, never an interactive prompt), and no other value is ever written."""
     src = Path(entrgi.__file__).parent
-    assert [p.name for p in src.rglob("*.py") if "trust_remote_code" in p.read_text()] == []
+    loads, bad = [], []
+    for path in sorted(src.rglob("*.py")):
+        text = path.read_text()
+        values = re.findall(r"trust_remote_code\s*=\s*([^,)\s]+)", text)
+        if text.count("trust_remote_code") != len(values) or set(values) - {"False"}:
+            bad.append(path.name)  # a bare mention, or a value other than False
+        for node in ast.walk(ast.parse(text)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "from_pretrained" and isinstance(node.func.value, ast.Name)
+                    and re.search(r"Auto|Config|[Tt]okenizer", node.func.value.id)):
+                kw = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(kw.get("trust_remote_code"), ast.Constant) and kw["trust_remote_code"].value is False
+                loads.append((f"{path.name}:{node.lineno}", ok))
+    assert bad == []
+    assert len(loads) >= 8  # AutoTokenizer, Auto*Model, BertConfig and tokenizer-class loads (the walker works)
+    assert [where for where, ok in loads if not ok] == []
 
 
 def test_a_hub_id_is_downloaded_then_loaded_like_a_folder(monkeypatch, dream_ckpt):
@@ -496,3 +517,188 @@ def test_reward_model_device_map(word_rm_ckpt):
 def test_masked_lm_takes_the_same_loading_options(mlm_ckpt):
     model = load_diffusion_lm(mlm_ckpt, attn_implementation="eager", revision=None)
     assert model.module.config._attn_implementation == "eager"
+
+
+# ---- refusing a broken checkpoint --------------------------------------------------------------------
+def inv_freq_of(theta, head_dim, factor=1.0):
+    """RoPE's inverse frequencies θ^(−2i/d) (float64 reference)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)) / factor
+
+
+def variant(src, dst, config=None, drop=()):
+    """``src`` with its files symlinked into ``dst`` (none of ``drop``) and, when given, another config.json."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name not in drop and not (config is not None and f.name == "config.json"):
+            os.symlink(f, dst / f.name)
+    if config is not None:
+        (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def config_only(folder, config):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["legacy", "parameters"])
+def test_rope_base_is_read_from_both_config_layouts(layout, tmp_path, dream_ckpt, models):
+    dream_folder = write_dream_checkpoint(tmp_path / "dream", shards=1, rope_layout=layout)
+    llada_folder = write_llada_checkpoint(tmp_path / "llada", shards=1, rope_theta=1e6, rope_layout=layout)
+    for folder in (dream_folder, llada_folder):
+        raw = json.loads((folder / "config.json").read_text())
+        assert ("rope_theta" in raw) == (layout == "legacy") and ("rope_parameters" in raw) == (layout != "legacy")
+    dream, llada = load_diffusion_lm(dream_folder), load_diffusion_lm(llada_folder)
+    for model in (dream, llada):
+        cfg = model.module.config
+        hd = cfg.hidden_size // cfg.num_attention_heads
+        inv = model.module.model.rotary_emb.inv_freq.double()
+        torch.testing.assert_close(inv, inv_freq_of(1e6, hd), rtol=1e-6, atol=0)
+        assert not torch.allclose(inv, inv_freq_of(1e4, hd))  # the old fallback differs
+    x, attn, pos, P = canvas(dream, PROMPTS)  # same seed as the legacy fixture: the same logits
+    with torch.no_grad():
+        torch.testing.assert_close(dream.response_logits(x, attn, pos, P),
+                                   models["dream"].response_logits(x, attn, pos, P), atol=1e-5, rtol=1e-5)
+
+
+def test_dream_linear_rope_scaling_divides_the_frequencies(tmp_path, dream_ckpt):
+    raw = json.loads((dream_ckpt / "config.json").read_text())
+    raw["rope_scaling"] = {"type": "linear", "factor": 4.0}
+    model = load_diffusion_lm(variant(dream_ckpt, tmp_path / "linear", raw))
+    hd = model.module.config.hidden_size // model.module.config.num_attention_heads
+    torch.testing.assert_close(model.module.model.rotary_emb.inv_freq.double(), inv_freq_of(1e6, hd, 4.0),
+                               rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("family,kind,rope", [
+    ("dream", "yarn", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}),
+    ("dream", "dynamic", {"rope_scaling": {"type": "dynamic", "factor": 2.0}}),
+    ("llada", "linear", {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}}),
+    ("llada", "llama3", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+])
+def test_an_unimplemented_rope_type_is_refused(family, kind, rope, tmp_path):
+    base = dream_config() if family == "dream" else llada_config(40)
+    raw = {k: v for k, v in base.items() if k not in ("rope_theta", "rope_scaling")} | rope
+    folder = config_only(tmp_path / family, raw)
+    supported = "default, linear" if family == "dream" else "default"
+    with pytest.raises(ValueError) as e:
+        load_diffusion_lm(folder)
+    msg = str(e.value)
+    assert str(folder / "config.json") in msg and f"rope type {kind!r}" in msg and f"(supported: {supported})" in msg
+
+
+@pytest.mark.parametrize("rope,match", [
+    ({"rope_theta": 1e6, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "conflict"),
+    ({"rope_theta": math.inf}, "finite positive"),
+    ({"rope_theta": math.nan}, "finite positive"),
+    ({"rope_theta": -1.0}, "finite positive"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor"),
+])
+def test_bad_rope_values_are_refused(rope, match, tmp_path):
+    raw = {k: v for k, v in dream_config().items() if k not in ("rope_theta", "rope_scaling")} | rope
+    with pytest.raises(ValueError, match=match):
+        load_diffusion_lm(config_only(tmp_path / "dream", raw))
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+@pytest.mark.parametrize("keep", [(), ("tokenizer_config.json",)])
+def test_a_dream_folder_without_its_tokenizer_is_refused(keep, tmp_path, dream_ckpt):
+    folder = variant(dream_ckpt, tmp_path / "no_tok", drop=[f for f in TOKENIZER_FILES if f not in keep])
+    msg = refused(folder)
+    assert f"`{folder}` has no usable tokenizer" in msg
+    assert f"tokenizer files found: {list(keep) or 'none'}" in msg and "missing: a vocabulary file" in msg
+
+
+def test_a_tokenizer_far_smaller_than_the_embedding_is_refused(tmp_path, dream_ckpt):
+    folder = variant(dream_ckpt, tmp_path / "word_tok", drop=TOKENIZER_FILES)
+    word = word_tokenizer()
+    word.save_pretrained(folder)  # a real tokenizer, but not this model's
+    with pytest.raises(ValueError, match=rf"has no usable tokenizer: it has {len(word)} tokens for the model's "
+                                         r"152,064 embedding rows"):
+        load_diffusion_lm(folder)
+
+
+def test_a_tokenizer_that_encodes_english_to_nothing_is_refused(tmp_path):
+    from entrgi.models.checkpoint import PROBE_TEXT, check_tokenizer
+    empty = tmp_path / "empty_bpe"
+    empty.mkdir()
+    bpe = transformers.Qwen2Tokenizer.from_pretrained(empty)  # what a Dream folder without vocab files gave
+    assert bpe(PROBE_TEXT)["input_ids"] == []
+    with pytest.raises(ValueError, match=r"encodes 'Hello, how are you\?' to no tokens"):
+        check_tokenizer(bpe, empty)
+    check_tokenizer(word_tokenizer(), empty, embedding_rows=60)  # a real tokenizer passes
+
+
+def test_cli_refuses_a_dream_folder_without_tokenizer(tmp_path, dream_ckpt, capsys):
+    folder = variant(dream_ckpt, tmp_path / "no_tok", drop=TOKENIZER_FILES)
+    rc = main(["generate", "--model", str(folder), "--method", "none", "--prompt", "hi", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1
+    assert err.startswith("entrgi generate: error: ") and str(folder) in err and "tokenizer" in err
+
+
+MISSING_PATHS = ["./no/such/entrgi-ckpt", "../no-such-entrgi-ckpt", "~/no-such-entrgi-ckpt", "a/b/c",
+                 "/no/such/entrgi-ckpt", "my model"]
+
+
+@pytest.mark.parametrize("path", MISSING_PATHS)
+@pytest.mark.parametrize("family", [None, "hf_mlm", "dream"])
+def test_a_missing_local_folder_is_named(path, family):
+    msg = refused(path, family=family)
+    assert f"the local folder `{path}` does not exist" in msg and "Repo id" not in msg
+
+
+def refused(path, **kwargs) -> str:
+    """The message of the ValueError that loading ``path`` raises."""
+    with pytest.raises(ValueError) as e:
+        load_diffusion_lm(path, **kwargs)
+    return str(e.value)
+
+
+def test_empty_configless_and_file_paths_are_named(tmp_path, llada_ckpt):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"`{empty}` is not a checkpoint folder: it has no config.json (the folder is empty)" in refused(empty)
+    no_config = variant(llada_ckpt, tmp_path / "no_config", drop=["config.json"])
+    msg = refused(no_config)
+    assert f"`{no_config}` is not a checkpoint folder: it has no config.json (found [" in msg
+    assert "'model.safetensors.index.json'" in msg
+    assert "is a file, not a checkpoint folder" in refused(llada_ckpt / "config.json")
+    bad_json = config_only(tmp_path / "bad_json", {})
+    (bad_json / "config.json").write_text('{"model_type": "llada", ')
+    assert f"`{bad_json / 'config.json'}` is not valid JSON" in refused(bad_json)
+
+
+def test_missing_truncated_and_absent_weights_are_named(tmp_path, llada_ckpt):
+    weights = [f.name for f in llada_ckpt.iterdir() if "safetensors" in f.name]
+    no_weights = variant(llada_ckpt, tmp_path / "no_weights", drop=weights)
+    assert f"`{no_weights}` has no weights: no model.safetensors(.index.json)" in refused(no_weights)
+    shards = sorted(f.name for f in llada_ckpt.glob("*.safetensors"))
+    lost_shard = variant(llada_ckpt, tmp_path / "lost_shard", drop=shards[-1:])
+    assert f"weight file `{lost_shard / shards[-1]}` is missing" in refused(lost_shard)
+    sd = {}
+    for f in shards:
+        sd.update(load_file(llada_ckpt / f))
+    folder = variant(llada_ckpt, tmp_path / "single", drop=weights)
+    save_sharded(folder, sd, shards=1)
+    assert isinstance(load_diffusion_lm(folder), LLaDA)  # complete, it loads
+    data = (folder / "model.safetensors").read_bytes()
+    for n in (len(data) - 1, len(data) // 2, 18, 4):  # the data cut short, then the header
+        (folder / "model.safetensors").write_bytes(data[:n])
+        assert f"weight file `{folder / 'model.safetensors'}` is truncated or corrupt ({n:,} bytes" in refused(folder)
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_a_value_error(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*a, **k):
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ValueError, match=r"cannot fetch config.json of the hub id `org/name` "
+                                         r"\(LocalEntryNotFoundError: cannot find"):
+        load_diffusion_lm("org/name")

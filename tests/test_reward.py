@@ -1,10 +1,19 @@
-"""The reward wrapper: template prefix/suffix, embeds path == discrete path, padding and pooling."""
+"""The reward wrapper: template prefix/suffix, embeds path == discrete path, padding and pooling; loading a
+reward checkpoint refuses what is not one (missing/broken folders, DLLMs, causal/masked LMs) at once."""
+
+import builtins
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from entrgi.reward.base import RewardBatch
+from entrgi.reward.hf import HFRewardModel
 from entrgi.testing import CHAT_TEMPLATE, TokenPreferenceReward, tiny_qwen3_reward, word_tokenizer
+from entrgi.tiny_checkpoints import dream_config, write_dream_tokenizer, write_llada_checkpoint, write_reward_checkpoint
 
 PROMPTS = ["the cat sat on the mat", "a dog", "it was a very happy day and then it was night"]
 RESPONSES = ["the sun was red", "good dog ran quickly under the big tree", "sad"]
@@ -64,7 +73,8 @@ def test_masked_out_slots_neither_count_nor_shift_positions(rm):
 def test_inputs_layout_left_pads_and_ends_every_row_with_its_suffix(rm):
     L = 4
     batch = RewardBatch(rm, [rm.context(p) for p in PROMPTS], L)
-    embeds, attn, pos = batch.inputs(torch.zeros(3, L, rm.embedding_table().shape[1]), torch.ones(3, L, dtype=torch.bool))
+    embeds, attn, pos = batch.inputs(torch.zeros(3, L, rm.embedding_table().shape[1]),
+                                     torch.ones(3, L, dtype=torch.bool))
     suffix = rm.context(PROMPTS[0]).suffix_ids
     table = rm.embedding_table()
     for b in range(3):
@@ -104,3 +114,101 @@ def test_score_texts_validates_lengths(rm):
 def test_unknown_template_is_named():
     with pytest.raises(ValueError, match="template"):
         TokenPreferenceReward(word_tokenizer(), ["sun"], template="fancy")
+
+
+# ---- loading: never garbage, never a prompt ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def rm_ckpt(tmp_path_factory):
+    return write_reward_checkpoint(tmp_path_factory.mktemp("rm"), word_tokenizer(chat_template=CHAT_TEMPLATE), seed=2)
+
+
+@pytest.fixture
+def no_stdin(monkeypatch):
+    """Any interactive question (transformers' remote-code prompt) fails the test instead of waiting."""
+    def ask(*a, **k):
+        raise AssertionError("the loader asked a question on stdin")
+    monkeypatch.setattr(builtins, "input", ask)
+
+
+def copy_without(src, dst, drop=()):
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name not in drop:
+            os.symlink(f, dst / f.name)
+    return dst
+
+
+def rm_refused(path) -> str:
+    with pytest.raises(ValueError) as e:
+        HFRewardModel.from_pretrained(path)
+    return str(e.value)
+
+
+def test_the_reward_checkpoint_loads_and_scores(rm_ckpt):
+    rm = HFRewardModel.from_pretrained(rm_ckpt)
+    assert torch.isfinite(rm.score_texts(PROMPTS, RESPONSES)).all()
+
+
+@pytest.mark.parametrize("path", ["./no/such/rm", "~/no-such-entrgi-rm", "/no/such/rm", "a/b/c", "my rm"])
+def test_a_missing_reward_folder_is_named(path):
+    msg = rm_refused(path)
+    assert f"the local folder `{path}` does not exist" in msg and "Repo id" not in msg
+
+
+def test_an_empty_configless_or_truncated_reward_folder_is_named(tmp_path, rm_ckpt):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"`{empty}` is not a checkpoint folder: it has no config.json (the folder is empty)" in rm_refused(empty)
+    no_config = copy_without(rm_ckpt, tmp_path / "no_config", drop=["config.json"])
+    assert "has no config.json (found [" in rm_refused(no_config) and "'model.safetensors'" in rm_refused(no_config)
+    no_weights = copy_without(rm_ckpt, tmp_path / "no_weights", drop=["model.safetensors"])
+    assert f"`{no_weights}` has no weights" in rm_refused(no_weights)
+    cut = copy_without(rm_ckpt, tmp_path / "cut", drop=["model.safetensors"])
+    data = (rm_ckpt / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
+    assert (f"weight file `{cut / 'model.safetensors'}` is truncated or corrupt ({len(data) // 2:,} bytes"
+            in rm_refused(cut))
+    no_tok = copy_without(rm_ckpt, tmp_path / "no_tok", drop=["tokenizer.json", "tokenizer_config.json"])
+    assert f"`{no_tok}` has no usable tokenizer" in rm_refused(no_tok)
+
+
+def test_a_dllm_folder_is_not_a_reward_model(tmp_path, no_stdin):
+    llada = write_llada_checkpoint(tmp_path / "llada", shards=1)
+    assert "is not a sequence classifier (architectures: ['LLaDAModelLM'], model_type: 'llada')" in rm_refused(llada)
+    dream = tmp_path / "dream"  # Dream's config (auto_map: remote code) and its hub tokenizer layout
+    write_dream_tokenizer(dream)
+    (dream / "config.json").write_text(json.dumps(dream_config(hidden_size=8, num_attention_heads=2)))
+    assert "is not a sequence classifier (architectures: ['DreamModel']" in rm_refused(dream)
+    # a classifier whose class is remote code: refused too, never a trust_remote_code question
+    remote = {**dream_config(), "architectures": ["DreamForSequenceClassification"]}
+    (dream / "config.json").write_text(json.dumps(remote))
+    assert "model_type 'Dream', which transformers does not implement" in rm_refused(dream)
+
+
+@pytest.mark.parametrize("arch", ["causal", "masked"])
+def test_a_causal_or_masked_lm_is_not_a_reward_model(arch, tmp_path, no_stdin):
+    from transformers import BertConfig, BertForMaskedLM, Qwen3Config, Qwen3ForCausalLM
+    tok = word_tokenizer()
+    if arch == "causal":
+        model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                             intermediate_size=32))
+    else:
+        model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=32))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    name = type(model).__name__
+    assert f"is not a sequence classifier (architectures: ['{name}']" in rm_refused(tmp_path)
+
+
+def test_cli_refuses_a_dllm_as_reward_without_reading_stdin(tmp_path):
+    """In a child process with stdin closed: one error line, exit 2, at once."""
+    llada = write_llada_checkpoint(tmp_path / "llada", shards=1)
+    cmd = [sys.executable, "-m", "entrgi.cli", "generate", "--model", str(llada), "--reward", str(llada),
+           "--prompt", "a dog", "--max-new-tokens", "2", "--steps", "2", "--num-samples", "1", "--quiet"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith("entrgi generate: error: ") and "is not a sequence classifier" in err[0]

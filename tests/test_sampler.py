@@ -203,7 +203,11 @@ def test_compute_counts_for_guided_runs(mlm, pref_reward):
     rows = 3 * 2
     assert out.stats.dllm_forwards == rows * 8
     assert out.stats.rm_backwards == rows * 8 * 2
-    assert out.stats.rm_forwards == rows * 8 * 2 + rows  # inner steps + the final discrete scoring
+    # inner steps + the trace's evaluation after the last inner step + the final discrete scoring
+    assert out.stats.rm_forwards == rows * 8 * (2 + 1) + rows
+    untraced = generate(mlm, PROMPTS, pref_reward, sampler=small(num_samples=2), progress=False, trace=False,
+                        guidance=GuidanceConfig(inner_steps=2))
+    assert untraced.stats.rm_forwards == rows * 8 * 2 + rows and untraced.stats.rm_backwards == rows * 8 * 2
 
 
 def test_invalid_ids_are_never_sampled(tok):

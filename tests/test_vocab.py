@@ -1,9 +1,11 @@
 """The DLLM -> RM vocabulary bridge: on two toy tokenizers and on the real Qwen tokenizer."""
 
+import warnings
+
 import pytest
 import torch
 
-from entrgi.reward.vocab import VocabBridge
+from entrgi.reward.vocab import MIN_COVERAGE, LowCoverageWarning, VocabBridge
 from entrgi.testing import WORDS, word_tokenizer
 
 
@@ -34,7 +36,8 @@ def test_bridge_between_two_different_word_tokenizers():
 
 def test_rm_table_rows_follow_the_mapping():
     dllm, rm = word_tokenizer(WORDS), word_tokenizer(WORDS[:-5], order_seed=3)
-    bridge = VocabBridge.from_tokenizers(dllm, rm, exclude=[dllm.mask_token_id])
+    with pytest.warns(LowCoverageWarning, match=r"38 of the DLLM's 43"):  # 5 words missing: 88 % < 90 %
+        bridge = VocabBridge.from_tokenizers(dllm, rm, exclude=[dllm.mask_token_id])
     emb = torch.randn(len(rm), 6)
     table = bridge.rm_table(emb)
     assert table.shape == (len(dllm), 6)
@@ -47,6 +50,40 @@ def test_identity_bridge():
     b = VocabBridge.identity(10, rm_rows=8, exclude=[3])
     assert b.dllm_to_rm.tolist() == [0, 1, 2, -1, 4, 5, 6, 7, -1, -1]
     assert b.report.same_id == 7
+
+
+def bridge_warnings(dllm, rm, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bridge = VocabBridge.from_tokenizers(dllm, rm, **kw)
+    return bridge, [w for w in caught if issubclass(w.category, LowCoverageWarning)]
+
+
+def test_a_mismatched_pair_warns_once_with_count_and_share():
+    dllm = word_tokenizer(WORDS)
+    rm = word_tokenizer(WORDS[::2])  # every other word: about half the vocabulary
+    width = len(dllm) + 4  # padded rows are not response-capable: they do not count
+    _, caught = bridge_warnings(dllm, rm, logit_width=width, exclude=[dllm.mask_token_id, dllm.cls_token_id])
+    assert len(caught) == 1
+    rm_tokens = set(rm.get_vocab())
+    emittable = [t for t, i in dllm.get_vocab().items() if i not in (dllm.mask_token_id, dllm.cls_token_id)]
+    mapped = sum(t in rm_tokens for t in emittable)  # counted independently of the bridge
+    assert mapped / len(emittable) < MIN_COVERAGE
+    msg = str(caught[0].message)
+    assert f"maps only {mapped} of the DLLM's {len(emittable)} response-capable token ids " \
+           f"({mapped / len(emittable):.1%})" in msg
+    assert "\n" not in msg and msg.count(". ") == 0 and msg.endswith(".")  # one sentence, one line
+
+
+def test_the_warning_starts_just_below_the_threshold():
+    dllm = word_tokenizer(WORDS)
+    emittable = len(dllm) - 1  # all but the mask
+    allowed = int(emittable * (1 - MIN_COVERAGE))  # this many unmapped ids keep coverage >= 90 %
+    for drop, warns in ((allowed, False), (allowed + 1, True)):
+        rm = word_tokenizer(WORDS[drop:])
+        bridge, caught = bridge_warnings(dllm, rm, exclude=[dllm.mask_token_id])
+        assert len(bridge.report.unmapped_ids) == drop
+        assert len(caught) == int(warns), (drop, bridge.report.coverage)
 
 
 def test_no_shared_tokens_is_an_error():
@@ -81,7 +118,8 @@ def test_dream_style_tokenizer_is_built_right(tokenizers):
 
 def test_bridge_dream_to_qwen3_is_identity_on_ordinary_ids(tokenizers):
     dream, qwen3 = tokenizers
-    bridge = VocabBridge.from_tokenizers(dream, qwen3, logit_width=DREAM_WIDTH, exclude=[dream.mask_token_id])
+    bridge, caught = bridge_warnings(dream, qwen3, logit_width=DREAM_WIDTH, exclude=[dream.mask_token_id])
+    assert caught == []  # 151665 of 151666 response-capable ids: no warning
     m = bridge.dllm_to_rm
     ordinary = torch.arange(151665)
     assert torch.equal(m[:151665], ordinary)  # every BPE token and every shared special maps to itself

@@ -1,22 +1,234 @@
 """Command line: ``entrgi generate`` (same fields as the Python API), plus the subcommands of the
-evaluation layer. Run ``entrgi <command> --help`` for every flag."""
+evaluation layer. Run ``entrgi <command> --help`` for every flag.
+
+A mistake ends in one line, ``entrgi <command>: error: <what is wrong and what to do>`` (exit 2 for a usage
+or configuration error, 1 for a failure while running); ``entrgi --debug <command>`` (or ``ENTRGI_DEBUG=1``)
+shows the full traceback instead."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
+import pickle
 import sys
+import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from .cli_args import add_dataclass_args, dataclass_from_args, given_fields
 from .config import GuidanceConfig, SamplerConfig
+from .errors import NonFiniteError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# ---- one-line errors and warnings -------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too: ``entrgi <command>: error: <message> (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+_OS_HINTS = {errno.ENOSPC: "free some disk space or write elsewhere",
+             errno.EROFS: "the file system is read-only: write elsewhere",
+             errno.EACCES: "permission denied: choose a path you may write, or fix its permissions",
+             errno.EPERM: "operation not permitted: choose another path"}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is None or what is None:
+        return one_line(exc)
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def user_error(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) for a failure the user can act on; ``None`` for a bug (traceback).
+
+    2: a usage, configuration or input mistake (``ValueError``, bad YAML / JSON, a missing file);
+    1: a failure while running (disk full, read-only, no permission, unreadable checkpoint, device errors)."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, yaml.YAMLError):
+        return 2, f"invalid YAML: {_yaml_problem(exc)}."
+    if isinstance(exc, json.JSONDecodeError):
+        return 2, f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
+    if isinstance(exc, NonFiniteError):  # the reward model (or the run) produced inf/NaN: a runtime failure
+        return 1, one_line(exc)
+    if isinstance(exc, ValueError):
+        return 2, one_line(exc)
+    if isinstance(exc, OSError):
+        where = f"{str(exc.filename)!r}: " if exc.filename is not None else ""
+        hint = _OS_HINTS.get(exc.errno)
+        code = 2 if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else 1
+        return code, one_line(f"{where}{exc.strerror or exc}" + (f"; {hint}." if hint else ""))
+    if isinstance(exc, SafetensorError):
+        return 1, one_line(f"cannot read a safetensors checkpoint: {exc}")
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return 1, one_line(f"cannot read a checkpoint: {exc}")
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return 1, one_line(f"{exc} Try a smaller `--batch-size` (rows per forward pass) or `--num-samples`.")
+    if isinstance(exc, (RuntimeError, ImportError)):
+        return 1, one_line(f"{exc} (`entrgi --debug ...` shows the traceback)")
+    return None
+
+
+def run_command(verb: str, func: Callable[[], int], debug: bool = False) -> int:
+    """``func()`` with one-line warnings and user errors (``debug``: errors keep their traceback)."""
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"entrgi {verb}: warning: {one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            return func()
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            resume = " (run the same command again to resume)" if verb == "eval" else ""
+            print(f"entrgi {verb}: interrupted{resume}.", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            found = None if debug else user_error(exc)
+            if found is None:
+                raise
+            print(f"entrgi {verb}: error: {found[1]}", file=sys.stderr)
+            return found[0]
+
+
+# ---- checks before any model work -------------------------------------------------------------------
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """Refuse a string that names no device, or a CUDA / MPS / XPU device this machine lacks."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"`{flag}` {device!r} is not a device: use cpu, cuda or cuda:N (N = GPU index).") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"`{flag}` {device!r}: CUDA is not available ({why}); use `{flag} cpu` "
+                             "(or install a CUDA build of torch on a GPU machine).")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"`{flag}` {device!r}: this machine has {n} CUDA device(s), cuda:0 .. cuda:{n - 1}.")
+    elif dev.type != "cpu" and not getattr(getattr(torch, dev.type, None), "is_available", lambda: False)():
+        raise ValueError(f"`{flag}` {device!r}: no {dev.type} device is available here; use `{flag} cpu`.")
+
+
+def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> Path:
+    """``path`` if it can be written (a file path that is not a folder; with ``folder``, a folder path),
+    checked now, before any model work: its nearest existing ancestor must be a folder we may write in."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"`{flag}` {str(p)!r} is a file, not a folder: give a folder path.")
+    if not folder and p.is_dir():
+        raise ValueError(f"`{flag}` {str(p)!r} is a folder: give a file path, e.g. {str(p / 'output.json')!r}.")
+    base = p if p.is_dir() else p.parent
+    while not base.exists() and base != base.parent:  # missing folders are created when writing
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"`{flag}` {str(p)!r}: {str(base)!r} is a file, not a folder; choose another path.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".entrgi-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"`{flag}` {str(p)!r}: cannot write in {str(base)!r} ({e.strerror}); "
+                         "choose another path.") from None
+    return p
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file in the same folder and ``os.replace`` (a failure leaves any old
+    file whole); a device or pipe (``/dev/stdout``) is written directly. OSErrors name ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.exists() and not path.is_file():
+            path.write_text(text)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tmp.open("x") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+def read_text_file(path: str, flag: str) -> str:
+    """The UTF-8 text of the file that ``flag`` names, or a ``ValueError`` naming both."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"`{flag}` {path!r}: no such file.")
+    if p.is_dir():
+        raise ValueError(f"`{flag}` {path!r} is a folder, not a file.")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"`{flag}` {path!r} is not UTF-8 text.") from None
+
+
+def read_eval_config(path: str) -> dict:
+    """The fields of an ``--config`` YAML file, validated as an :class:`EvalConfig` (errors name the file)."""
+    from .eval.config import EvalConfig
+
+    try:
+        data = yaml.safe_load(read_text_file(path, "--config"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"`--config` {path!r} is not valid YAML: {_yaml_problem(e)}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"`--config` {path!r}: the top level must be a mapping of EvalConfig fields "
+                         f"(`key: value` lines), not a {type(data).__name__}.")
+    for section in ("sampler", "guidance", "particles"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ValueError(f"`--config` {path!r}: `{section}` must be a mapping of field: value.")
+    try:
+        return dataclasses.asdict(EvalConfig.from_dict(data))
+    except ValueError as e:
+        raise ValueError(f"`--config` {path!r}: {e}") from None
+
+
+def silence_progress_bars() -> None:
+    """``--quiet``: no progress bars from the libraries either (transformers' "Loading weights")."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+
+
+def empty_answers_note(texts: list[str], default_pair: bool) -> str | None:
+    """A note for stderr when some responses are empty (``None`` when none is)."""
+    empty = sum(1 for t in texts if not t.strip())
+    if not empty:
+        return None
+    why = (" The embedded default pair continues English sentence beginnings (e.g. 'she was'); it does not "
+           "follow instructions or answer questions." if default_pair else "")
+    return (f"entrgi generate: note: {empty} of {len(texts)} responses are empty.{why} "
+            "`--min-new-tokens N` makes every response at least N tokens long.")
+
+
+# ---- commands ---------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--model", help="Diffusion LM: hub id or local folder (default: the embedded pair).")
@@ -25,7 +237,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                                     "(default: the embedded pair's).")
     g.add_argument("--reward-template", default="auto", choices=["auto", "chat", "plain", "response"],
                    help="How the RM sees (prompt, response) (default: auto = its chat template if any).")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu).")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="Weights dtype (default: the checkpoint's).")
     g.add_argument("--device-map", default=None,
                    help="accelerate placement over several GPUs (e.g. auto, balanced); overrides --device.")
@@ -37,7 +250,7 @@ def load_pair(args: argparse.Namespace):
     dtype = DTYPES.get(args.dtype) if args.dtype else None
     if args.model is None and args.reward is None:
         from .default_pair import load_default_pair
-        return load_default_pair(device=args.device)
+        return load_default_pair(device=args.device, dtype=dtype)
     if args.model is None:
         raise ValueError("`--reward` needs `--model` (the embedded pair's DLLM reads only its own vocabulary); "
                          "give both, or neither for the embedded default pair.")
@@ -66,29 +279,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     guidance = dataclass_from_args(GuidanceConfig, args, base_guidance)
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        prompts += [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
+        prompts += [ln.strip() for ln in read_text_file(args.prompts_file, "--prompts-file").splitlines()
+                    if ln.strip()]
     if not prompts:
         raise ValueError("`--prompt` (or `--prompts-file`) is required: give at least one prompt.")
     if args.model is not None and args.reward is None and guidance.method != "none":
         raise ValueError(f"`--reward` is required with `--model` for method {guidance.method!r} "
                          "(only `--method none` samples without a reward model).")
+    check_device(args.device)
+    output = check_writable(args.output, "--output") if args.output else None
+    if args.quiet:
+        silence_progress_bars()
     model, reward = load_pair(args)
     out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, progress=not args.quiet)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out.to_dict(with_trace=True), indent=1))
+    if output is not None:
+        write_atomic(output, json.dumps(out.to_dict(with_trace=True), indent=1))
     if args.json:
         print(json.dumps(out.to_dict(with_trace=args.trace), indent=1))
-        return 0
-    print(f"method={guidance.method} M={guidance.inner_steps} τ={sampler.temperature} T={sampler.steps} "
-          f"L={sampler.max_new_tokens} K={sampler.num_samples}  ({out.stats.wall_time_s:.1f}s)")
-    for i, group in enumerate(out.samples):
-        best = out.best(i) if group[0].reward is not None else None
-        print(f"\nprompt {i}: {group[0].prompt!r}")
-        for s in group:
-            mark = "*" if s is best else " "
-            r = f"{s.reward:+7.3f}" if s.reward is not None else "   n/a "
-            print(f" {mark} [{r}] {s.text}")
+    else:
+        print(f"method={guidance.method} M={guidance.inner_steps} τ={sampler.temperature} T={sampler.steps} "
+              f"L={sampler.max_new_tokens} K={sampler.num_samples}  ({out.stats.wall_time_s:.1f}s)")
+        for i, group in enumerate(out.samples):
+            best = out.best(i) if group[0].reward is not None else None
+            print(f"\nprompt {i}: {group[0].prompt!r}")
+            for s in group:
+                mark = "*" if s is best else " "
+                r = f"{s.reward:+7.3f}" if s.reward is not None else "   n/a "
+                print(f" {mark} [{r}] {s.text}")
+    note = empty_answers_note([s.text for group in out.samples for s in group], default_pair=args.model is None)
+    if note:
+        sys.stdout.flush()
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -97,11 +318,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.report import write_report
     from .eval.runner import run_eval
 
-    data = dataclasses.asdict(EvalConfig.from_yaml(args.config)) if args.config else {}
+    data = read_eval_config(args.config) if args.config else {}
     data.update(given_fields(EvalConfig, args))
     data["sampler"] = {**data.get("sampler", {}), **given_fields(SamplerConfig, args)}
     data["guidance"] = {**data.get("guidance", {}), **given_fields(GuidanceConfig, args)}
-    out = run_eval(EvalConfig.from_dict(data), progress=not args.quiet)
+    cfg = EvalConfig.from_dict(data)
+    check_device(cfg.device)
+    check_writable(cfg.out, "--out", folder=True)
+    if args.quiet:
+        silence_progress_bars()
+    out = run_eval(cfg, progress=not args.quiet)
     if not args.no_report:
         report = write_report(out)
         print((out / "table.md").read_text())
@@ -112,6 +338,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .eval.report import write_report
 
+    if not Path(args.run_dir).is_dir():
+        raise ValueError(f"run directory {args.run_dir!r} does not exist: give the `--out` folder of an "
+                         "`entrgi eval` run.")
     report = write_report(args.run_dir, plots=not args.no_plots)
     print(report.read_text().split("\n## ")[0])
     print(f"report: {report}")
@@ -121,13 +350,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.quiet:
+        silence_progress_bars()
     print(run_demo(args.out, n_prompts=args.prompts, temperature=args.temperature, seed=args.seed,
                    progress=not args.quiet))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="entrgi", description=__doc__)
+    parser = Parser(prog="entrgi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="Show the full traceback of an error (also: ENTRGI_DEBUG=1).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="Sample responses with reward guidance and print them with rewards.")
@@ -135,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts-file", help="A text file with one prompt per line.")
     g.add_argument("--json", action="store_true", help="Print the output as JSON.")
     g.add_argument("--trace", action="store_true", help="Include the per-step trace in the --json output.")
-    g.add_argument("--output", help="Write the full output (with traces) to this JSON file.")
+    g.add_argument("--output", help="Write the full output (with traces) to this JSON file (replaced).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
     add_model_args(g)
     add_dataclass_args(g.add_argument_group("sampler (SamplerConfig)"), SamplerConfig)
@@ -155,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="Reward guidance on the embedded default pair (offline, CPU, ~1 min).")
-    d.add_argument("--out", default="outputs/demo", help="Output folder (replaced).")
+    d.add_argument("--out", default="outputs/demo",
+                   help="Output folder: new, empty, or one an earlier demo wrote (only its files are replaced).")
     d.add_argument("--prompts", type=int, default=4, help="Number of sentence beginnings (default: 4).")
     d.add_argument("--temperature", type=float, default=0.7)
     d.add_argument("--seed", type=int, default=0)
@@ -170,21 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--no-plots", action="store_true")
     r.set_defaults(func=cmd_report)
+    from .serve.cli import add_serve_parser  # `entrgi serve` (entrgi/serve/)
+    add_serve_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train-default"]:  # its own parser (every flag, --help included, goes to the recipe)
+    debug = os.environ.get("ENTRGI_DEBUG", "") not in ("", "0")
+    lead = 1 if argv[:1] == ["--debug"] else 0
+    if argv[lead:lead + 1] == ["train-default"]:  # its own parser (every flag, --help included, goes to the recipe)
         from .default_pair.recipe import main as recipe_main
-        return recipe_main(argv[1:]) or 0
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as e:  # configuration errors: one clear line, no traceback
-        print(f"entrgi {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return run_command("train-default", lambda: recipe_main(argv[lead + 1:]) or 0, debug or bool(lead))
+    args = build_parser().parse_args(argv)
+    return run_command(args.command, lambda: args.func(args), debug or args.debug)
 
 
 if __name__ == "__main__":

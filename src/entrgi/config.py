@@ -8,6 +8,7 @@ The same fields are the CLI flags (``entrgi.cli``) and the YAML keys of evaluati
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,13 +37,18 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
 
 
 def check_float(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
-                high_open: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a real number in the given interval."""
+                high_open: bool = False, allow_inf: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number in the given interval.
+
+    NaN is always refused, ±inf unless ``allow_inf`` (no field allows it today: an infinite temperature,
+    step size or λ gives NaN logits or weights, not a limit)."""
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
     rng = f"in {left}{low}, {high}{right}" if high is not None else (f"> {low}" if low_open else f">= {low}")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise ValueError(f"`{name}` must be a number {rng}, got {value!r}.")
+    if not allow_inf and isinstance(value, float) and math.isinf(value):
+        raise ValueError(f"`{name}` must be a finite number {rng}, got {value!r}.")
     if value < low or (low_open and value == low):
         raise ValueError(f"`{name}` must be {rng}, got {value}.")
     if high is not None and (value > high or (high_open and value == high)):
@@ -79,6 +85,12 @@ class SamplerConfig:
         "Logits that rank positions: prior (pre-guidance, the paper's code) or guided (anchored).",
         default="prior", choices=CONFIDENCE_SOURCES)
     deprioritize_eos: bool = _help("Give sampled EOS candidates confidence -inf (committed last).", default=True)
+    match_released: bool = _help(
+        "Reproduce the authors' released code where the project deliberately differs (docs/differences.md): "
+        "only <|endoftext|> is EOS (so <|im_end|> is an ordinary token: not committed last, does not end the "
+        "RM's view); the response text is the decode of all L slots with special tokens skipped (text after "
+        "an EOS kept, nothing stripped); prompts are used raw (eval prompt sets: not stripped, empty ones "
+        "kept). False = the project's rule: cut at the first EOS of the model's set, strip.", default=False)
     eps: float = _help("Dream's schedule end point: ts = linspace(1, eps, T + 1).", default=1e-3)
     schedule: str = _help("Commit counts: linear (Dream, int(n(1 - s/t))) or uniform (LLaDA, n/T per step).",
                           default="linear", choices=SCHEDULES)
@@ -87,6 +99,9 @@ class SamplerConfig:
         default=None)
     seed: int = _help("Run seed; each (prompt, sample) gets its own stream derived from it.", default=0)
     batch_size: int | None = _help("Rows (prompt x sample) per forward pass (None = all at once).", default=None)
+    min_new_tokens: int = _help(
+        "No EOS in the first this-many response slots (EOS logits −inf there), so every response has at least "
+        "this many tokens; in [0, max_new_tokens] (as HF generate's).", default=0)
 
     def __post_init__(self) -> None:
         check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -102,6 +117,8 @@ class SamplerConfig:
         check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)
         if not isinstance(self.deprioritize_eos, bool):
             raise ValueError(f"`deprioritize_eos` must be True or False, got {self.deprioritize_eos!r}.")
+        if not isinstance(self.match_released, bool):
+            raise ValueError(f"`match_released` must be True or False, got {self.match_released!r}.")
         check_float("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
         check_choice("schedule", self.schedule, SCHEDULES)
         if self.block_length is not None:
@@ -116,6 +133,10 @@ class SamplerConfig:
         check_int("seed", self.seed, 0)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, 1)
+        check_int("min_new_tokens", self.min_new_tokens, 0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"`min_new_tokens` must be <= `max_new_tokens` ({self.max_new_tokens}), got "
+                             f"{self.min_new_tokens}.")
 
     @property
     def num_blocks(self) -> int:

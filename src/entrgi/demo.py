@@ -5,17 +5,22 @@ compute-matched Best-of-N, Expectation, APS and EntRGi; the sentiment RM guides 
 Avg@K), VADER judges independently, distinct-2 measures diversity. Prints a table and a few samples
 side by side, and writes ``reward_vs_step.png`` (and the full records) to the output folder. It is a
 one-seed run of the evaluation harness (:mod:`entrgi.eval`).
+
+The output folder must be new, empty, or one the demo wrote before (it holds the marker ``.entrgi-demo``,
+which lists the demo's files): only those files are replaced, anything else in it is left alone.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import textwrap
 from pathlib import Path
 
+from .config import check_float, check_int
 from .eval.config import EvalConfig
 from .eval.plots import plot_curve
+from .eval.prompts import load_prompt_set
 from .eval.report import aggregate, method_label
 from .eval.runner import EvalRunner, read_records
 
@@ -23,10 +28,14 @@ from .eval.runner import EvalRunner, read_records
 DEMO_SAMPLER = {"max_new_tokens": 16, "steps": 16, "num_samples": 4, "top_p": 0.95}
 DEMO_GUIDANCE = {"inner_steps": 3, "lr": 1.0}
 DEMO_METHODS = ("none", "best_of_n_matched", "expectation", "aps", "entrgi")
+DEMO_PROMPT_SET = "continuations"
+#: The marker file of a demo folder, and the files a demo run writes there.
+MARKER = ".entrgi-demo"
+DEMO_FILES = ("results.jsonl", "run.json", "matched_n.json", "reward_vs_step.png", "demo.txt", "demo.json")
 
 
 def demo_config(out: str | Path, n_prompts: int = 4, temperature: float = 0.7, seed: int = 0) -> EvalConfig:
-    return EvalConfig(out=str(out), prompt_sets=("continuations",), n_prompts=n_prompts, subsample="none",
+    return EvalConfig(out=str(out), prompt_sets=(DEMO_PROMPT_SET,), n_prompts=n_prompts, subsample="none",
                       methods=DEMO_METHODS, temperatures=(temperature,), seeds=(seed,), sampler=DEMO_SAMPLER,
                       guidance=DEMO_GUIDANCE, judges=("vader",), prompts_per_batch=n_prompts, perplexity=False,
                       track_reward=True)
@@ -34,11 +43,13 @@ def demo_config(out: str | Path, n_prompts: int = 4, temperature: float = 0.7, s
 
 def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 4, temperature: float = 0.7, seed: int = 0,
              show: int = 3, progress: bool = True) -> str:
-    """Run the demo into ``out`` (replaced) and return the printed text."""
+    """Run the demo into ``out`` (see the module docstring) and return the printed text.
+
+    Every argument is checked before anything is written; a folder the demo did not make is refused."""
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    check_demo_args(n_prompts, temperature, seed)
     cfg = demo_config(out, n_prompts, temperature, seed)
+    kept = claim_demo_dir(out)
     EvalRunner(cfg, progress=progress).run()
     records = read_records(out)
     table = aggregate(records)
@@ -70,4 +81,51 @@ def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 4, temperature: 
     text = "\n".join(lines)
     (out / "demo.txt").write_text(text + "\n")
     (out / "demo.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=1))
+    _write_marker(out, sorted(set(os.listdir(out)) - kept - {MARKER}))
     return text
+
+
+def check_demo_args(n_prompts: int, temperature: float, seed: int) -> None:
+    """``ValueError`` (naming the CLI flag) unless the demo can run with these arguments."""
+    n_max = len(load_prompt_set(DEMO_PROMPT_SET).prompts)
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or not 1 <= n_prompts <= n_max:
+        raise ValueError(f"`--prompts` must be an integer in [1, {n_max}] (the demo has {n_max} sentence "
+                         f"beginnings), got {n_prompts!r}.")
+    check_float("--temperature", temperature, 0.0, low_open=True)  # guided methods need a soft relaxation
+    check_int("--seed", seed, 0)
+
+
+def _write_marker(out: Path, files) -> None:
+    (out / MARKER).write_text(json.dumps({"written_by": "entrgi demo", "files": list(files)}, indent=1) + "\n")
+
+
+def _demo_files(out: Path, present: set[str]) -> set[str] | None:
+    """The names in ``out`` that an earlier demo wrote, or ``None`` when the demo did not make ``out``."""
+    if MARKER in present:
+        try:
+            listed = json.loads((out / MARKER).read_text())["files"]
+            listed = {f for f in listed if isinstance(f, str) and f == Path(f).name and f not in ("", ".", "..")}
+        except (OSError, ValueError, KeyError, TypeError):
+            listed = set()
+        return (listed | set(DEMO_FILES)) & present
+    if "demo.json" in present and present <= set(DEMO_FILES):  # a folder of a demo from before the marker
+        return present
+    return None
+
+
+def claim_demo_dir(out: Path) -> set[str]:
+    """Make ``out`` the demo's folder: create it, or clear the files an earlier demo wrote there. Returns the
+    names of the other files it holds (kept). A non-empty folder the demo did not make is refused."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`--out` {str(out)!r} is a file, not a folder: choose a new `--out` folder.")
+    present = set(os.listdir(out)) if out.is_dir() else set()
+    ours = _demo_files(out, present) if present else set()
+    if ours is None:
+        raise ValueError(f"`--out` {str(out)!r} is not empty and was not written by `entrgi demo` (no {MARKER} "
+                         "file): choose a new `--out` folder; nothing was changed.")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ours:
+        if (out / name).is_file():
+            (out / name).unlink()
+    _write_marker(out, DEMO_FILES)  # the files this run will write, in case it stops half-way
+    return present - ours - {MARKER}

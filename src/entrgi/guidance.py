@@ -50,12 +50,22 @@ def entropy_weight(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tens
     """EntRGi's w = H(softmax(logits / T)) / log V, in [0, 1], shape ``logits.shape[:-1]``, detached.
 
     V is the logit width ``logits.shape[-1]`` (the released code's choice: Dream's padded 152,064).
-    The released code uses T = 1; the paper's formula H(q) implies T = τ. T = 0 gives w = 0.
+    The released code uses T = 1; the paper's formula H(q) implies T = τ. Limits, for finite T >= 0
+    (inf, NaN or T < 0 raise ``ValueError``):
+
+    - T = 0 gives w = 0 (the one-hot limit; with k tied top logits the exact limit would be log k / log V).
+      As T -> 0, H = lse − E[z] with z = logits / T loses absolute precision ~ eps · max|z| and the rows
+      whose z overflow count as w = 0.
+    - Large T: w -> log(n) / log V with n the ids of finite logit (1 when every id is finite); T beyond
+      the dtype's largest value is taken as that value (so −inf logits stay −inf, no NaN).
     Computed in one pass over vocabulary chunks (:func:`entropy_chunked`); equals :func:`entropy` / log V.
     """
+    if not 0 <= float(temperature) < math.inf:
+        raise ValueError(f"`temperature` of the entropy weight must be a finite number >= 0, got {temperature!r}.")
     vocab = logits.shape[-1]
     if vocab < 2 or temperature == 0:
         return torch.zeros(logits.shape[:-1], dtype=upcast(logits).dtype, device=logits.device)
+    temperature = min(float(temperature), torch.finfo(upcast(logits).dtype).max)
     h = entropy_chunked(upcast(logits).reshape(-1, vocab), temperature)
     return (h.view(logits.shape[:-1]) / math.log(vocab)).clamp(0.0, 1.0)
 

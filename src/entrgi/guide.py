@@ -5,7 +5,8 @@ One denoising step (``shared/reference/algorithm.md``, step 3):
      optimiser (Adam, as the released code, or plain ascent φ += lr·∇R) starts from a fresh state.
   2. M times: RM input at masked slots = ê (the mixing rule of :mod:`entrgi.guidance`), committed
      slots = E_R[token] (constant); slots at or after the first EOS (argmax φ at masked slots) and
-     committed tokens the RM cannot see are masked out; loss = −Σ rewards; backward; step.
+     committed tokens the RM cannot see are masked out; loss = −Σ rewards; backward; step. A non-finite
+     reward or gradient raises :class:`~entrgi.errors.NonFiniteError` before the step.
   3. The guided logits replace φ at the masked slots; the caller samples and commits from them.
 
 Cost (docs/performance.md): per inner step the (n, V) work is the soft embedding and its gradient
@@ -25,6 +26,7 @@ import torch
 from torch.profiler import record_function
 
 from .config import ResolvedGuidance
+from .errors import NonFiniteError, check_rewards
 from .guidance import entropy_weight, reward_input_embeddings, upcast
 from .rng import RowStreams
 
@@ -115,7 +117,7 @@ def guide_logits(
         ids = response_ids.masked_scatter(masked, phi.detach().argmax(-1))
         return resp, response_attention(ids, masked, eos_ids, rm_mapped)
 
-    for _ in range(cfg.inner_steps):
+    for k in range(cfg.inner_steps):
         with record_function("entrgi.rm_input"):
             resp, attn = rm_view(streams)
         with record_function("entrgi.rm_forward"):
@@ -128,11 +130,30 @@ def guide_logits(
                 0, rows, torch.linalg.vector_norm(phi.grad, dim=-1).square())
             grad_norms.append(sq.sqrt().detach().cpu())
             rewards.append(r.detach().float().cpu())
+            check_inner_step(rewards[-1], grad_norms[-1], phi.grad, rows, cfg.method, k, cfg.inner_steps)
             optimizer.step()
     if trace_streams is not None:
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
+        check_rewards(rewards[-1], "the trace evaluation after the last inner step", cfg.method)
     return guide_result(logits, masked, phi, rewards, grad_norms)
+
+
+def check_inner_step(rewards: torch.Tensor, grad_norms: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor,
+                     method: str, step: int, steps: int) -> None:
+    """Raise :class:`~entrgi.errors.NonFiniteError` if inner step ``step`` (0-based) of ``steps`` got a
+    non-finite reward (CPU (B,)) or gradient ``grad`` (n, V) of φ (``rows`` (n,): the row of each slot).
+
+    Cheap: the rewards and per-row gradient norms are already on the CPU; ``grad`` itself is scanned only
+    when a norm is not finite (a finite gradient whose squared norm overflows passes)."""
+    where = f"inner step {step + 1} of {steps}"
+    check_rewards(rewards, where, method)
+    if bool(torch.isfinite(grad_norms).all()):
+        return
+    bad_slots = ~torch.isfinite(grad).all(-1)  # (n,)
+    if bad_slots.any():
+        bad = rows[bad_slots].unique().tolist()
+        raise NonFiniteError("gradient", where, method=method, rows=bad)
 
 
 def guide_result(logits: torch.Tensor, masked: torch.Tensor, phi: torch.Tensor, rewards: list[torch.Tensor],

@@ -19,8 +19,9 @@ import math
 import torch
 
 from .config import ResolvedGuidance
+from .errors import check_rewards
 from .guidance import upcast
-from .guide import GuideResult, guide_result, response_attention
+from .guide import GuideResult, check_inner_step, guide_result, response_attention
 from .logit_ops import sample_from_logits, scale, top_k_filter, top_p_filter_sorted
 from .reward.base import RewardBatch
 from .rng import RowStreams
@@ -70,7 +71,7 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
         ids = response_ids.masked_scatter(masked, phi.detach().argmax(-1))
         return resp, response_attention(ids, masked, eos_ids, rm_mapped)
 
-    for _ in range(cfg.inner_steps):
+    for k in range(cfg.inner_steps):
         resp, attn = rm_view(streams)
         r = score(resp, attn)
         optimizer.zero_grad(set_to_none=True)
@@ -78,10 +79,12 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
         sq = torch.zeros(B, device=phi.device, dtype=phi.dtype).index_add_(0, rows, phi.grad.pow(2).sum(-1))
         grad_norms.append(sq.sqrt().detach().cpu())
         rewards.append(r.detach().float().cpu())
+        check_inner_step(rewards[-1], grad_norms[-1], phi.grad, rows, cfg.method, k, cfg.inner_steps)
         optimizer.step()
     if trace_streams is not None:
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
+        check_rewards(rewards[-1], "the trace evaluation after the last inner step", cfg.method)
     return guide_result(logits, masked, phi, rewards, grad_norms)
 
 

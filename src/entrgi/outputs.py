@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from torch import nn
 
 from .config import GuidanceConfig, SamplerConfig
 
@@ -59,16 +62,80 @@ class Sample:
 
 @dataclass
 class ComputeStats:
-    """Work done, counted in rows (one row = one sequence through one model call)."""
+    """Work done. ``*_forwards`` / ``*_backwards`` count rows (one row = one sequence through one model
+    call); the token, MAC and FLOP counts are deterministic (they depend on the inputs and settings, never
+    on timing) and follow docs/performance.md, "Cost count".
+
+    Attributes:
+        dllm_tokens: tokens through DLLM forwards (rows × sequence length, padding included, per forward).
+        rm_forward_tokens: tokens through RM forwards, as each call runs them: with the prefix cache the
+            prefix once per batch plus ``[slots ; suffix]`` per inner step (else the whole row); the
+            ``track_reward`` estimates; the final re-score of the decoded texts (left-padded batches of 16).
+        rm_backward_tokens: tokens through RM backward passes (the inner steps).
+        soft_embedding_macs: multiply-adds of the soft embeddings q·E: n × V × d per soft embedding
+            (n masked slots, V ids, or ``soft_top_k``; d the RM width), its backward counted twice.
+        flops: :meth:`estimate_flops` of the counts with the models' :func:`non_embedding_parameters`.
+    """
 
     dllm_forwards: int = 0
     rm_forwards: int = 0
     rm_backwards: int = 0
     wall_time_s: float = 0.0
+    dllm_tokens: int = 0
+    rm_forward_tokens: int = 0
+    rm_backward_tokens: int = 0
+    soft_embedding_macs: int = 0
+    flops: int = 0
 
-    def add(self, other: ComputeStats) -> None:
-        for k in ("dllm_forwards", "rm_forwards", "rm_backwards", "wall_time_s"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
+    def estimate_flops(self, n_dllm: int, n_rm: int) -> int:
+        """2·N_dllm·dllm_tokens + 2·N_rm·rm_forward_tokens + 4·N_rm·rm_backward_tokens + 2·soft_embedding_macs
+        (Kaplan et al.: 2N FLOPs per token forward, 4N backward; a multiply-add is 2 FLOPs)."""
+        return (2 * n_dllm * self.dllm_tokens + 2 * n_rm * self.rm_forward_tokens
+                + 4 * n_rm * self.rm_backward_tokens + 2 * self.soft_embedding_macs)
+
+
+def non_embedding_parameters(module: nn.Module | None) -> int:
+    """N of the cost count: the parameters of ``module`` (shared ones once) less its embedding matrices:
+    every ``nn.Embedding`` (tokens, positions, token types) and the output embedding (the logit layer:
+    ``get_output_embeddings()`` of any submodule, or an ``lm_head``). 0 for None."""
+    if module is None:
+        return 0
+    excluded: dict[int, int] = {}
+    for m in module.modules():
+        heads = [m] if isinstance(m, nn.Embedding) else []
+        getter = getattr(m, "get_output_embeddings", None)
+        if callable(getter):
+            try:
+                heads.append(getter())
+            except (AttributeError, NotImplementedError):
+                pass
+        lm_head = getattr(m, "lm_head", None)
+        heads.append(lm_head)
+        for h in heads:
+            if isinstance(h, nn.Module):
+                excluded.update((id(p), p.numel()) for p in h.parameters())
+    total = {id(p): p.numel() for p in module.parameters()}
+    return sum(n for k, n in total.items() if k not in excluded)
+
+
+def cost_parameters(model: nn.Module, reward: nn.Module | None = None) -> tuple[int, int]:
+    """(N_dllm, N_rm): the :func:`non_embedding_parameters` of the DLLM and the RM that
+    :meth:`ComputeStats.estimate_flops` uses (N_rm = 0 without a reward model)."""
+    return non_embedding_parameters(model), non_embedding_parameters(reward)
+
+
+def rm_call_tokens(reward_batch) -> int:
+    """Tokens one scoring call of a :class:`~entrgi.reward.base.RewardBatch` runs: rows × (the whole
+    left-padded row, or with the prefix cache ``[L slots ; suffix]``)."""
+    B, N = reward_batch.static_embeds.shape[:2]
+    return B * N
+
+
+def rescore_tokens(reward, prompts: Sequence[str], texts: Sequence[str], batch_size: int = 16) -> int:
+    """Tokens the final re-score runs: the RM ids of each (prompt, text) (:meth:`RewardModel.text_ids`),
+    left-padded in batches of ``batch_size`` as ``score_texts`` runs them."""
+    lengths = [len(reward.text_ids(p, t)) for p, t in zip(prompts, texts)]
+    return sum(len(c) * max(c) for c in (lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)))
 
 
 @dataclass

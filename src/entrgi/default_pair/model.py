@@ -46,12 +46,12 @@ def minilm_path() -> Path:
 def load_tokenizer():
     """MiniLM's BERT-uncased WordPiece tokenizer (30,522 ids, ``[MASK]`` = 103)."""
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True, trust_remote_code=False)
 
 
 def minilm_config():
     from transformers import BertConfig
-    return BertConfig.from_pretrained(str(minilm_path()), local_files_only=True)
+    return BertConfig.from_pretrained(str(minilm_path()), local_files_only=True, trust_remote_code=False)
 
 
 def base_state_dict() -> dict[str, torch.Tensor]:
@@ -144,7 +144,8 @@ class MiniLMSentimentReward(RewardModel):
 
     def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                        position_ids: torch.Tensor) -> torch.Tensor:
-        return self.sentence_embedding(inputs_embeds, attention_mask, position_ids) @ self.head_weight + self.head_bias
+        emb = self.sentence_embedding(inputs_embeds, attention_mask, position_ids)  # float32, any weights dtype
+        return emb @ self.head_weight.float() + self.head_bias.float()
 
 
 def build_reward_encoder(base: dict[str, torch.Tensor] | None = None, embeddings: nn.Module | None = None):

@@ -1,7 +1,8 @@
 """The evaluation run's configuration: a grid of methods × temperatures × seeds × prompt sets.
 
 Loaded from YAML (``entrgi eval --config run.yaml``) and/or flags. Fields that change results (models,
-sampler and guidance settings, judges, metrics) form the run's *identity*: resuming a run directory
+sampler and guidance settings, judges, metrics) form the run's *identity*, on resolved values (the
+sampler / guidance / particle sections hold every field, defaults filled in): resuming a run directory
 with a different identity is refused. The grid axes and ``n_prompts`` may change between runs of the
 same directory (results are keyed per prompt and cell).
 """
@@ -20,7 +21,7 @@ import yaml
 from ..config import METHODS, GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
 from .prompts import SUBSAMPLING
 
-#: Best-of-N with N chosen so that its wall time matches the slowest guided method's.
+#: Best-of-N with N chosen so that its estimated FLOPs match the costliest guided method's.
 MATCHED_BON = "best_of_n_matched"
 PARTICLE_METHODS = ("particles", "particles_entrgi")
 #: APS as published: straight-through guidance + anchored remasking (commit order from the guided logits).
@@ -28,6 +29,8 @@ APS_ANCHORED = "aps_anchored"
 EVAL_METHODS = (*METHODS, APS_ANCHORED, MATCHED_BON, *PARTICLE_METHODS)
 IDENTITY_FIELDS = ("model", "family", "reward", "reward_template", "dtype", "subsample", "subset_seed", "sampler",
                    "guidance", "particles", "judges", "distinct_n", "perplexity", "track_reward")
+#: Fields of each section that the grid sets per cell (left out of the identity).
+GRID_SET = {"sampler": ("temperature", "seed"), "guidance": ("method",), "particles": ("guided",)}
 
 
 def split_method(method: str) -> tuple[str, int | None]:
@@ -73,7 +76,7 @@ class EvalConfig:
     distinct_n: tuple[int, ...] = _h("n of the distinct-n diversity metric.", default=(1, 2))
     perplexity: bool = _h("DLLM pseudo-perplexity of the outputs (one forward per token).", default=True)
     track_reward: bool = _h("Record the RM estimate of the predicted completion at every step.", default=True)
-    matched_bon_n: int | None = _h("N of best_of_n_matched (None = from measured wall times).", default=None)
+    matched_bon_n: int | None = _h("N of best_of_n_matched (None = matched on estimated FLOPs).", default=None)
 
     def __post_init__(self) -> None:
         for name in ("prompt_sets", "methods", "temperatures", "seeds", "judges", "distinct_n"):
@@ -106,8 +109,7 @@ class EvalConfig:
                 raise ValueError(f"`{section}.{grid_key}` is set by the grid; use `{grid_key}s` instead.")
         self.sampler_config(self.temperatures[0], self.seeds[0])  # validates the overrides now
         self.guidance_config("entrgi")
-        if any(split_method(m)[0] in PARTICLE_METHODS for m in self.methods):
-            self.particle_config(self.methods[0])
+        self.particle_config(self.methods[0])  # validated always: the identity holds the resolved values
 
     # ---- derived configs ------------------------------------------------------------------------
     def sampler_config(self, temperature: float, seed: int, num_samples: int | None = None,
@@ -142,8 +144,9 @@ class EvalConfig:
 
     # ---- identity and I/O -----------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
+        """The fields that change results, with the sampler / guidance / particle sections resolved."""
         d = dataclasses.asdict(self)
-        return {k: d[k] for k in IDENTITY_FIELDS}
+        return resolve_identity({k: d[k] for k in IDENTITY_FIELDS})
 
     def identity_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -165,3 +168,47 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(names)}.")
         return cls(**data)
+
+
+def _section_class(name: str) -> type:
+    if name == "particles":
+        from ..particles import ParticleConfig
+        return ParticleConfig
+    return {"sampler": SamplerConfig, "guidance": GuidanceConfig}[name]
+
+
+def resolve_section(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every field of the ``name`` section's dataclass built from ``overrides`` (grid-set fields left out),
+    JSON-normalised. Raises ValueError for an unknown field or value."""
+    cls = _section_class(name)
+    kw = {k: v for k, v in dict(overrides).items() if k not in GRID_SET[name]}
+    try:
+        obj = cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"`{name}` has an unknown field: {e}") from e
+    d = {k: v for k, v in dataclasses.asdict(obj).items() if k not in GRID_SET[name]}
+    return json.loads(json.dumps(d, default=list))
+
+
+def resolve_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity (as :meth:`EvalConfig.identity` makes it, or as an older run.json stored it: overrides only,
+    perhaps without fields added since) with every default filled in, JSON-normalised. A section that no
+    longer builds (a field since removed, a value since forbidden) is kept as stored, marked unresolved, so
+    that it compares unequal."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(EvalConfig()), default=list))
+    out = {k: identity.get(k, defaults[k]) for k in IDENTITY_FIELDS}
+    out.update({k: v for k, v in identity.items() if k not in out})
+    for name in GRID_SET:
+        try:
+            out[name] = resolve_section(name, out[name] or {})
+        except (ValueError, TypeError) as e:
+            out[name] = {"unresolved": json.loads(json.dumps(out[name], default=list)), "error": str(e)}
+    return json.loads(json.dumps(out, default=list))
+
+
+def describe_difference(name: str, here: Any, stored: Any) -> str:
+    """``sampler.top_p: 0.9 here, 0.95 in the run directory`` (per field for the resolved sections)."""
+    if isinstance(here, dict) and isinstance(stored, dict) and name in GRID_SET:
+        keys = sorted(k for k in set(here) | set(stored) if here.get(k) != stored.get(k))
+        return ", ".join(f"{name}.{k}: {here.get(k)!r} here, {stored.get(k)!r} in the run directory" for k in keys)
+    return f"{name}: {here!r} here, {stored!r} in the run directory"

@@ -90,8 +90,9 @@ class LMUnitJudge(Judge):
     def __init__(self, name_or_path: str, *, dtype=torch.bfloat16, device_map: str | None = "auto",
                  unit_tests: Sequence[str] = UNIT_TESTS, max_new_tokens: int = 10, model=None, tokenizer=None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
-        self.model = model or AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, device_map=device_map)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        self.model = model or AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, device_map=device_map,
+                                                                  trust_remote_code=False)
         self.model.eval()
         self.unit_tests = tuple(unit_tests)
         self.max_new_tokens = max_new_tokens

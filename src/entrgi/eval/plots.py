@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .metrics import mean_sem  # noqa: E402
-from .report import _method_rank, aggregate, method_label  # noqa: E402
+from .tables import aggregate, method_label, method_rank  # noqa: E402
 
 
 def step_curve(records: list[dict], key: str) -> dict[tuple, tuple[list[float], list[float]]]:
@@ -48,7 +48,7 @@ def plot_curve(records: list[dict], key: str, ylabel: str, path: Path) -> bool:
         return False
     panels, fig, axes = _panels(curves)
     for ax, (ps, t) in zip(axes, panels):
-        for m in sorted({k[2] for k in curves if k[:2] == (ps, t)}, key=_method_rank):
+        for m in sorted({k[2] for k in curves if k[:2] == (ps, t)}, key=method_rank):
             mean, sem = curves[(ps, t, m)]
             x = range(len(mean))
             ax.plot(x, mean, label=method_label(m))
@@ -72,7 +72,7 @@ def plot_bars(records: list[dict], path: Path) -> None:
     panels = sorted({(k[0], k[1]) for k in table})
     fig, axes = plt.subplots(len(metrics), len(panels), figsize=(5.2 * len(panels), 2.8 * len(metrics)), squeeze=False)
     for col, (ps, t) in enumerate(panels):
-        methods = sorted({k[2] for k in table if k[:2] == (ps, t)}, key=_method_rank)
+        methods = sorted({k[2] for k in table if k[:2] == (ps, t)}, key=method_rank)
         for row, (name, label) in enumerate(metrics):
             ax = axes[row][col]
             vals = [table[(ps, t, m)][name] for m in methods]
@@ -90,17 +90,21 @@ def plot_bars(records: list[dict], path: Path) -> None:
 
 
 def plot_reward_vs_compute(records: list[dict], path: Path) -> None:
-    """Top@1 against wall time per prompt, one point per method (± SEM over seeds); the Best-of-N
-    family (any N) is joined by a line: the frontier that guidance must beat."""
+    """Top@1 against the estimated FLOPs per prompt (wall time for records without them), one point per
+    method (± SEM over seeds); the Best-of-N family (any N) is joined by a line: the frontier that guidance
+    must beat."""
     table = aggregate(records)
+    use_flops = all(not math.isnan(row["flops"][0]) and row["flops"][0] > 0 for row in table.values())
+    cost, xlabel = ("flops", "estimated FLOPs per prompt (log)") if use_flops else (
+        "wall_time_s", "wall time per prompt (s, log)")
     panels = sorted({(k[0], k[1]) for k in table})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, (ps, t) in zip(axes[0], panels):
-        methods = sorted({k[2] for k in table if k[:2] == (ps, t)}, key=_method_rank)
+        methods = sorted({k[2] for k in table if k[:2] == (ps, t)}, key=method_rank)
         bon = []
         for i, m in enumerate(methods):
             row = table[(ps, t, m)]
-            x, (y, e) = row["wall_time_s"][0], row["top1"]
+            x, (y, e) = row[cost][0], row["top1"]
             ax.errorbar([x], [y], yerr=[0 if math.isnan(e) else e], fmt="o", color=f"C{i}", capsize=3,
                         label=method_label(m))
             if m.split("@")[0] in ("best_of_n", "best_of_n_matched"):
@@ -109,7 +113,7 @@ def plot_reward_vs_compute(records: list[dict], path: Path) -> None:
             bon.sort()
             ax.plot([b[0] for b in bon], [b[1] for b in bon], "k--", lw=1, alpha=0.6)
         ax.set_xscale("log")
-        ax.set_xlabel("wall time per prompt (s, log)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("Top@1 (guiding RM)")
         ax.set_title(f"{ps}, τ = {t:g}")
         ax.grid(alpha=0.3)

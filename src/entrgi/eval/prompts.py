@@ -11,6 +11,10 @@ Subsampling: ``paper`` = shuffle with the seed, take the first n (each seed draw
 ``load_dataset(...).shuffle(seed)`` in the paper's code; the permutation is numpy's
 ``default_rng(seed).permutation``, which is what ``datasets.Dataset.shuffle`` uses); ``fixed`` =
 one subset for every seed (shuffle with ``subset_seed``); ``none`` = all prompts in file order.
+
+Prompt texts are stripped and empty ones dropped; with ``raw=True`` (``SamplerConfig.match_released``,
+as the released code) they are used as they are: nothing stripped, empty ones kept, so a seed's
+subset is the released code's. In .txt files a prompt is a line either way (blank and # lines skipped).
 """
 
 from __future__ import annotations
@@ -62,31 +66,33 @@ def _prompt(i: int, text: str) -> Prompt:
     return Prompt(f"{i}-{hashlib.sha256(text.encode()).hexdigest()[:10]}", text)
 
 
-def _clean(texts) -> tuple[Prompt, ...]:
+def _clean(texts, raw: bool = False) -> tuple[Prompt, ...]:
+    """Prompts of a source's texts: stripped, empty ones dropped; ``raw``: as they are, every one kept."""
     out = []
     for i, t in enumerate(texts):
         if isinstance(t, list):  # chat-format fields: take the (last) user turn
             t = next((m.get("content", "") for m in reversed(t) if m.get("role") == "user"), "")
-        t = str(t).strip()
-        if t:
+        t = str(t) if raw else str(t).strip()
+        if t or raw:
             out.append(_prompt(i, t))
     if not out:
         raise ValueError("the prompt source yielded no prompts.")
     return tuple(out)
 
 
-def read_text_lines(text: str) -> list[str]:
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+def read_text_lines(text: str, raw: bool = False) -> list[str]:
+    """The prompt lines of a .txt file (blank and # lines skipped), stripped unless ``raw``."""
+    return [ln if raw else ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def load_file(path: str | Path, field: str | None = None) -> list[str]:
+def load_file(path: str | Path, field: str | None = None, raw: bool = False) -> list[str]:
     """Prompts from a local file: .txt (one per line, # comments), .jsonl/.json/.csv/.parquet (``field``)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"prompt file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return read_text_lines(path.read_text())
+        return read_text_lines(path.read_text(), raw)
     if field is None:
         raise ValueError(f"a field name is needed for {path.name}: use file:{path}:FIELD.")
     if suffix == ".jsonl":
@@ -118,21 +124,22 @@ def load_hf(dataset: str, split: str, field: str) -> list[str]:
     return list(ds[field])
 
 
-def load_prompt_set(spec: str) -> PromptSet:
-    """Resolve a source spec (see the module docstring) into a :class:`PromptSet`."""
+def load_prompt_set(spec: str, raw: bool = False) -> PromptSet:
+    """Resolve a source spec (see the module docstring) into a :class:`PromptSet`; ``raw``: texts as they
+    are (the released code's handling), else stripped with empty ones dropped."""
     if spec in SHIPPED:
         text = resources.files("entrgi.data").joinpath(f"prompts/{spec}.txt").read_text()
-        return PromptSet(spec, _clean(read_text_lines(text)))
+        return PromptSet(spec, _clean(read_text_lines(text, raw), raw))
     if spec in BENCHMARKS:
-        return PromptSet(spec, _clean(load_hf(*BENCHMARKS[spec])))
+        return PromptSet(spec, _clean(load_hf(*BENCHMARKS[spec]), raw))
     if spec.startswith("file:"):
         rest = spec[5:]
         path, _, field = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
-        return PromptSet(Path(path).stem, _clean(load_file(path, field or None)))
+        return PromptSet(Path(path).stem, _clean(load_file(path, field or None, raw), raw))
     if spec.startswith("hf:"):
         parts = spec[3:].split(":")
         if len(parts) != 3:
             raise ValueError(f"hf prompt source must be hf:DATASET:SPLIT:FIELD, got {spec!r}.")
-        return PromptSet(parts[0].split("/")[-1], _clean(load_hf(*parts)))
+        return PromptSet(parts[0].split("/")[-1], _clean(load_hf(*parts), raw))
     known = [*SHIPPED, *BENCHMARKS, "file:PATH[:FIELD]", "hf:DATASET:SPLIT:FIELD"]
     raise ValueError(f"unknown prompt source {spec!r}; use one of {known}.")

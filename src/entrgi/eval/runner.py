@@ -7,17 +7,26 @@ the run identity, the cell and the prompt, so an interrupted run resumes where i
 record never depends on the number of workers: prompts are sharded round-robin over data-parallel
 workers (``torchrun``/``accelerate launch`` set RANK/WORLD_SIZE/LOCAL_RANK), and every sample has
 its own random stream.
+
+One process writes a results file at a time: it holds ``out/.lock-<results file>`` (pid and host)
+while it runs. A killed run's torn last line is cut away on resume; reading de-duplicates by key and
+lists every line it could not use (:func:`load_results`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
+import socket
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +35,8 @@ from tqdm.auto import tqdm
 
 from ..config import GUIDED_METHODS
 from ..outputs import GenerationOutput
-from .config import APS_ANCHORED, MATCHED_BON, PARTICLE_METHODS, EvalConfig, split_method
+from .config import (APS_ANCHORED, MATCHED_BON, PARTICLE_METHODS, EvalConfig, describe_difference, resolve_identity,
+                     split_method)
 from .judges import Judge, load_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
@@ -39,10 +49,25 @@ class Shard:
     rank: int = 0
     world: int = 1
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rank, int) and isinstance(self.world, int) and self.world >= 1
+                and 0 <= self.rank < self.world):
+            raise ValueError(f"a shard needs integers 0 <= rank < world (world >= 1), got rank={self.rank!r}, "
+                             f"world={self.world!r}.")
+
     @classmethod
     def from_env(cls) -> Shard:
-        """The data-parallel position set by torchrun / accelerate (RANK, WORLD_SIZE)."""
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        """The data-parallel position set by torchrun / accelerate (RANK, WORLD_SIZE; unset = one process)."""
+        raw = {name: os.environ.get(name, default) for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"))}
+        try:
+            rank, world = int(raw["RANK"]), int(raw["WORLD_SIZE"])
+        except ValueError:
+            rank = world = None
+        if rank is None or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"environment variables RANK={raw['RANK']!r} and WORLD_SIZE={raw['WORLD_SIZE']!r} must be "
+                             "integers with WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; launch the workers with "
+                             "torchrun / accelerate launch, or unset both for a single process.")
+        return cls(rank, world)
 
     def results_file(self, out: Path) -> Path:
         return out / ("results.jsonl" if self.world == 1 else f"results.rank{self.rank}-of-{self.world}.jsonl")
@@ -62,17 +87,182 @@ def record_key(identity: str, set_name: str, cell: Cell, prompt: Prompt, num_sam
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def read_records(out: Path) -> list[dict[str, Any]]:
-    """Every complete record in ``out/results*.jsonl`` (a torn last line from a kill is skipped)."""
-    records = []
+#: What every record must hold to be read at all (the report lists the others' missing metrics).
+RECORD_FIELDS = ("key", "prompt_set", "method", "temperature", "seed", "num_samples")
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """A line of a results file that was not used as it stands (``line`` counts from 1)."""
+
+    path: str
+    line: int
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path} line {self.line}: {self.kind}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class Results:
+    """The records of a run folder, de-duplicated by key, with where each came from and what was left out."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[tuple[str, int]] = field(default_factory=list)  # (file, line) of each record
+    problems: list[DataProblem] = field(default_factory=list)
+
+
+def load_results(out: Path) -> Results:
+    """Read ``out/results*.jsonl``: one record per key (the first seen), and a :class:`DataProblem` for every
+    corrupted line, torn last line (a killed or still running run) and duplicate key."""
+    res = Results()
+    seen: dict[str, tuple[str, int]] = {}
     for path in sorted(Path(out).glob("results*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return records
+        lines = path.read_bytes().split(b"\n")
+        torn_tail = lines[-1] != b""  # the last line has no newline: cut by a kill (or being written)
+        for i, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+                    raise ValueError("not a record (no `key`)")
+                missing = [k for k in RECORD_FIELDS if k not in rec]
+                if missing:
+                    raise ValueError(f"a record without {missing}")
+            except (UnicodeDecodeError, ValueError) as e:
+                last = torn_tail and i == len(lines)
+                kind = "torn last line (a killed or still running run)" if last else "corrupted line"
+                res.problems.append(DataProblem(str(path), i, kind, str(e)[:80]))
+                continue
+            if rec["key"] in seen:
+                first = seen[rec["key"]]
+                res.problems.append(DataProblem(str(path), i, "duplicate key",
+                                                f"{rec['key']}, first at {first[0]} line {first[1]}; kept that one"))
+                continue
+            seen[rec["key"]] = (str(path), i)
+            res.records.append(rec)
+            res.sources.append((str(path), i))
+    return res
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """Every usable record in ``out/results*.jsonl``, one per key (see :func:`load_results`)."""
+    return load_results(out).records
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Truncate ``path`` after its last complete line (a killed run's fragment); returns the bytes removed."""
+    if not path.exists():
+        return 0
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        end, chunk = size, 1 << 16
+        while end > 0:  # find the last newline, reading backwards
+            lo = max(0, end - chunk)
+            f.seek(lo)
+            nl = f.read(end - lo).rfind(b"\n")
+            if nl >= 0:
+                end = lo + nl + 1
+                break
+            end = lo
+        if end < size:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    return size - end
+
+
+# ---- one writer per results file ----------------------------------------------------------------
+def lock_path(results: Path) -> Path:
+    return results.with_name(f".lock-{results.name}")
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(owner, dict) and isinstance(owner.get("pid"), int) and owner["pid"] > 0
+          and isinstance(owner.get("host"), str))
+    return owner if ok else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+@contextmanager
+def results_lock(results: Path) -> Iterator[Path]:
+    """Hold ``.lock-<results file>`` (created with O_CREAT|O_EXCL, holding pid and host) while the block runs.
+
+    A lock of a dead process on this host is stale: taken over with a warning. A live one (or one of another
+    host, which cannot be checked from here) raises ValueError."""
+    lock = lock_path(results)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
+    _acquire(lock, me)
+    try:
+        yield lock
+    finally:
+        owner = _read_lock(lock)
+        if owner is not None and owner.get("token") == me["token"]:
+            lock.unlink(missing_ok=True)
+
+
+def _acquire(lock: Path, me: dict[str, Any]) -> None:
+    out = lock.parent
+    unreadable = 0
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            return
+        owner = _read_lock(lock)
+        if owner is None:
+            if not lock.exists():
+                continue  # released meanwhile
+            unreadable += 1
+            if unreadable < 20:  # an owner between creating and writing it
+                time.sleep(0.05)
+                continue
+            raise ValueError(f"run folder {str(out)!r} has an unreadable lock file {str(lock)!r}; if no `entrgi "
+                             "eval` is running on this folder, delete that file and run again.")
+        here = owner["host"] == me["host"]
+        if not here or _pid_alive(owner["pid"]):
+            where = "" if here else " (another host: it cannot be checked from here)"
+            raise ValueError(
+                f"run folder {str(out)!r} is in use: `entrgi eval` pid {owner['pid']} on host {owner['host']!r}"
+                f"{where} is writing {lock.name[len('.lock-'):]}. Wait for it to finish or use another `out` "
+                "(several workers on one folder: launch them with torchrun, which sets RANK/WORLD_SIZE); if that "
+                f"process is gone, delete {str(lock)!r}.")
+        grab = lock.with_name(f"{lock.name}.stale-{me['token']}")
+        try:
+            os.rename(lock, grab)  # atomic: one taker wins
+        except FileNotFoundError:
+            continue
+        if _read_lock(grab) == owner:
+            grab.unlink()
+            warnings.warn(f"{lock}: took over the stale lock of pid {owner['pid']} on {owner['host']!r} "
+                          "(that process is gone).", stacklevel=4)
+        else:  # someone took it over between our read and rename: give it back
+            try:
+                os.link(grab, lock)
+            except FileExistsError:
+                pass
+            grab.unlink()
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -88,21 +278,32 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def check_run_dir(cfg: EvalConfig, out: Path) -> None:
-    """Create ``run.json`` or refuse to mix results of a different identity into ``out``."""
+def check_run_dir(cfg: EvalConfig, out: Path) -> str:
+    """Create ``run.json`` or refuse to mix results of a different identity into ``out``; returns the folder's
+    identity hash (the one its records are keyed with). Identities compare on resolved values (every default
+    filled in), so run.json files of older versions, which stored only the overrides, still resume."""
     out.mkdir(parents=True, exist_ok=True)
     meta = out / "run.json"
     if meta.exists():
-        old = json.loads(meta.read_text())
+        try:
+            stored = json.loads(meta.read_text())
+            old_hash = stored["identity_hash"]
+            old = resolve_identity(stored["identity"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{str(meta)!r} is unreadable ({e}); use a new `out` directory.") from e
         new = json.loads(json.dumps(cfg.identity(), default=list))
-        diff = sorted(k for k in set(old["identity"]) | set(new) if old["identity"].get(k) != new.get(k))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
+            detail = "; ".join(describe_difference(k, new.get(k), old.get(k)) for k in diff)
             raise ValueError(f"run directory {str(out)!r} holds results of a different configuration (differs in "
-                             f"{diff}); use a new `out` directory or restore those settings.")
-    else:
-        meta.write_text(json.dumps({"identity": cfg.identity(), "identity_hash": cfg.identity_hash(),
-                                    "config": cfg.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S")},
-                                   indent=1))
+                             f"{diff}): {detail}. Use a new `out` directory or restore those settings.")
+        return old_hash
+    text = json.dumps({"identity": cfg.identity(), "identity_hash": cfg.identity_hash(), "config": cfg.to_dict(),
+                       "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1, default=list)
+    tmp = meta.with_name(f".run.json.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, meta)  # atomic: data-parallel workers may race here
+    return cfg.identity_hash()
 
 
 class EvalRunner:
@@ -124,7 +325,7 @@ class EvalRunner:
         model = reward = None
         if cfg.model is None or cfg.reward is None:
             from ..default_pair import load_default_pair
-            model, reward = load_default_pair(device=self.device)
+            model, reward = load_default_pair(device=self.device, dtype=dtype)
         if cfg.model is not None:
             from ..models import load_diffusion_lm
             model = load_diffusion_lm(cfg.model, family=cfg.family, dtype=dtype, device=self.device)
@@ -148,12 +349,22 @@ class EvalRunner:
 
     def run(self) -> Path:
         cfg = self.cfg
-        check_run_dir(cfg, self.out)
-        sets = {ps: load_prompt_set(ps) for ps in cfg.prompt_sets}
+        identity = check_run_dir(cfg, self.out)
+        raw = cfg.sampler_config(cfg.temperatures[0], cfg.seeds[0]).match_released  # released code: raw prompts
+        sets = {ps: load_prompt_set(ps, raw=raw) for ps in cfg.prompt_sets}
         self.set_names = {ps: sets[ps].name for ps in cfg.prompt_sets}
-        identity = cfg.identity_hash()
-        done = {r["key"] for r in read_records(self.out)}
         path = self.shard.results_file(self.out)
+        with results_lock(path):
+            cut = cut_torn_tail(path)
+            if cut:
+                warnings.warn(f"{path}: removed the torn last line ({cut} bytes) of a killed run; its record is "
+                              "computed again.", stacklevel=2)
+            self._run(identity, sets, path)
+        return self.out
+
+    def _run(self, identity: str, sets: dict, path: Path) -> None:
+        cfg = self.cfg
+        done = {r["key"] for r in read_records(self.out)}
         work = []
         for cell in self.cells():
             prompts = sets[cell.prompt_set].subsample(cfg.n_prompts, cfg.subsample, cell.seed, cfg.subset_seed)
@@ -173,10 +384,9 @@ class EvalRunner:
                     done.add(rec["key"])
                 bar.update(len(batch))
         bar.close()
-        return self.out
 
     def num_samples(self, cell: Cell) -> int:
-        """K for plain cells; for compute-matched Best-of-N, N = K × (guided time / BoN time)."""
+        """K for plain cells; for compute-matched Best-of-N, N = K × (guided FLOPs / BoN FLOPs)."""
         k = self.cfg.sampler_config(cell.temperature, cell.seed).num_samples
         base, n = split_method(cell.method)
         if n is not None:
@@ -186,7 +396,8 @@ class EvalRunner:
         if self.cfg.matched_bon_n is not None:
             return self.cfg.matched_bon_n
         if self.shard.world > 1:
-            raise ValueError("`matched_bon_n` must be set for sharded runs (timings differ across workers).")
+            raise ValueError("`matched_bon_n` must be set for sharded runs (each worker sees only its own "
+                             "prompts' costs when it gets there).")
         # Fixed once per (prompt set, τ) and stored, so that every seed and every resume uses the same N.
         path = self.out / "matched_n.json"
         fixed = json.loads(path.read_text()) if path.exists() else {}
@@ -235,10 +446,10 @@ class EvalRunner:
                 "key": record_key(identity, name, cell, p, k), "prompt_set": name, "prompt_id": p.id,
                 "prompt": p.text, "method": cell.method, "temperature": cell.temperature, "seed": cell.seed,
                 "num_samples": k, "top1": top1(rewards), "avg": avg(rewards), "best_index": best,
+                "match_released": out.sampler.match_released,
                 "judges": judges, "distinct": {str(m): distinct_n(texts, m) for m in self.cfg.distinct_n},
                 "samples": samples, "curves": curves(group),
-                "compute": {"wall_time_s": stats.wall_time_s / n, "dllm_forwards": stats.dllm_forwards / n,
-                            "rm_forwards": stats.rm_forwards / n, "rm_backwards": stats.rm_backwards / n},
+                "compute": per_prompt(stats, n),
                 "rank": self.shard.rank,
             }
             if self.cfg.perplexity:
@@ -263,19 +474,38 @@ def curves(group) -> dict[str, list[list[float | None]]]:
     return out
 
 
+def per_prompt(stats, n: int) -> dict[str, Any]:
+    """Every numeric field of a :class:`~entrgi.outputs.ComputeStats` divided by the batch's prompt count."""
+    return {k: v / n if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for k, v in dataclasses.asdict(stats).items()}
+
+
 def matched_n(records: list[dict[str, Any]], set_name: str, temperature: float, k: int) -> int:
-    """N such that Best-of-N costs the wall time of the slowest guided method in the same
-    (prompt set, τ): K × t_guided / t_BoN, from the records measured so far."""
-    def mean_time(method):
-        ts = [r["compute"]["wall_time_s"] for r in records if r["method"] == method
-              and r["prompt_set"] == set_name and r["temperature"] == temperature]
-        return sum(ts) / len(ts) if ts else None
-    t_bon = mean_time("best_of_n") or mean_time("none")  # unguided sampling costs the same
-    guided = [t for t in (mean_time(m) for m in (*GUIDED_METHODS, APS_ANCHORED, *PARTICLE_METHODS)) if t is not None]
-    if t_bon is None or not guided:
+    """N such that Best-of-N costs as much as the costliest guided method in the same (prompt set, τ):
+    max(K, round(K × c_guided / c_BoN)), c = mean estimated FLOPs per prompt (``compute.flops``) of the
+    records so far. Deterministic: wall time plays no part."""
+    def mean_flops(method):
+        rs = [r for r in records if r["method"] == method and r["prompt_set"] == set_name
+              and r["temperature"] == temperature]
+        if not rs:
+            return None
+        fs = [r.get("compute", {}).get("flops") for r in rs]
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in fs):
+            raise ValueError(f"best_of_n_matched: the `{method}` records of {set_name!r} at τ={temperature} have no "
+                             "finite `compute.flops` (written before cost estimates were recorded); set "
+                             "`matched_bon_n`, or run into a new `out` directory.")
+        return math.fsum(fs) / len(fs)
+    c_bon = mean_flops("best_of_n")
+    if c_bon is None:
+        c_bon = mean_flops("none")  # unguided sampling costs the same
+    guided = [c for c in (mean_flops(m) for m in (*GUIDED_METHODS, APS_ANCHORED, *PARTICLE_METHODS)) if c is not None]
+    if c_bon is None or not guided:
         raise ValueError("best_of_n_matched needs `best_of_n` (or `none`) and a guided method in the same run "
                          "(or set `matched_bon_n`).")
-    return max(k, round(k * max(guided) / t_bon))
+    if c_bon <= 0:
+        raise ValueError(f"best_of_n_matched: Best-of-N's `compute.flops` is {c_bon}, not positive; set "
+                         "`matched_bon_n`.")
+    return max(k, round(k * max(guided) / c_bon))
 
 
 def run_eval(cfg: EvalConfig, **kwargs) -> Path:

@@ -13,6 +13,10 @@ import torch
 from torch import nn
 
 
+#: The one EOS of the authors' released code (``SamplerConfig.match_released``).
+ENDOFTEXT = "<|endoftext|>"
+
+
 def special_token_wrap(tokenizer) -> tuple[list[int], list[int]]:
     """The ids a tokenizer adds before and after a single text (e.g. BERT: [CLS] / [SEP])."""
     inner = tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -91,7 +95,25 @@ class DiffusionLM(nn.Module):
             out.append(int(i))
         return out
 
-    def decode_response(self, ids: Sequence[int]) -> str:
+    def eos_ids(self, match_released: bool = False) -> tuple[int, ...]:
+        """The ids that end a response: :attr:`eos_token_ids`; with ``match_released`` the released code's
+        single EOS, ``<|endoftext|>`` (the tokenizer's eos token if its vocabulary has no ``<|endoftext|>``;
+        the adapter's set if it has neither). Dream: (151643, 151645), released (151643,)."""
+        if not match_released:
+            return self.eos_token_ids
+        tok = self.tokenizer
+        tid = tok.convert_tokens_to_ids(ENDOFTEXT)
+        if isinstance(tid, int) and tok.convert_ids_to_tokens(tid) == ENDOFTEXT:
+            return (tid,)
+        eos = getattr(tok, "eos_token_id", None)
+        return (int(eos),) if eos is not None else self.eos_token_ids
+
+    def decode_response(self, ids: Sequence[int], match_released: bool = False) -> str:
+        """The response text of L slots: up to the first EOS (:attr:`eos_token_ids`), special tokens skipped,
+        stripped; with ``match_released`` (the released code) the decode of all slots with special tokens
+        skipped, text after an EOS included, nothing stripped."""
+        if match_released:
+            return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
         return self.tokenizer.decode(self.response_ids(ids), skip_special_tokens=True).strip()
 
     def invalid_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -93,8 +93,11 @@ class BidirectionalDLLM(DiffusionLM):
         """
         folder = resolve_checkpoint(name_or_path, revision)
         raw = read_config(folder)
-        config = cls.config_from_json(raw, attn_implementation)
-        tokenizer = load_tokenizer(folder, cls.tokenizer_class)
+        try:
+            config = cls.config_from_json(raw, attn_implementation)
+        except ValueError as e:
+            raise ValueError(f"{folder / 'config.json'}: {e}") from None
+        tokenizer = load_tokenizer(folder, cls.tokenizer_class, embedding_rows=config.vocab_size)
         module = build_empty(lambda: cls.module_class(config))
         tied = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
         module = load_safetensors(module, folder, cls.rename, tied=tied, dtype=dtype, device=device,

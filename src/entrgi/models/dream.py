@@ -18,7 +18,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
 
 from .bidirectional import BidirectionalDLLM, BidirectionalLM
-from .checkpoint import as_ids, check_token_id, first_id, require_keys
+from .checkpoint import as_ids, check_token_id, first_id, require_keys, rope_parameters
 
 MASK_ID = 151666
 MASK = "<|mask|>"
@@ -26,6 +26,9 @@ EOS_ID = 151643  # <|endoftext|>: eos = pad
 IM_END = "<|im_end|>"  # 151645, ends the assistant turn
 BEGIN_OF_TEXT = "<|beginoftext|>"  # 151665, never a response token
 MODEL_TYPES = ("dream",)
+#: RoPE types implemented exactly (transformers' rotary embedding, as Dream's released code uses it).
+ROPE_TYPES = ("default", "linear")
+DEFAULT_ROPE_THETA = 10000.0  # DreamConfig's default when config.json gives none
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -40,11 +43,7 @@ def qwen2_config(raw: dict, attn_implementation: str | None = None) -> Qwen2Conf
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"Dream `hidden_act` must be 'silu', got {act!r}.")
-    rope = {"rope_type": "default", "rope_theta": float(raw.get("rope_theta", 10000.0))}
-    scaling = raw.get("rope_scaling")
-    if scaling:
-        rope.update(scaling)
-        rope["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
+    rope = rope_parameters(raw, "Dream", DEFAULT_ROPE_THETA, ROPE_TYPES)
     heads = raw["num_attention_heads"]
     if raw["hidden_size"] % heads:
         raise ValueError(f"Dream `hidden_size` ({raw['hidden_size']}) must be a multiple of `num_attention_heads` "

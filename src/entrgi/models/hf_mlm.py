@@ -7,9 +7,10 @@ uses its tokenizer's mask token. ``[SEP]``/``</s>`` and padding end a response; 
 
 from __future__ import annotations
 
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM
 
 from .base import DiffusionLM
+from .checkpoint import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
 
 
 class HFMaskedLM(DiffusionLM):
@@ -39,11 +40,13 @@ class HFMaskedLM(DiffusionLM):
         """Load with ``AutoModelForMaskedLM`` from a hub id or a local folder (no remote code); ``device_map``
         places it with accelerate (``"auto"`` or a dict), else ``device`` holds all of it. ``revision`` and
         ``attn_implementation`` go to transformers as for the other families; ``overrides`` to
-        :meth:`from_module`."""
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+        :meth:`from_module`. A broken local folder or tokenizer is a ``ValueError`` before loading."""
+        folder = local_folder(name_or_path)
+        config = check_hf_folder(folder) if folder is not None else read_config(name_or_path, revision)
+        tokenizer = load_auto_tokenizer(name_or_path, config_vocab_size(config), revision=revision)
         extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
         module = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype, device_map=device_map,
-                                                      revision=revision, **extra)
+                                                      revision=revision, trust_remote_code=False, **extra)
         if device is not None and device_map is None:
             module = module.to(device)
         return cls.from_module(module, tokenizer, **overrides)

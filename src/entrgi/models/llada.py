@@ -24,7 +24,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from .bidirectional import BidirectionalDLLM, BidirectionalLM
-from .checkpoint import as_ids, check_token_id, first_id, require_keys
+from .checkpoint import as_ids, check_token_id, first_id, require_keys, rope_parameters
 
 MASK_ID = 126336
 MASK = "<|mdm_mask|>"
@@ -37,9 +37,12 @@ REQUIRED_KEYS = ("d_model", "n_heads", "n_layers", "vocab_size")
 CONFIG_DEFAULTS = dict(mlp_ratio=4, mlp_hidden_size=None, n_kv_heads=None, multi_query_attention=None,
                        activation_type="swiglu", block_type="sequential", block_group_size=1, alibi=False, rope=False,
                        attention_layer_norm=False, input_emb_norm=False, layer_norm_type="default",
-                       layer_norm_with_affine=True, rms_norm_eps=1e-5, max_sequence_length=1024, rope_theta=10000.0,
+                       layer_norm_with_affine=True, rms_norm_eps=1e-5, max_sequence_length=1024,
                        include_qkv_bias=False, include_bias=False, bias_for_layer_norm=None, scale_logits=False,
                        embedding_size=50304, weight_tying=True)
+#: The released code applies plain RoPE (θ from ``rope_theta``, default 10000) and no scaling.
+ROPE_TYPES = ("default",)
+DEFAULT_ROPE_THETA = 10000.0
 #: The architecture options this module implements (LLaDA-8B's).
 SUPPORTED = dict(block_type="llama", activation_type="silu", layer_norm_type="rms", layer_norm_with_affine=True,
                  rope=True, alibi=False, attention_layer_norm=False, input_emb_norm=False, scale_logits=False,
@@ -98,7 +101,7 @@ def llama_config(raw: dict, attn_implementation: str | None = None) -> LlamaConf
         intermediate_size=c["mlp_hidden_size"] or c["mlp_ratio"] * d, num_hidden_layers=c["n_layers"],
         num_attention_heads=heads, num_key_value_heads=kv, head_dim=d // heads, hidden_act="silu",
         max_position_embeddings=c["max_sequence_length"], rms_norm_eps=c["rms_norm_eps"],
-        rope_parameters={"rope_type": "default", "rope_theta": float(c["rope_theta"])}, attention_bias=False,
+        rope_parameters=rope_parameters(raw, "LLaDA", DEFAULT_ROPE_THETA, ROPE_TYPES), attention_bias=False,
         mlp_bias=False, tie_word_embeddings=bool(c["weight_tying"]), attention_dropout=0.0, use_cache=False,
         pad_token_id=None, bos_token_id=None, eos_token_id=None)
     if attn_implementation is not None:

@@ -72,6 +72,11 @@ def load_diffusion_lm(name_or_path: str | Path, *, family: str | None = None, dt
         device: one device for the whole model.
         device_map: accelerate placement for models larger than one device (``"auto"`` or a dict).
         **kwargs: passed to the family's ``from_pretrained`` (e.g. ``attn_implementation``).
+
+    Raises:
+        ValueError: naming the path and what is wrong: a local folder that does not exist, no or invalid
+            config.json, missing or truncated weights, a tokenizer that cannot be the model's, a RoPE type
+            the adapter does not implement, or weights that do not fit.
     """
     cls = family_class(family or detect_family(name_or_path, kwargs.get("revision")))
     return cls.from_pretrained(name_or_path, dtype=dtype, device=device, device_map=device_map, **kwargs)

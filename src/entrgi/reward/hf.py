@@ -18,10 +18,11 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 
+from ..models.checkpoint import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
 from .base import RewardModel, left_pad, position_ids_from
 
 
@@ -29,6 +30,21 @@ def last_attended(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index (B,) of each row's last position with mask 1."""
     idx = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
     return (idx * attention_mask.long()).argmax(-1)
+
+
+def check_sequence_classifier(config: dict, where) -> None:
+    """Refuse a config.json that is not a ``*ForSequenceClassification`` transformers implements (a DLLM,
+    a causal or masked LM): loading it would add a random score head or ask for remote code."""
+    archs = config.get("architectures") or []
+    if not any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs):
+        raise ValueError(f"`{where}` is not a sequence classifier (architectures: {archs}, model_type: "
+                         f"{config.get('model_type')!r}); a reward model must be a *ForSequenceClassification "
+                         "checkpoint such as Skywork/Skywork-Reward-V2-Qwen3-1.7B.")
+    from transformers import CONFIG_MAPPING
+    if config.get("model_type") not in CONFIG_MAPPING:
+        raise ValueError(f"`{where}` has model_type {config.get('model_type')!r}, which transformers does not "
+                         "implement; its remote code is never run. Wrap the module with `HFRewardModel(model, "
+                         "tokenizer)` yourself.")
 
 
 class FrozenPrefixLayer(DynamicLayer):
@@ -103,9 +119,17 @@ class HFRewardModel(RewardModel):
         """Load with ``AutoModelForSequenceClassification`` (hub id or local folder, no remote code).
 
         ``device_map`` places the model with accelerate (``"auto"``, ``"balanced"`` or a dict, for RMs
-        larger than one device); otherwise ``device`` holds all of it."""
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype, device_map=device_map)
+        larger than one device); otherwise ``device`` holds all of it. A path that is not an existing
+        folder, a folder without config.json or complete weights, a config that is not a sequence
+        classifier transformers implements, or an unusable tokenizer raise ``ValueError`` first."""
+        folder = local_folder(name_or_path)
+        config = read_config(folder if folder is not None else name_or_path)
+        check_sequence_classifier(config, name_or_path)
+        if folder is not None:
+            check_hf_folder(folder)
+        tokenizer = load_auto_tokenizer(name_or_path, config_vocab_size(config))
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype, device_map=device_map,
+                                                                   trust_remote_code=False)
         if device is not None and device_map is None:
             model = model.to(device)
         if gradient_checkpointing:

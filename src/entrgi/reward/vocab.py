@@ -8,10 +8,19 @@ model's view (their probability is removed before forming q), never sent to ``un
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+
+
+#: Below this share of the DLLM's response-capable ids mapped, :meth:`VocabBridge.from_tokenizers` warns.
+MIN_COVERAGE = 0.9
+
+
+class LowCoverageWarning(UserWarning):
+    """The reward model sees only part of the tokens the DLLM can emit."""
 
 
 @dataclass
@@ -29,10 +38,14 @@ class CoverageReport:
     differing_ids: list[int] = field(default_factory=list)
 
     @property
+    def emittable(self) -> int:
+        """How many ids the DLLM may emit as response tokens (its tokenizer minus excluded ids)."""
+        return self.dllm_vocab - sum(1 for i in self.excluded_ids if i < self.dllm_vocab)
+
+    @property
     def coverage(self) -> float:
         """Mapped share of the ids the DLLM may emit (its tokenizer minus excluded ids)."""
-        emit = self.dllm_vocab - sum(1 for i in self.excluded_ids if i < self.dllm_vocab)
-        return self.mapped / max(emit, 1)
+        return self.mapped / max(self.emittable, 1)
 
     def summary(self) -> str:
         show = lambda ids: ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "")  # noqa: E731
@@ -109,6 +122,11 @@ class VocabBridge:
                                 remapped_ids=remapped, differing_ids=differing)
         if mapped == 0:
             raise ValueError("the DLLM and reward tokenizers share no token string: no vocabulary bridge exists.")
+        if report.coverage < MIN_COVERAGE:
+            warnings.warn(f"the vocabulary bridge maps only {mapped:,} of the DLLM's {report.emittable:,} "
+                          f"response-capable token ids ({report.coverage:.1%}) to reward-model tokens, so the "
+                          f"reward model never sees the other {report.emittable - mapped:,} and guidance is "
+                          "weaker.", LowCoverageWarning, stacklevel=2)
         return cls(m, report)
 
     def rm_table(self, rm_embedding: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:

@@ -1,0 +1,138 @@
+"""The deterministic cost count (``ComputeStats`` tokens / MACs / FLOPs; docs/performance.md, "Cost count")
+against a hand count on tiny models."""
+
+import dataclasses
+import time
+
+import pytest
+
+from entrgi import GuidanceConfig, SamplerConfig, generate
+from entrgi.models.dream import DreamModule, qwen2_config
+from entrgi.naive import generate_naive
+from entrgi.outputs import ComputeStats, cost_parameters, non_embedding_parameters
+from entrgi.tiny_checkpoints import dream_config
+
+PROMPT = "the cat sat"
+L, T, K = 4, 2, 2
+#: masked slots per row at the 2 steps: all L, then L − int(L · (1 − ts[1]/ts[0])) = 4 − 1 (Dream's schedule)
+MASKED = (4, 3)
+
+
+def bert_non_embedding(cfg) -> int:
+    """BertForMaskedLM without embedding matrices: embedding LayerNorm, the layers, the MLM transform."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+    return 2 * h + cfg.num_hidden_layers * layer + (h * h + h) + 2 * h
+
+
+def qwen3_rm_non_embedding(cfg) -> int:
+    """Qwen3ForSequenceClassification without the token embedding: the layers, the final norm, the score head."""
+    h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    layer = h * q + 2 * h * kv + q * h + 2 * hd + 3 * h * i + 2 * h
+    return cfg.num_hidden_layers * layer + h + h * cfg.num_labels
+
+
+def run(mlm, reward, method="entrgi", **kw):
+    g = {"trace": kw.pop("trace", False), "callback": kw.pop("callback", None)}
+    sampler = SamplerConfig(max_new_tokens=L, steps=T, num_samples=K, temperature=1.0)
+    guidance = GuidanceConfig(method=method, inner_steps=1, lr=1.0, **kw)
+    return generate(mlm, PROMPT, reward, sampler=sampler, guidance=guidance, progress=False, **g)
+
+
+def test_parameter_counts(mlm, qwen_reward):
+    n_dllm, n_rm = cost_parameters(mlm, qwen_reward)
+    assert n_dllm == bert_non_embedding(mlm.module.config)
+    assert n_rm == qwen3_rm_non_embedding(qwen_reward.model.config)
+    assert cost_parameters(mlm) == (n_dllm, 0)
+    # Dream's layout: the token embedding and lm_head (tied or not) are both excluded
+    for tied in (False, True):
+        cfg = qwen2_config({**dream_config(vocab_size=64), "tie_word_embeddings": tied})
+        module = DreamModule(cfg)
+        total = sum(p.numel() for p in module.parameters())
+        assert non_embedding_parameters(module) == total - 64 * 32 * (1 if tied else 2)
+
+
+def hand_count(mlm, reward, texts, *, prefix_cache=True, trace=False, guided=True):
+    """Tokens, MACs and FLOPs of a 1-prompt, K = 2, L = 4, T = 2, M = 1 run, written out."""
+    P = len(mlm.encode_prompt(PROMPT))
+    ctx = reward.context(PROMPT)
+    Pp, S = len(ctx.prefix_ids), len(ctx.suffix_ids)
+    V, d = mlm.logit_width, reward.embedding_table().shape[1]
+    dllm = T * K * (P + L)
+    # the final re-score runs the tokenised template text of each sample, left-padded to the longest
+    final = K * max(len(reward.tokenizer("".join(reward.render(PROMPT, t)))["input_ids"]) for t in texts)
+    call = K * (L + S) if prefix_cache else K * (Pp + L + S)  # one RM call: [slots ; suffix] or the whole row
+    calls = T * (1 + trace) if guided else 0  # M = 1 inner step (+ the trace's evaluation) per step
+    fwd = (K * Pp if prefix_cache and guided else 0) + calls * call + final
+    bwd = T * call if guided else 0
+    macs = sum(K * n * V * d for n in MASKED) * (3 + trace) if guided else 0  # forward + 2 × backward
+    n_dllm, n_rm = bert_non_embedding(mlm.module.config), qwen3_rm_non_embedding(reward.model.config)
+    flops = 2 * n_dllm * dllm + 2 * n_rm * fwd + 4 * n_rm * bwd + 2 * macs
+    return {"dllm_tokens": dllm, "rm_forward_tokens": fwd, "rm_backward_tokens": bwd, "soft_embedding_macs": macs,
+            "flops": flops}
+
+
+def counts(out):
+    d = dataclasses.asdict(out.stats)
+    return {k: d[k] for k in ("dllm_tokens", "rm_forward_tokens", "rm_backward_tokens", "soft_embedding_macs",
+                              "flops")}
+
+
+def texts(out):
+    return [s.text for s in out.samples[0]]
+
+
+@pytest.mark.parametrize("prefix_cache,trace", [(True, False), (True, True), (False, False)])
+def test_two_step_run_matches_a_hand_count(mlm, qwen_reward, prefix_cache, trace):
+    out = run(mlm, qwen_reward, prefix_cache=prefix_cache, trace=trace)
+    assert counts(out) == hand_count(mlm, qwen_reward, texts(out), prefix_cache=prefix_cache, trace=trace)
+    assert out.stats.dllm_forwards == T * K and out.stats.rm_backwards == T * K
+    if trace:
+        assert [t.masked for t in out.samples[0][0].trace] == list(MASKED)
+
+
+def test_the_naive_sampler_runs_whole_rows(mlm, qwen_reward):
+    """No prefix cache in the naive reference: every call runs [prefix ; slots ; suffix]."""
+    out = generate_naive(mlm, PROMPT, qwen_reward, sampler=SamplerConfig(max_new_tokens=L, steps=T, num_samples=K,
+                                                                         temperature=1.0),
+                         guidance=GuidanceConfig(inner_steps=1, lr=1.0), progress=False, trace=False)
+    assert counts(out) == hand_count(mlm, qwen_reward, texts(out), prefix_cache=False)
+
+
+def test_unguided_costs_less_and_counts_only_what_runs(mlm, qwen_reward):
+    guided, plain = run(mlm, qwen_reward), run(mlm, qwen_reward, method="best_of_n")
+    assert counts(plain) == hand_count(mlm, qwen_reward, texts(plain), guided=False)
+    assert plain.stats.dllm_tokens == guided.stats.dllm_tokens
+    assert plain.stats.rm_backward_tokens == plain.stats.soft_embedding_macs == 0
+    assert guided.stats.flops > plain.stats.flops > 0
+    none = run(mlm, None, method="none")
+    assert none.stats.flops == 2 * bert_non_embedding(mlm.module.config) * none.stats.dllm_tokens
+
+
+def test_costs_do_not_depend_on_wall_time(mlm, qwen_reward):
+    fast = run(mlm, qwen_reward)
+    slow = run(mlm, qwen_reward, callback=lambda step, state: time.sleep(0.1))
+    assert slow.stats.wall_time_s >= T * 0.1  # T sleeps inside the timed region
+    assert counts(slow) == counts(fast)
+    assert [s.token_ids for s in slow.samples[0]] == [s.token_ids for s in fast.samples[0]]
+
+
+def test_estimate_flops_formula():
+    s = ComputeStats(dllm_tokens=3, rm_forward_tokens=5, rm_backward_tokens=7, soft_embedding_macs=11)
+    assert s.estimate_flops(100, 10) == 2 * 100 * 3 + 2 * 10 * 5 + 4 * 10 * 7 + 2 * 11
+    assert not hasattr(ComputeStats, "add")
+
+
+def test_track_reward_estimates_are_counted(mlm, qwen_reward):
+    """One RM forward per step on [slots ; suffix] against the cached prefix (no backward)."""
+    base = run(mlm, qwen_reward, method="best_of_n")
+    tracked = generate(mlm, PROMPT, qwen_reward, sampler=SamplerConfig(max_new_tokens=L, steps=T, num_samples=K,
+                                                                       temperature=1.0),
+                       guidance=GuidanceConfig(method="best_of_n"), progress=False, trace=False, track_reward=True)
+    S, Pp = len(qwen_reward.context(PROMPT).suffix_ids), len(qwen_reward.context(PROMPT).prefix_ids)
+    extra = K * Pp + T * K * (L + S)
+    final = lambda o: hand_count(mlm, qwen_reward, texts(o), guided=False)["rm_forward_tokens"]  # noqa: E731
+    assert tracked.stats.rm_forward_tokens - final(tracked) == extra
+    assert base.stats.rm_forward_tokens == final(base)
+    assert tracked.stats.rm_backward_tokens == 0
