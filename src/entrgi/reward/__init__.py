@@ -2,8 +2,12 @@
 
 from .base import RewardBatch, RewardContext, RewardModel
 from .callable import CallableReward
+from .composite import CompositeReward, CompositeTextReward, GuidanceView, weighted_sum
 from .hf import HFRewardModel
+from .likelihood import LikelihoodReward
+from .text import TextReward, batched, load_text_reward
 from .vocab import CoverageReport, VocabBridge
 
-__all__ = ["CallableReward", "CoverageReport", "HFRewardModel", "RewardBatch", "RewardContext", "RewardModel",
-           "VocabBridge"]
+__all__ = ["CallableReward", "CompositeReward", "CompositeTextReward", "CoverageReport", "GuidanceView",
+           "HFRewardModel", "LikelihoodReward", "RewardBatch", "RewardContext", "RewardModel", "TextReward",
+           "VocabBridge", "batched", "load_text_reward", "weighted_sum"]
