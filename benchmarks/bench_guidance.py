@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
               f"differs in {dn}/{tot}, optimised in {df}/{tot} (the naive top-p sums float32 probabilities over the "
               f"sorted vocabulary: ~1e-5 off at the boundary; the optimised one is float64)")
 
+    # 3b. the draw on flat and on peaked logits
+    draw_costs(pair, B, L, max(3, reps), device)
+
     # 4. the opt-in approximation
     if not a.quick:
         approx(pair, B, L, device)
@@ -503,6 +506,58 @@ def scaling(pair: Pair, a, B: int, L: int, reps: int, device, dtype, scale: str,
         pr = build_pair(scale, device, dtype, width=width, rm_checkpointing=ckpt)
         row("vocabulary V", f"{width:,}", pr, B, L, 3)
         del pr
+
+
+#: Std of the finite logits in the flat case: at τ = 0.7 the top-p 0.95 nucleus then holds ~88% of the ids, as
+#: with a random-weight checkpoint's logits.
+FLAT_LOGIT_STD = 0.35
+
+
+def draw_costs(pair: Pair, B: int, L: int, reps: int, device) -> None:
+    """The step's draw (τ 0.7, top-p 0.95, one token for each of the n masked slots) on flat and on peaked
+    logits: the optimised :func:`~entrgi.logit_ops.draw` (top-k heads, else the sort-free buckets) against the
+    naive full-sort path (:func:`entrgi.naive.naive_draw`); repetitions interleaved, min / median."""
+    from entrgi.logit_ops import draw, nucleus_groups
+    from entrgi.naive import naive_draw
+
+    s, batch = make_state(pair, Case("none", 0), B, L)
+    with torch.no_grad():
+        phi = s._logits(batch)[batch.x[:, batch.P:] == pair.dllm.mask_token_id]  # (n, V), invalid ids at −inf
+    finite = torch.isfinite(phi)
+    std = float(phi[finite].std())
+    cases = {f"flat (finite logits' std {FLAT_LOGIT_STD})": phi * (FLAT_LOGIT_STD / std),
+             f"peaked (the pair's logits, std {std:.1f})": phi}
+    tau, top_p, n = 0.7, 0.95, phi.shape[0]
+    u = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(phi.device)
+    times: dict = {}
+    with torch.no_grad():
+        for _ in range(reps):
+            for name, x in cases.items():
+                for path, fn in (("opt", draw), ("naive", naive_draw)):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    fn(x, u, tau, top_p, None)
+                    sync(device)
+                    times.setdefault((name, path), []).append(time.perf_counter() - t0)
+        print(f"\n### The draw on flat and peaked logits (n = {n} masked slots, V = {phi.shape[1]:,}, τ {tau}, "
+              f"top-p {top_p}; {reps} interleaved repetitions, min / median)\n")
+        print("| logits | nucleus (mean ids kept) | rows by a head / buckets / full sort | optimised | naive full "
+              "sort | naive / optimised (min / median) | draws ≠ float64 reference (opt. / naive) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, x in cases.items():
+            settled = {"head": 0, "buckets": 0, "sort": 0}
+            kept = 0
+            for rows, ids, keep in nucleus_groups(x, top_p, tau, sort_rest=False):
+                kind = "buckets" if ids is None else "sort" if ids.shape[-1] == x.shape[-1] else "head"
+                settled[kind] += rows.numel()
+                kept += int(keep.sum())
+            ref = naive_draw(x.double(), u, tau, top_p, None)
+            d_opt, d_naive = (int((f(x, u, tau, top_p, None) != ref).sum()) for f in (draw, naive_draw))
+            (o_min, o_med), (n_min, n_med) = ((min(t), statistics.median(t)) for t in
+                                              (times[(name, "opt")], times[(name, "naive")]))
+            print(f"| {name} | {kept / n:,.0f} | {settled['head']} / {settled['buckets']} / {settled['sort']} | "
+                  f"{fmt_s(o_min)} / {fmt_s(o_med)} | {fmt_s(n_min)} / {fmt_s(n_med)} | "
+                  f"{n_min / o_min:.1f} / {n_med / o_med:.1f} | {d_opt} / {d_naive} of {n} |")
 
 
 def draw_precision(pair: Pair, B: int, L: int, reps: int = 2) -> tuple[int, int, int]:
