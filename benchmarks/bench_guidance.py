@@ -15,7 +15,7 @@ real pair's ratios: DLLM ≈ 4× the RM in non-embedding parameters, the same de
 
 A *step* is :meth:`MaskedDiffusionSampler._step` from a state with half the slots still masked (the
 average over a T = L trajectory): one DLLM forward, M inner steps (guided), the draw and the commit. The
-*naive* reference is :class:`entrgi.naive.NaiveSampler`: straight from the algorithm (logits for the
+*naive* reference is :class:`support.naive_reference.NaiveSampler`: straight from the algorithm (logits for the
 whole sequence, the RM over [prefix ; response ; suffix] at every inner step, a dense soft embedding,
 full-vocabulary sort for top-p). Both start from the same state and streams; the run checks that they
 commit the same tokens with the same rewards. Memory: CPU = the peak resident set during the step above
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pathlib
 import platform
 import statistics
 import sys
@@ -40,14 +41,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # test support: tiny models, reference
+from support.naive_reference import NaiveSampler
+from support.tiny_checkpoints import dream_config, write_dream_tokenizer, write_qwen3_tokenizer
+
 from entrgi import GuidanceConfig, SamplerConfig
 from entrgi.models.dream import Dream, DreamModule, qwen2_config
-from entrgi.naive import NaiveSampler
-from entrgi.outputs import ComputeStats
 from entrgi.reward.hf import HFRewardModel
 from entrgi.reward.vocab import VocabBridge
-from entrgi.sampler import MaskedDiffusionSampler, bridge_for
-from entrgi.tiny_checkpoints import dream_config, write_dream_tokenizer, write_qwen3_tokenizer
+from entrgi.sampling.outputs import ComputeStats
+from entrgi.sampling.sampler import MaskedDiffusionSampler, bridge_for
 
 #: (DLLM hidden, layers, heads, kv heads, intermediate), (RM hidden, layers, heads, kv heads, head_dim, intermediate)
 SCALES = {
@@ -232,7 +235,7 @@ def guided_step(pair: Pair, case: Case, rows: int, L: int, device, trace: bool =
     """One step from the standard state; returns (committed tokens, the GuideResult, seconds)."""
     s, batch = make_state(pair, case, rows, L)
     if trace:
-        from entrgi.rng import RowStreams
+        from entrgi.ops.rng import RowStreams
         batch.trace_streams = RowStreams([r.trace_seed for r in batch.rows], batch.x.device)
     seen = []
     guide = s._guide
@@ -253,7 +256,7 @@ def check_same(pair: Pair, method: str, M: int, rows: int, L: int, device) -> tu
 def component_times(pair: Pair, rows: int, L: int, reps: int, device) -> dict:
     """Seconds of: the DLLM forward; one RM forward+backward w.r.t. the response embeddings (cached prefix
     and whole row); the soft embedding q·E forward+backward (chunked and dense) over the masked slots."""
-    from entrgi.guidance import expected_embeddings
+    from entrgi.guidance.mixing import expected_embeddings
     from entrgi.reward.base import RewardBatch
 
     s, batch = make_state(pair, Case("entrgi", 3), rows, L)
@@ -515,10 +518,11 @@ FLAT_LOGIT_STD = 0.35
 
 def draw_costs(pair: Pair, B: int, L: int, reps: int, device) -> None:
     """The step's draw (τ 0.7, top-p 0.95, one token for each of the n masked slots) on flat and on peaked
-    logits: the optimised :func:`~entrgi.logit_ops.draw` (top-k heads, else the sort-free buckets) against the
-    naive full-sort path (:func:`entrgi.naive.naive_draw`); repetitions interleaved, min / median."""
-    from entrgi.logit_ops import draw, nucleus_groups
-    from entrgi.naive import naive_draw
+    logits: the optimised :func:`~entrgi.ops.logit_ops.draw` (top-k heads, else the sort-free buckets) against the
+    naive full-sort path (:func:`support.naive_reference.naive_draw`); repetitions interleaved, min / median."""
+    from support.naive_reference import naive_draw
+
+    from entrgi.ops.logit_ops import draw, nucleus_groups
 
     s, batch = make_state(pair, Case("none", 0), B, L)
     with torch.no_grad():
@@ -562,8 +566,9 @@ def draw_costs(pair: Pair, B: int, L: int, reps: int, device) -> None:
 
 def draw_precision(pair: Pair, B: int, L: int, reps: int = 2) -> tuple[int, int, int]:
     """(naive draws ≠ float64 reference, optimised draws ≠ reference, draws) on the standard state's logits."""
-    from entrgi.logit_ops import draw
-    from entrgi.naive import naive_draw
+    from support.naive_reference import naive_draw
+
+    from entrgi.ops.logit_ops import draw
 
     s, batch = make_state(pair, Case("entrgi", 3), B, L)
     with torch.no_grad():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pathlib
 import sys
 import tempfile
 import time
@@ -26,12 +27,20 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # test support: tiny models, reference
+from support.tiny_checkpoints import (
+    llada_style_tokenizer,
+    qwen_tokenizer_dir,
+    write_dream_checkpoint,
+    write_llada_checkpoint,
+    write_qwen3_tokenizer,
+    write_reward_checkpoint,
+)
+from support.tiny_models import CHAT_TEMPLATE, word_tokenizer
+
 from entrgi import GuidanceConfig, generate
 from entrgi.models import Dream, LLaDA, load_diffusion_lm
 from entrgi.reward.hf import HFRewardModel
-from entrgi.testing import CHAT_TEMPLATE, word_tokenizer
-from entrgi.tiny_checkpoints import (llada_style_tokenizer, qwen_tokenizer_dir, write_dream_checkpoint,
-                                     write_llada_checkpoint, write_qwen3_tokenizer, write_reward_checkpoint)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIZES = {

@@ -12,14 +12,18 @@ tensor shapes, listed with their formulas in docs/models.md.
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 
 import torch
 from accelerate import init_empty_weights
 from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # test support: tiny models, reference
+from support.tiny_checkpoints import dream_config, llada_config
+
 from entrgi.models.dream import DreamModule, qwen2_config
 from entrgi.models.llada import LLaDAModule, llama_config
-from entrgi.tiny_checkpoints import dream_config, llada_config
 
 GiB = 2**30
 DLLMS = {  # name: (module factory, logit width V, hidden, intermediate, layers)

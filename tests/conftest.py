@@ -3,11 +3,11 @@ whose logits are a fixed table indexed by position (so tests can choose every pr
 
 import pytest
 import torch
+from support.tiny_checkpoints import write_dream_tokenizer, write_qwen3_tokenizer
+from support.tiny_models import CHAT_TEMPLATE, TokenPreferenceReward, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 from torch import nn
 
 from entrgi.models.base import DiffusionLM
-from entrgi.testing import CHAT_TEMPLATE, TokenPreferenceReward, tiny_mlm, tiny_qwen3_reward, word_tokenizer
-from entrgi.tiny_checkpoints import write_dream_tokenizer, write_qwen3_tokenizer
 
 torch.set_num_threads(2)
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import torch
+from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
 from entrgi.eval import EvalConfig, EvalRunner, Shard, VaderJudge
-from entrgi.testing import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
 PROMPTS = ["the cat sat on", "a big dog", "it was a good day and", "the bird flew over the", "red sun then",
            "the small cat was very"]

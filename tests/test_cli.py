@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
-from entrgi.cli import main
-from entrgi.testing import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
+from entrgi.cli.commands import main
 
 
 @pytest.fixture(scope="module")

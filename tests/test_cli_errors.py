@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
-from entrgi import cli, demo
-from entrgi.cli import main
+from entrgi.cli import demo
+from entrgi.cli import commands as cli
+from entrgi.cli.commands import main
 from entrgi.eval.prompts import load_prompt_set
-from entrgi.testing import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
 ENTRGI = Path(sys.executable).with_name("entrgi")  # the installed console script of this venv
 N_DEMO_PROMPTS = len(load_prompt_set(demo.DEMO_PROMPT_SET).prompts)

@@ -5,12 +5,12 @@ import dataclasses
 import time
 
 import pytest
+from support.naive_reference import generate_naive
+from support.tiny_checkpoints import dream_config
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.models.dream import DreamModule, qwen2_config
-from entrgi.naive import generate_naive
-from entrgi.outputs import ComputeStats, cost_parameters, non_embedding_parameters
-from entrgi.tiny_checkpoints import dream_config
+from entrgi.sampling.outputs import ComputeStats, cost_parameters, non_embedding_parameters
 
 PROMPT = "the cat sat"
 L, T, K = 4, 2, 2

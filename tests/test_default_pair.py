@@ -260,8 +260,8 @@ def test_recipe_runs_end_to_end(tmp_path):
 
 
 def test_demo_prints_every_method_and_writes_its_files(tmp_path, monkeypatch):
-    from entrgi import demo
-    from entrgi.demo import DEMO_METHODS, run_demo
+    from entrgi.cli import demo
+    from entrgi.cli.demo import DEMO_METHODS, run_demo
     from entrgi.eval.report import method_label
     monkeypatch.setattr(demo, "DEMO_SAMPLER", {"max_new_tokens": 6, "steps": 3, "num_samples": 2, "top_p": 0.95})
     text = run_demo(tmp_path / "demo", n_prompts=1, show=1, progress=False)

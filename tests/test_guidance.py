@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from support.naive_reference import NaiveSampler
 
 from entrgi import GuidanceConfig, MaskedDiffusionSampler, ParticleConfig, ParticleSampler, SamplerConfig, generate
 from entrgi.errors import NonFiniteError
-from entrgi.guidance import entropy, entropy_weight, reward_input_embeddings, soft_embeddings
-from entrgi.guide import check_inner_step
-from entrgi.naive import NaiveSampler
+from entrgi.guidance.inner_loop import check_inner_step
+from entrgi.guidance.mixing import entropy, entropy_weight, reward_input_embeddings, soft_embeddings
 from entrgi.reward.callable import CallableReward
 
 F64 = torch.float64  # the maths is checked in double precision

@@ -1,11 +1,18 @@
 """Filtering and sampling against slow, obviously-correct references."""
 
-import pytest
 import math
 
+import pytest
 import torch
 
-from entrgi.logit_ops import sample_from_logits, sample_gumbel_max, sampling_logits, scale, top_k_filter, top_p_filter
+from entrgi.ops.logit_ops import (
+    sample_from_logits,
+    sample_gumbel_max,
+    sampling_logits,
+    scale,
+    top_k_filter,
+    top_p_filter,
+)
 
 
 def slow_top_p(row: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -81,7 +88,7 @@ def test_gumbel_max_frequencies_match_tempered_probabilities():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_exp_flushed_equals_exp_without_denormals(dtype):
-    from entrgi.logit_ops import exp_flushed_
+    from entrgi.ops.logit_ops import exp_flushed_
     tiny = torch.finfo(dtype).tiny
     z = torch.cat([torch.linspace(-800.0, 5.0, 4001, dtype=dtype), torch.tensor([float("-inf")], dtype=dtype)])
     got = exp_flushed_(z.clone())
@@ -98,8 +105,7 @@ def test_exp_flushed_equals_exp_without_denormals(dtype):
 
 
 # ---- the sort-free nucleus and draw against the full sort, at the real vocabulary size ----------------
-from entrgi.logit_ops import (draw, logsumexp_chunked, nucleus_by_buckets, nucleus_groups,  # noqa: E402
-                              top_p_filter_sorted)
+from entrgi.ops.logit_ops import draw, logsumexp_chunked, nucleus_by_buckets, nucleus_groups, top_p_filter_sorted  # noqa: E402
 
 V_REAL = 151_665  # the ids a Dream / Qwen2.5 checkpoint's tokenizer defines
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from conftest import table_model
+from support.naive_reference import NaiveSampler
 
 from entrgi import GuidanceConfig, MaskedDiffusionSampler, SamplerConfig
-from entrgi.naive import NaiveSampler
-from entrgi.sampler import response_bias
+from entrgi.sampling.sampler import response_bias
 
 L = 12
 

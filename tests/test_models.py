@@ -16,20 +16,26 @@ import torch
 import transformers
 from conftest import PREFERRED
 from safetensors.torch import load_file
+from support.tiny_checkpoints import (
+    dream_config,
+    llada_config,
+    save_sharded,
+    write_dream_checkpoint,
+    write_llada_checkpoint,
+    write_reward_checkpoint,
+)
+from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, word_tokenizer
 
 import entrgi
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.cli import main
+from entrgi.cli.commands import main
 from entrgi.models import Dream, HFMaskedLM, LLaDA, detect_family, load_diffusion_lm
 from entrgi.models.dream import qwen2_config
 from entrgi.models.llada import checkpoint_name, llama_config, module_name
 from entrgi.reward.base import left_pad, position_ids_from
 from entrgi.reward.callable import CallableReward
 from entrgi.reward.hf import HFRewardModel
-from entrgi.sampler import MaskedDiffusionSampler
-from entrgi.testing import CHAT_TEMPLATE, tiny_mlm, word_tokenizer
-from entrgi.tiny_checkpoints import (dream_config, llada_config, save_sharded, write_dream_checkpoint,
-                                     write_llada_checkpoint, write_reward_checkpoint)
+from entrgi.sampling.sampler import MaskedDiffusionSampler
 
 TRAP = "raise RuntimeError('remote code from the checkpoint was executed')\n"
 PROMPTS = ["the cat sat on the mat", "a dog"]
@@ -223,7 +229,7 @@ def test_loading_is_strict_about_names_and_shapes(tmp_path, llada_ckpt):
 
 def test_llada_names_map_both_ways():
     cfg = llada_config(40, n_layers=2)
-    from entrgi.tiny_checkpoints import llada_state_dict
+    from support.tiny_checkpoints import llada_state_dict
     names = list(llada_state_dict(cfg))
     assert all(checkpoint_name(module_name(n)) == n for n in names)
     assert module_name("model.transformer.blocks.3.ff_proj.weight") == "model.layers.3.mlp.gate_proj.weight"

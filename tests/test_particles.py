@@ -5,8 +5,13 @@ import torch
 from test_sampler import PROMPTS, small, tokens_by_prompt
 
 from entrgi import GuidanceConfig, generate
-from entrgi.particles import ParticleConfig, ParticleSampler, effective_sample_size, generate_particles, \
-    systematic_resample
+from entrgi.sampling.particles import (
+    ParticleConfig,
+    ParticleSampler,
+    effective_sample_size,
+    generate_particles,
+    systematic_resample,
+)
 
 
 def test_systematic_resampling_keeps_the_count_and_is_identity_for_uniform_weights():

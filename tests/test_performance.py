@@ -5,15 +5,29 @@ import dataclasses
 
 import pytest
 import torch
+from support.naive_reference import generate_naive
+from support.tiny_models import TokenPreferenceReward
 from test_logit_ops import slow_top_p
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.guidance import entropy, entropy_chunked, entropy_weight, expected_embeddings, reward_input_embeddings
-from entrgi.logit_ops import (draw, logsumexp_chunked, nucleus_groups, sample_from_logits, sampling_logits,
-                              top_p_filter, top_p_filter_sorted, topk_blocked)
-from entrgi.naive import generate_naive
+from entrgi.guidance.mixing import (
+    entropy,
+    entropy_chunked,
+    entropy_weight,
+    expected_embeddings,
+    reward_input_embeddings,
+)
+from entrgi.ops.logit_ops import (
+    draw,
+    logsumexp_chunked,
+    nucleus_groups,
+    sample_from_logits,
+    sampling_logits,
+    top_p_filter,
+    top_p_filter_sorted,
+    topk_blocked,
+)
 from entrgi.reward.base import RewardBatch
-from entrgi.testing import TokenPreferenceReward
 
 F64 = torch.float64
 PROMPTS = ["the cat sat", "a dog", "it was a very big day and the sun"]
@@ -218,7 +232,7 @@ def test_prefix_cache_matches_the_discrete_text_score(qwen_reward):
 
 
 def test_prefix_cache_under_gradient_checkpointing(tok):
-    from entrgi.testing import tiny_qwen3_reward
+    from support.tiny_models import tiny_qwen3_reward
     rm = tiny_qwen3_reward(tok, seed=1)
     plain = tiny_qwen3_reward(tok, seed=1)
     rm.model.activation_checkpointing_enable()
@@ -300,7 +314,7 @@ def test_compile_needs_a_compilable_reward(mlm, pref_reward):
 
 @pytest.mark.slow
 def test_compiled_reward_model_gives_the_same_samples(mlm, tok):
-    from entrgi.testing import tiny_qwen3_reward
+    from support.tiny_models import tiny_qwen3_reward
     guidance = GuidanceConfig(method="entrgi", lr=1.0)
     ref = run_and_rewards(generate, mlm, PROMPTS, tiny_qwen3_reward(tok, seed=1), sampler=small(), guidance=guidance)
     got = run_and_rewards(generate, mlm, PROMPTS, tiny_qwen3_reward(tok, seed=1), sampler=small(),

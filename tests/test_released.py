@@ -8,16 +8,16 @@ import pytest
 import torch
 from conftest import TableModule
 from eval_worker import config, runner
+from support.tiny_models import CHAT_TEMPLATE, WORDS, word_tokenizer
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.cli import build_parser
-from entrgi.cli_args import dataclass_from_args
+from entrgi.cli.args import dataclass_from_args
+from entrgi.cli.commands import build_parser
 from entrgi.eval import load_prompt_set, read_records
 from entrgi.models import Dream
 from entrgi.models.base import DiffusionLM
 from entrgi.models.dream import EOS_ID, MASK_ID
 from entrgi.reward.callable import CallableReward
-from entrgi.testing import CHAT_TEMPLATE, WORDS, word_tokenizer
 
 NONE = GuidanceConfig(method="none")
 IM_END = 151645

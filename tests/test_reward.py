@@ -9,11 +9,16 @@ import sys
 
 import pytest
 import torch
+from support.tiny_checkpoints import (
+    dream_config,
+    write_dream_tokenizer,
+    write_llada_checkpoint,
+    write_reward_checkpoint,
+)
+from support.tiny_models import CHAT_TEMPLATE, TokenPreferenceReward, tiny_qwen3_reward, word_tokenizer
 
 from entrgi.reward.base import RewardBatch
 from entrgi.reward.hf import HFRewardModel
-from entrgi.testing import CHAT_TEMPLATE, TokenPreferenceReward, tiny_qwen3_reward, word_tokenizer
-from entrgi.tiny_checkpoints import dream_config, write_dream_tokenizer, write_llada_checkpoint, write_reward_checkpoint
 
 PROMPTS = ["the cat sat on the mat", "a dog", "it was a very happy day and then it was night"]
 RESPONSES = ["the sun was red", "good dog ran quickly under the big tree", "sad"]

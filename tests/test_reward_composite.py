@@ -3,16 +3,16 @@ one tokenizer (a plain RewardModel for today's samplers) or on several (per-memb
 
 import pytest
 import torch
+from support.tiny_models import CHAT_TEMPLATE, TokenPreferenceReward, tiny_qwen3_reward, word_tokenizer
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.guide import guide_logits
+from entrgi.guidance.inner_loop import guide_logits
+from entrgi.ops.rng import RowStreams
 from entrgi.reward.base import RewardBatch
 from entrgi.reward.composite import CompositeReward, CompositeTextReward, weighted_sum
 from entrgi.reward.likelihood import LikelihoodReward
 from entrgi.reward.text import TextReward
-from entrgi.rng import RowStreams
-from entrgi.testing import CHAT_TEMPLATE, TokenPreferenceReward, tiny_qwen3_reward, word_tokenizer
 
 PROMPTS = ["the cat sat on the mat", "a dog", "it was a very happy day"]
 RESPONSES = ["the sun was red", "good dog ran quickly under the big tree", "sad"]

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from support.tiny_models import WORDS, word_tokenizer
 from torch import nn
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -12,7 +13,6 @@ from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.reward.base import RewardBatch
 from entrgi.reward.likelihood import LikelihoodReward
 from entrgi.reward.vocab import VocabBridge
-from entrgi.testing import WORDS, word_tokenizer
 
 PROMPTS = ["What is 2+2?", "Name a colour.", "Write one word about the sea, please, and keep it short."]
 RESPONSES = ["It is 4.", "Blue", ""]
@@ -210,7 +210,7 @@ def test_from_pretrained_folder_and_wrong_checkpoints(lm, qwen3, tmp_path):
     loaded = LikelihoodReward.from_pretrained(str(tmp_path / "lm"))
     assert loaded.template == "chat"
     torch.testing.assert_close(loaded.score_texts(PROMPTS, RESPONSES), lm.score_texts(PROMPTS, RESPONSES))
-    from entrgi.tiny_checkpoints import write_reward_checkpoint
+    from support.tiny_checkpoints import write_reward_checkpoint
     rm_dir = write_reward_checkpoint(tmp_path / "rm", word_tokenizer(chat_template="{{ messages }}"))
     with pytest.raises(ValueError, match="is not a causal LM"):
         LikelihoodReward.from_pretrained(str(rm_dir))

@@ -8,7 +8,7 @@ from conftest import PREFERRED, table_model
 from test_schedule import dream_counts, llada_counts
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.sampler import CALLBACK_KEYS
+from entrgi.sampling.sampler import CALLBACK_KEYS
 
 PROMPTS = ["the cat sat", "a dog", "it was a very big day and the sun"]
 NONE = GuidanceConfig(method="none")
@@ -322,7 +322,7 @@ def test_anchored_remasking_ranks_by_the_guided_logits(mlm, pref_reward):
     states = []
     generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="anchored", deprioritize_eos=False),
              guidance=GuidanceConfig(method="aps", lr=2.0), progress=False, callback=record(states))
-    from entrgi.schedule import confidence
+    from entrgi.sampling.schedule import confidence
     for st in states:
         cand, commit = st["candidates"], st["committed"]
         conf = torch.full(cand.shape, float("-inf"), dtype=torch.float64)

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from entrgi.schedule import (DEPRIORITISED, commit_counts, confidence, gumbel_keys, linear_fraction, origin_reveal,
-                             select_top)
+from entrgi.sampling.schedule import (
+    DEPRIORITISED,
+    commit_counts,
+    confidence,
+    gumbel_keys,
+    linear_fraction,
+    origin_reveal,
+    select_top,
+)
 
 
 def dream_counts(n: int, steps: int, eps: float = 1e-3) -> list[int]:

@@ -4,9 +4,9 @@ import warnings
 
 import pytest
 import torch
+from support.tiny_models import WORDS, word_tokenizer
 
 from entrgi.reward.vocab import MIN_COVERAGE, LowCoverageWarning, VocabBridge
-from entrgi.testing import WORDS, word_tokenizer
 
 
 def test_bridge_between_two_different_word_tokenizers():

@@ -20,8 +20,18 @@ from pathlib import Path
 
 import torch
 
-from .model import (MINILM_FIX, MiniLMSentimentReward, MiniLMUnavailableError, base_state_dict, build_mlm,
-                    build_reward_encoder, invalid_token_ids, load_tokenizer, minilm_path, trained_state_dict)
+from .model import (
+    MINILM_FIX,
+    MiniLMSentimentReward,
+    MiniLMUnavailableError,
+    base_state_dict,
+    build_mlm,
+    build_reward_encoder,
+    invalid_token_ids,
+    load_tokenizer,
+    minilm_path,
+    trained_state_dict,
+)
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
 

@@ -44,8 +44,15 @@ import torch
 import torch.nn.functional as F
 
 from . import corpus
-from .model import (MiniLMSentimentReward, base_state_dict, build_mlm, build_reward_encoder,
-                    load_tokenizer, minilm_path, trained_state_dict)
+from .model import (
+    MiniLMSentimentReward,
+    base_state_dict,
+    build_mlm,
+    build_reward_encoder,
+    load_tokenizer,
+    minilm_path,
+    trained_state_dict,
+)
 
 FORMAT_VERSION = 1
 DLLM_FILE = "dllm.safetensors"

@@ -135,7 +135,7 @@ class EvalConfig:
             raise ValueError(f"`guidance` has an unknown field: {e}") from e
 
     def particle_config(self, method: str):
-        from ..particles import ParticleConfig
+        from ..sampling.particles import ParticleConfig
         method = split_method(method)[0]
         try:
             return ParticleConfig(**{**self.particles, "guided": method == "particles_entrgi"})
@@ -172,7 +172,7 @@ class EvalConfig:
 
 def _section_class(name: str) -> type:
     if name == "particles":
-        from ..particles import ParticleConfig
+        from ..sampling.particles import ParticleConfig
         return ParticleConfig
     return {"sampler": SamplerConfig, "guidance": GuidanceConfig}[name]
 

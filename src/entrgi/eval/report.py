@@ -14,8 +14,17 @@ from pathlib import Path
 
 from .config import MATCHED_BON
 from .runner import DataProblem, load_results
-from .tables import (METHOD_LABELS, METHOD_ORDER, METRICS, aggregate, method_label, method_rank, metric_names,
-                     non_finite_metrics, read_metric)
+from .tables import (
+    METHOD_LABELS,
+    METHOD_ORDER,
+    METRICS,
+    aggregate,
+    method_label,
+    method_rank,
+    metric_names,
+    non_finite_metrics,
+    read_metric,
+)
 
 __all__ = ["METHOD_LABELS", "METHOD_ORDER", "METRICS", "aggregate", "data_problems", "method_label", "method_rank",
            "metric_names", "paper_table", "extras_table", "read_metric", "write_csv", "write_report"]

@@ -34,9 +34,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import GUIDED_METHODS
-from ..outputs import GenerationOutput
-from .config import (APS_ANCHORED, MATCHED_BON, PARTICLE_METHODS, EvalConfig, describe_difference, resolve_identity,
-                     split_method)
+from ..sampling.outputs import GenerationOutput
+from .config import (
+    APS_ANCHORED,
+    MATCHED_BON,
+    PARTICLE_METHODS,
+    EvalConfig,
+    describe_difference,
+    resolve_identity,
+    split_method,
+)
 from .judges import Judge, load_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
@@ -413,12 +420,12 @@ class EvalRunner:
         sampler = cfg.sampler_config(cell.temperature, cell.seed, num_samples=k, method=cell.method)
         texts = [p.text for p in prompts]
         if split_method(cell.method)[0] in PARTICLE_METHODS:
-            from ..particles import generate_particles
+            from ..sampling.particles import generate_particles
             return generate_particles(self.model, texts, self.reward, sampler=sampler,
                                       guidance=cfg.guidance_config(cell.method),
                                       particles=cfg.particle_config(cell.method), progress=False,
                                       track_reward=cfg.track_reward)
-        from ..sampler import generate
+        from ..sampling.sampler import generate
         return generate(self.model, texts, self.reward, sampler=sampler, guidance=cfg.guidance_config(cell.method),
                         progress=False, track_reward=cfg.track_reward)
 
@@ -475,7 +482,7 @@ def curves(group) -> dict[str, list[list[float | None]]]:
 
 
 def per_prompt(stats, n: int) -> dict[str, Any]:
-    """Every numeric field of a :class:`~entrgi.outputs.ComputeStats` divided by the batch's prompt count."""
+    """Every numeric field of a :class:`~entrgi.sampling.outputs.ComputeStats` divided by the batch's prompt count."""
     return {k: v / n if isinstance(v, (int, float)) and not isinstance(v, bool) else v
             for k, v in dataclasses.asdict(stats).items()}
 

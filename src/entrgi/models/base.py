@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-
 #: The one EOS of the authors' released code (``SamplerConfig.match_released``).
 ENDOFTEXT = "<|endoftext|>"
 

@@ -20,6 +20,7 @@ batch). Its RoPE is applied in float32 (``rope_full_precision``); transformers' 
 from __future__ import annotations
 
 import re
+
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 

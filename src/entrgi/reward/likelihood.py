@@ -117,8 +117,13 @@ class LikelihoodReward(RewardModel):
         """Load with ``AutoModelForCausalLM`` (hub id or local folder, no remote code). A path that is not an
         existing folder, a folder without config.json or complete weights, a config that is not a causal LM
         transformers implements, or an unusable tokenizer raise ``ValueError`` first."""
-        from ..models.checkpoint import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, \
-            read_config
+        from ..models.checkpoint import (
+            check_hf_folder,
+            config_vocab_size,
+            load_auto_tokenizer,
+            local_folder,
+            read_config,
+        )
         folder = local_folder(name_or_path)
         config = check_hf_folder(folder) if folder is not None else read_config(name_or_path)
         check_causal_lm(config, name_or_path)

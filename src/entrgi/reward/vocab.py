@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-
 #: Below this share of the DLLM's response-capable ids mapped, :meth:`VocabBridge.from_tokenizers` warns.
 MIN_COVERAGE = 0.9
 

@@ -26,8 +26,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from .engine import Engine
 from .scheduler import Job, JobResult, Scheduler
-from .schemas import (ParsedRequest, RequestError, apply_stop, choice_payload, chunk_choice, chunk_payload,
-                      finish_reason, new_id, parse_request, response_payload)
+from .schemas import (
+    ParsedRequest,
+    RequestError,
+    apply_stop,
+    choice_payload,
+    chunk_choice,
+    chunk_payload,
+    finish_reason,
+    new_id,
+    parse_request,
+    response_payload,
+)
 from .streaming import ChoiceStream, TokenText, canvas_choice
 
 log = logging.getLogger("entrgi.serve")

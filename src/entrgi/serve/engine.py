@@ -85,9 +85,9 @@ class Engine:
 
 
 def default_pair_engine(device: str = "cpu", limits: ServerLimits | None = None) -> Engine:
-    """The embedded default pair with the demo's settings (``entrgi.demo``) as the defaults, n = 1."""
+    """The embedded default pair with the demo's settings (``entrgi.cli.demo``) as the defaults, n = 1."""
+    from ..cli.demo import DEMO_GUIDANCE, DEMO_SAMPLER
     from ..default_pair import load_default_pair
-    from ..demo import DEMO_GUIDANCE, DEMO_SAMPLER
 
     model, reward = load_default_pair(device=device)
     return Engine(model, reward, DEFAULT_PAIR_ID, SamplerConfig(**{**DEMO_SAMPLER, "num_samples": 1}),

@@ -17,12 +17,12 @@ import os
 import textwrap
 from pathlib import Path
 
-from .config import check_float, check_int
-from .eval.config import EvalConfig
-from .eval.plots import plot_curve
-from .eval.prompts import load_prompt_set
-from .eval.report import aggregate, method_label
-from .eval.runner import EvalRunner, read_records
+from ..config import check_float, check_int
+from ..eval.config import EvalConfig
+from ..eval.plots import plot_curve
+from ..eval.prompts import load_prompt_set
+from ..eval.report import aggregate, method_label
+from ..eval.runner import EvalRunner, read_records
 
 #: The demo's settings (measured on the default pair: see the README and the model card).
 DEMO_SAMPLER = {"max_new_tokens": 16, "steps": 16, "num_samples": 4, "top_p": 0.95}

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from .config import GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
-from .errors import check_rewards
+from ..config import GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
+from ..errors import check_rewards
+from ..ops.rng import RowStreams, row_seed
 from .outputs import ComputeStats, GenerationOutput
-from .rng import RowStreams, row_seed
 from .sampler import MaskedDiffusionSampler, _Batch
 
 POTENTIALS = ("diff", "value")

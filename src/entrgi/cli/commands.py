@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from .cli_args import add_dataclass_args, dataclass_from_args, given_fields
-from .config import GuidanceConfig, SamplerConfig
-from .errors import NonFiniteError
+from ..config import GuidanceConfig, SamplerConfig
+from ..errors import NonFiniteError
+from .args import add_dataclass_args, dataclass_from_args, given_fields
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -191,7 +191,7 @@ def read_text_file(path: str, flag: str) -> str:
 
 def read_eval_config(path: str) -> dict:
     """The fields of an ``--config`` YAML file, validated as an :class:`EvalConfig` (errors name the file)."""
-    from .eval.config import EvalConfig
+    from ..eval.config import EvalConfig
 
     try:
         data = yaml.safe_load(read_text_file(path, "--config"))
@@ -249,18 +249,18 @@ def load_pair(args: argparse.Namespace):
     """(diffusion LM, reward model or None) from ``--model`` / ``--reward``, or the embedded default pair."""
     dtype = DTYPES.get(args.dtype) if args.dtype else None
     if args.model is None and args.reward is None:
-        from .default_pair import load_default_pair
+        from ..default_pair import load_default_pair
         return load_default_pair(device=args.device, dtype=dtype)
     if args.model is None:
         raise ValueError("`--reward` needs `--model` (the embedded pair's DLLM reads only its own vocabulary); "
                          "give both, or neither for the embedded default pair.")
-    from .models import load_diffusion_lm
+    from ..models import load_diffusion_lm
     model = load_diffusion_lm(args.model, family=args.family, dtype=dtype, device=args.device,
                               device_map=args.device_map)
     if args.reward is None:
         reward = None  # unguided sampling only (checked by cmd_generate)
     else:
-        from .reward.hf import HFRewardModel
+        from ..reward.hf import HFRewardModel
         reward = HFRewardModel.from_pretrained(args.reward, dtype=dtype, device=args.device,
                                                device_map=args.device_map, template=args.reward_template,
                                                gradient_checkpointing=args.rm_checkpointing)
@@ -268,7 +268,7 @@ def load_pair(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .sampler import generate
+    from ..sampling.sampler import generate
 
     if args.model is None:  # the embedded default pair: its own recommended settings
         from .demo import DEMO_GUIDANCE, DEMO_SAMPLER
@@ -314,9 +314,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.config import EvalConfig
-    from .eval.report import write_report
-    from .eval.runner import run_eval
+    from ..eval.config import EvalConfig
+    from ..eval.report import write_report
+    from ..eval.runner import run_eval
 
     data = read_eval_config(args.config) if args.config else {}
     data.update(given_fields(EvalConfig, args))
@@ -336,7 +336,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .eval.report import write_report
+    from ..eval.report import write_report
 
     if not Path(args.run_dir).is_dir():
         raise ValueError(f"run directory {args.run_dir!r} does not exist: give the `--out` folder of an "
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(g.add_argument_group("guidance (GuidanceConfig)"), GuidanceConfig)
     g.set_defaults(func=cmd_generate)
 
-    from .eval.config import EvalConfig
+    from ..eval.config import EvalConfig
     e = sub.add_parser("eval", help="Run (or resume) an evaluation grid: methods x temperatures x seeds x prompt sets.")
     e.add_argument("--config", help="YAML file of EvalConfig fields (flags override it).")
     e.add_argument("--quiet", action="store_true", help="No progress bar.")
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--no-plots", action="store_true")
     r.set_defaults(func=cmd_report)
-    from .serve.cli import add_serve_parser  # `entrgi serve` (entrgi/serve/)
+    from ..serve.cli import add_serve_parser  # `entrgi serve` (entrgi/serve/)
     add_serve_parser(sub)
     return parser
 
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("ENTRGI_DEBUG", "") not in ("", "0")
     lead = 1 if argv[:1] == ["--debug"] else 0
     if argv[lead:lead + 1] == ["train-default"]:  # its own parser (every flag, --help included, goes to the recipe)
-        from .default_pair.recipe import main as recipe_main
+        from ..default_pair.recipe import main as recipe_main
         return run_command("train-default", lambda: recipe_main(argv[lead + 1:]) or 0, debug or bool(lead))
     args = build_parser().parse_args(argv)
     return run_command(args.command, lambda: args.func(args), debug or args.debug)

@@ -3,7 +3,7 @@
 Slow on purpose: the yardstick that tests and ``benchmarks/bench_guidance.py`` compare the optimised
 path against (same random streams, so the same tokens and, to float rounding, the same rewards).
 
-What it does not do, and :class:`~entrgi.sampler.MaskedDiffusionSampler` does:
+What it does not do, and :class:`~entrgi.sampling.sampler.MaskedDiffusionSampler` does:
 - DLLM logits are formed for the whole sequence (B, P + L, V), then sliced to the response slots;
 - every inner step runs the RM over the whole ``[prefix ; L slots ; suffix]`` (no prefix cache);
 - the soft embedding is one dense softmax (n, V) and matmul (n, V) @ (V, d), autograd keeps q;
@@ -18,14 +18,14 @@ import math
 
 import torch
 
-from .config import ResolvedGuidance
-from .errors import check_rewards
-from .guidance import upcast
-from .guide import GuideResult, check_inner_step, guide_result, response_attention
-from .logit_ops import sample_from_logits, scale, top_k_filter, top_p_filter_sorted
-from .reward.base import RewardBatch
-from .rng import RowStreams
-from .sampler import MaskedDiffusionSampler, _Batch
+from entrgi.config import ResolvedGuidance
+from entrgi.errors import check_rewards
+from entrgi.guidance.inner_loop import GuideResult, check_inner_step, guide_result, response_attention
+from entrgi.guidance.mixing import upcast
+from entrgi.ops.logit_ops import sample_from_logits, scale, top_k_filter, top_p_filter_sorted
+from entrgi.ops.rng import RowStreams
+from entrgi.reward.base import RewardBatch
+from entrgi.sampling.sampler import MaskedDiffusionSampler, _Batch
 
 
 def naive_draw(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float,
@@ -38,7 +38,7 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
                        table: torch.Tensor, rm_mapped: torch.Tensor, guidance: ResolvedGuidance,
                        eos_ids: torch.Tensor, streams: RowStreams,
                        trace_streams: RowStreams | None = None) -> GuideResult:
-    """The inner loop of :func:`entrgi.guide.guide_logits`, one formula at a time."""
+    """The inner loop of :func:`entrgi.guidance.inner_loop.guide_logits`, one formula at a time."""
     cfg = guidance.config
     tau, V = guidance.relaxation_temperature, logits.shape[-1]
     rm_bias = torch.zeros(V, device=logits.device).masked_fill(~rm_mapped, float("-inf"))
@@ -89,7 +89,7 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
 
 
 class NaiveSampler(MaskedDiffusionSampler):
-    """:class:`~entrgi.sampler.MaskedDiffusionSampler` with every step done the naive way (see the module
+    """:class:`~entrgi.sampling.sampler.MaskedDiffusionSampler` with every step done the naive way (see the module
     docstring); the schedule, remasking and random streams are shared, so outputs are comparable."""
 
     def _attach_reward(self, batch: _Batch) -> None:

@@ -24,10 +24,9 @@ import math
 from typing import Literal
 
 import torch
-
 import torch.nn.functional as F
 
-from .logit_ops import draw, exp_flushed_, scale
+from ..ops.logit_ops import draw, exp_flushed_, scale
 
 MixingMethod = Literal["expectation", "aps", "entrgi"]
 MIXING_METHODS: tuple[str, ...] = ("expectation", "aps", "entrgi")

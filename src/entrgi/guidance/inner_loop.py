@@ -3,7 +3,7 @@
 One denoising step (``shared/reference/algorithm.md``, step 3):
   1. φ = the DLLM's logits at the still-masked response slots, packed (n, V), a fresh leaf; the
      optimiser (Adam, as the released code, or plain ascent φ += lr·∇R) starts from a fresh state.
-  2. M times: RM input at masked slots = ê (the mixing rule of :mod:`entrgi.guidance`), committed
+  2. M times: RM input at masked slots = ê (the mixing rule of :mod:`entrgi.guidance.mixing`), committed
      slots = E_R[token] (constant); slots at or after the first EOS (argmax φ at masked slots) and
      committed tokens the RM cannot see are masked out; loss = −Σ rewards; backward; step. A non-finite
      reward or gradient raises :class:`~entrgi.errors.NonFiniteError` before the step.
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
-from .config import ResolvedGuidance
-from .errors import NonFiniteError, check_rewards
-from .guidance import entropy_weight, reward_input_embeddings, upcast
-from .rng import RowStreams
+from ..config import ResolvedGuidance
+from ..errors import NonFiniteError, check_rewards
+from ..ops.rng import RowStreams
+from .mixing import entropy_weight, reward_input_embeddings, upcast
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -2,7 +2,7 @@
 
 Every function takes logits of shape (..., V) and returns a new tensor; nothing is modified in place.
 Random draws are never made here: callers pass uniforms ``u`` drawn from their own per-row streams
-(see :mod:`entrgi.rng`), so the same uniforms always give the same tokens.
+(see :mod:`entrgi.ops.rng`), so the same uniforms always give the same tokens.
 """
 
 from __future__ import annotations

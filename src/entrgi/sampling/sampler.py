@@ -4,7 +4,7 @@ Per step (``shared/reference/algorithm.md``):
   1. one DLLM forward on [left-padded prompt ; response slots] -> logits at the response slots;
      ids that can never be response tokens (mask id, padded rows) get −inf, and so do the EOS ids in
      the first ``min_new_tokens`` slots;
-  2. guided methods optimise a copy of the masked slots' logits (:func:`entrgi.guide.guide_logits`);
+  2. guided methods optimise a copy of the masked slots' logits (:func:`entrgi.guidance.inner_loop.guide_logits`);
   3. candidate tokens are drawn from the (guided) logits with τ / top-k / top-p;
   4. the positions to commit are ranked by the remasking rule on the prior logits (or the guided
      ones: ``confidence_from="guided"`` or APS's ``remasking="anchored"``), EOS candidates last; the count follows Dream's linear or LLaDA's uniform schedule,
@@ -22,19 +22,17 @@ import torch
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from .config import GuidanceConfig, ResolvedGuidance, SamplerConfig
-from .errors import NonFiniteError, check_rewards
-from .guidance import upcast
-from .guide import guide_logits, mean_entropy_weight, response_attention
-from .logit_ops import draw, sample_gumbel_max, sampling_logits
-from .models.base import DiffusionLM
-from .outputs import (ComputeStats, GenerationOutput, Sample, StepTrace, cost_parameters, rescore_tokens,
-                      rm_call_tokens)
-from .reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
-from .reward.vocab import VocabBridge
-from .rng import RowStreams, row_seed
-from .schedule import (DEPRIORITISED, commit_counts, confidence, gumbel_keys, origin_reveal, select_top,
-                       steps_per_block)
+from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from ..errors import NonFiniteError, check_rewards
+from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
+from ..guidance.mixing import upcast
+from ..models.base import DiffusionLM
+from ..ops.logit_ops import draw, sample_gumbel_max, sampling_logits
+from ..ops.rng import RowStreams, row_seed
+from ..reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
+from ..reward.vocab import VocabBridge
+from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace, cost_parameters, rescore_tokens, rm_call_tokens
+from .schedule import DEPRIORITISED, commit_counts, confidence, gumbel_keys, origin_reveal, select_top, steps_per_block
 
 #: Keys of the state dict passed to ``callback(step, state)`` after every step: ``x`` (B, P + L) the
 #: canvas after the commit; ``prompt_length`` P; ``logits`` / ``guided_logits`` (B, L, V) before / after
@@ -293,7 +291,7 @@ class MaskedDiffusionSampler:
         return logits.add_(batch.invalid_bias)  # in place: the forward's output is ours (float32, or float64 models')
 
     def _guide(self, batch: _Batch, logits: torch.Tensor, masked: torch.Tensor, resp: torch.Tensor):
-        """Step 2: the inner loop (:func:`entrgi.guide.guide_logits`)."""
+        """Step 2: the inner loop (:func:`entrgi.guidance.inner_loop.guide_logits`)."""
         return guide_logits(logits, masked, resp, batch.reward_batch.score, batch.table, batch.rm_mapped,
                             batch.guidance, batch.eos, batch.streams, batch.trace_streams)
 
@@ -369,7 +367,7 @@ def generate(model: DiffusionLM, prompts: str | Sequence[str], reward: RewardMod
         sampler, guidance: the configs (defaults: the paper's Dream settings, EntRGi M=3, Adam 0.5).
         bridge: DLLM -> RM vocabulary bridge (default: by token string).
         progress: show a progress bar over denoising steps.
-        trace: record a :class:`~entrgi.outputs.StepTrace` per step and sample.
+        trace: record a :class:`~entrgi.sampling.outputs.StepTrace` per step and sample.
         track_reward: after each step, score the predicted completion (committed tokens + argmax at the
             masked slots) with the RM (one extra forward per step); stored as ``StepTrace.estimate``.
         callback: ``callback(step, state)`` after each step, ``state`` keyed by :data:`CALLBACK_KEYS`.

