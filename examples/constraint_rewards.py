@@ -74,7 +74,7 @@ def both_constraints(prompts: Sequence[str], responses: Sequence[str]) -> list[f
 
 
 def main(k: int = 8) -> None:
-    """Best-of-``k`` by ``both_constraints`` vs one plain sample, on the default pair's demo prompts.
+    """Best-of-``k`` by ``both_constraints`` vs one plain sample, on the first six of the default pair's sentence beginnings.
 
     Best-of-N is plain sampling, then the best of a prompt's ``k`` samples by the reward; sample 0 of the
     same run is what plain sampling with one sample gives (its random stream does not depend on ``k``)."""
@@ -82,13 +82,13 @@ def main(k: int = 8) -> None:
 
     from entrgi import GuidanceConfig, SamplerConfig, generate
     from entrgi.default_pair import load_default_pair
-    from entrgi.default_pair.evaluate import DEMO_PROMPTS
+    from entrgi.eval.prompts import load_prompt_set
     from entrgi.reward.text import TextReward
 
     torch.set_num_threads(2)
     dllm, _ = load_default_pair()
     reward = TextReward(both_constraints)
-    prompts = list(DEMO_PROMPTS)
+    prompts = [p.text for p in load_prompt_set("continuations").prompts[:6]]
     out = generate(dllm, prompts, None, progress=False, trace=False,
                    sampler=SamplerConfig(max_new_tokens=20, steps=20, num_samples=k, temperature=0.8, seed=0),
                    guidance=GuidanceConfig(method="none"))

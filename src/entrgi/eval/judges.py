@@ -40,13 +40,12 @@ class VaderJudge(Judge):
     name = "vader"
 
     def __init__(self, with_prompt: bool = True):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-        self.analyzer = SentimentIntensityAnalyzer()
         self.with_prompt = with_prompt
 
     def score(self, prompts, responses):
-        texts = [f"{p} {r}" if self.with_prompt else r for p, r in zip(prompts, responses)]
-        return [float(self.analyzer.polarity_scores(t)["compound"]) for t in texts]
+        from ..default_pair import vader_compound  # the one VADER wiring (the pair's labels are VADER's too)
+
+        return vader_compound([f"{p} {r}" if self.with_prompt else r for p, r in zip(prompts, responses)])
 
 
 class RewardModelJudge(Judge):
@@ -116,7 +115,8 @@ class LMUnitJudge(Judge):
 
 
 def load_judge(spec: str, *, device: str | None = None, dtype=None) -> Judge:
-    """``vader`` | ``rm:PATH_OR_ID`` | ``lmunit:PATH_OR_ID``."""
+    """``vader`` | ``rm:PATH_OR_ID`` | ``lmunit:PATH_OR_ID`` | ``text:MODULE:FUNCTION`` (any Python function of
+    (prompt, response), :class:`~entrgi.reward.text.TextReward`; ``text:path/to/file.py:function`` too)."""
     if spec == "vader":
         return VaderJudge()
     kind, _, target = spec.partition(":")
@@ -126,4 +126,10 @@ def load_judge(spec: str, *, device: str | None = None, dtype=None) -> Judge:
                                 name=f"rm:{target.rstrip('/').split('/')[-1]}")
     if kind == "lmunit" and target:
         return LMUnitJudge(target, dtype=dtype or torch.bfloat16)
-    raise ValueError(f"unknown judge {spec!r}: use 'vader', 'rm:PATH_OR_ID' or 'lmunit:PATH_OR_ID'.")
+    if kind == "text" and target:
+        from ..reward.text import load_text_reward
+        judge = load_text_reward(target)
+        judge.name = f"text:{target.rpartition(':')[2]}"  # the function, not the path (judge names are columns)
+        return judge
+    raise ValueError(f"unknown judge {spec!r}: use 'vader', 'rm:PATH_OR_ID', 'lmunit:PATH_OR_ID' or "
+                     "'text:MODULE:FUNCTION'.")

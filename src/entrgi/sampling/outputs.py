@@ -28,6 +28,9 @@ class StepTrace:
         estimate: RM reward of the predicted completion after this step (``track_reward``), else None.
         resampled_from: particle sampler only: the index (within its prompt) of the particle this one
             was copied from after this step, when a resampling happened.
+        num_committed: how many slots this step committed (``len(committed)``; more than the schedule's
+            count with ``parallel_threshold``).
+        guided: whether the sample was guided at this step (the guidance schedule may skip steps).
     """
 
     step: int
@@ -39,6 +42,8 @@ class StepTrace:
     grad_norms: list[float] = field(default_factory=list)
     estimate: float | None = None
     resampled_from: int | None = None
+    num_committed: int = 0
+    guided: bool = False
 
 
 @dataclass
@@ -97,8 +102,9 @@ class ComputeStats:
 def non_embedding_parameters(module: nn.Module | None) -> int:
     """N of the cost count: the parameters of ``module`` (shared ones once) less its embedding matrices:
     every ``nn.Embedding`` (tokens, positions, token types) and the output embedding (the logit layer:
-    ``get_output_embeddings()`` of any submodule, or an ``lm_head``). 0 for None."""
-    if module is None:
+    ``get_output_embeddings()`` of any submodule, or an ``lm_head``). 0 for None and for rewards that are not
+    modules (a text reward is code on strings: it has no parameter count)."""
+    if not isinstance(module, nn.Module):
         return 0
     excluded: dict[int, int] = {}
     for m in module.modules():
@@ -133,7 +139,13 @@ def rm_call_tokens(reward_batch) -> int:
 
 def rescore_tokens(reward, prompts: Sequence[str], texts: Sequence[str], batch_size: int = 16) -> int:
     """Tokens the final re-score runs: the RM ids of each (prompt, text) (:meth:`RewardModel.text_ids`),
-    left-padded in batches of ``batch_size`` as ``score_texts`` runs them."""
+    left-padded in batches of ``batch_size`` as ``score_texts`` runs them; 0 for a reward that reads text, not
+    tokens (no ``text_ids``); a composite counts each member's tokens."""
+    members = getattr(reward, "members", None)
+    if members is not None:
+        return sum(rescore_tokens(getattr(m, "reward", m), prompts, texts, batch_size) for m in members)
+    if not hasattr(reward, "text_ids"):
+        return 0
     lengths = [len(reward.text_ids(p, t)) for p, t in zip(prompts, texts)]
     return sum(len(c) * max(c) for c in (lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)))
 

@@ -1,4 +1,5 @@
-"""The reproducible training recipe of the default pair (``entrgi train-default``).
+# Run: python recipes/default_pair/train.py --out DIR   (--help: every knob; `make train-default`)
+"""The reproducible training recipe of the default pair (not part of the installed package).
 
 DLLM. all-MiniLM-L6-v2 (the real pretrained encoder) + a new BERT MLM head, embeddings frozen,
 fine-tuned with the masked-diffusion objective on Austen sentences:
@@ -24,7 +25,9 @@ fitted on VADER silver labels of training sentences (|compound| >= ``vader_thres
 balanced by down-sampling); agreement with VADER measured on the held-out sentences.
 
 Artefacts (``out_dir``): ``dllm.safetensors`` (fp16: encoder layers + MLM head transform + vocab
-bias), ``reward_head.safetensors`` (385 floats), ``default_pair.json``, ``metrics.json``.
+bias), ``reward_head.safetensors`` (385 floats), ``default_pair.json``, ``metrics.json``; the package
+loads them with ``entrgi.default_pair.load_default_pair(asset_dir=out_dir)``. The corpus comes from
+``corpus.py`` next to this file (``apt-get download`` on first use, then a cache).
 """
 
 from __future__ import annotations
@@ -40,11 +43,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import corpus  # recipes/default_pair/corpus.py (this folder is on sys.path when run as a script)
 import torch
 import torch.nn.functional as F
 
-from . import corpus
-from .model import (
+from entrgi import GuidanceConfig, SamplerConfig, generate
+from entrgi.default_pair import (
+    CONFIG_FILE,
+    DLLM_FILE,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    METRICS_FILE,
+    load_default_pair,
+    vader_compound,
+)
+from entrgi.default_pair.model import (
     MiniLMSentimentReward,
     base_state_dict,
     build_mlm,
@@ -53,12 +66,8 @@ from .model import (
     minilm_path,
     trained_state_dict,
 )
+from entrgi.reward.base import left_pad, position_ids_from
 
-FORMAT_VERSION = 1
-DLLM_FILE = "dllm.safetensors"
-HEAD_FILE = "reward_head.safetensors"
-CONFIG_FILE = "default_pair.json"
-METRICS_FILE = "metrics.json"
 #: Sentence beginnings used for sample outputs in the metrics and the model card.
 SAMPLE_PROMPTS = ("she was", "the weather was", "mr. darcy said that", "it was a", "my dear emma,",
                   "he looked at her and")
@@ -206,14 +215,12 @@ def heldout_accuracy(model, token_lists: Sequence[Sequence[int]], tokenizer, rat
 
 # ---- reward head ---------------------------------------------------------------------------------
 def vader_labels(texts: Sequence[str]) -> list[float]:
-    from . import vader_compound
     return vader_compound(texts)
 
 
 @torch.no_grad()
 def sentence_embeddings(reward: MiniLMSentimentReward, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """MiniLM sentence embeddings (n, 384) of whole texts through the reward's ``inputs_embeds`` path."""
-    from ..reward.base import left_pad, position_ids_from
     table = reward.embedding_table()
     out = [torch.zeros(0, table.shape[1])]
     for lo in range(0, len(texts), batch_size):
@@ -484,11 +491,9 @@ def _run_recipe(out: Path, cfg: RecipeConfig, *, samples: bool, reuse_dllm: bool
 
 
 def sample_texts(asset_dir: str | Path, prompts: Sequence[str] = SAMPLE_PROMPTS, n: int = 3, seed: int = 0,
-                 max_new_tokens: int = 20, steps: int = 20, temperature: float = 0.8, top_p: float = 0.95) -> list[dict]:
+                 max_new_tokens: int = 20, steps: int = 20, temperature: float = 0.8, top_p: float = 0.95
+                 ) -> list[dict]:
     """Unguided samples of the pair stored in ``asset_dir`` (with their rewards and VADER scores)."""
-    from .. import generate
-    from ..config import GuidanceConfig, SamplerConfig
-    from . import load_default_pair, vader_compound
     dllm, reward = load_default_pair(asset_dir=asset_dir)
     out = generate(dllm, list(prompts), reward, progress=False, trace=False,
                    sampler=SamplerConfig(max_new_tokens=max_new_tokens, steps=steps, num_samples=n, seed=seed,
@@ -500,11 +505,11 @@ def sample_texts(asset_dir: str | Path, prompts: Sequence[str] = SAMPLE_PROMPTS,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``entrgi train-default``: retrain the default pair (needs apt for the corpus on first use)."""
+    """Retrain the default pair (needs apt, or ``$ENTRGI_AUSTEN_SOURCE``, for the corpus on first use)."""
     defaults = RecipeConfig()
-    p = argparse.ArgumentParser(prog="entrgi train-default", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="default_pair", help="Output folder for the artefacts.")
+    p.add_argument("--out", required=True, help="Output folder for the artefacts.")
     p.add_argument("--dllm-minutes", type=float, default=defaults.dllm_minutes,
                    help="Wall-clock cap on DLLM training (the run stops early and says so).")
     for f in dataclasses.fields(RecipeConfig):
@@ -521,8 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="Keep --out's trained DLLM; redo evaluation, reward head, samples and metrics.")
     args = p.parse_args(argv)
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RecipeConfig) if f.name != "dllm_minutes"}
-    cfg = RecipeConfig(**fields, dllm_minutes=args.dllm_minutes)
-    train_default_pair(args.out, config=cfg, samples=not args.no_samples, reuse_dllm=args.reuse_dllm)
+    try:
+        cfg = RecipeConfig(**fields, dllm_minutes=args.dllm_minutes)
+        if args.reuse_dllm and not (Path(args.out) / DLLM_FILE).is_file():
+            raise ValueError(f"--reuse-dllm: {Path(args.out) / DLLM_FILE} does not exist; train the DLLM first "
+                             "(drop --reuse-dllm).")
+        train_default_pair(args.out, config=cfg, samples=not args.no_samples, reuse_dllm=args.reuse_dllm)
+    except (ValueError, corpus.CorpusUnavailableError) as e:
+        p.exit(2, f"{p.prog}: error: {str(e).replace(chr(10), ' ')}\n")
     return 0
 
 

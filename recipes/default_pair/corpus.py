@@ -1,3 +1,4 @@
+# Run: python recipes/default_pair/corpus.py [--prompts-out recipes/default_pair/heldout_prompts.txt]
 """English text for the default pair: Jane Austen's six novels, offline, from Debian's ``r-cran-janeaustenr``.
 
 The Debian package (MIT; the novels are public domain) ships the texts as an R lazy-load database,
@@ -10,14 +11,17 @@ Pipeline: ``apt-get download`` the .deb into a temporary folder -> ``dpkg-deb -x
 (``<cache>`` = ``$ENTRGI_CACHE`` or ``~/.cache/entrgi``). Later calls read the cache only.
 
 Without apt (not Debian/Ubuntu, or no network) point ``$ENTRGI_AUSTEN_SOURCE`` (or the ``source``
-argument) at a copy of ``Rdata.rdb`` or of the ``.deb``.
+argument) at a copy of ``Rdata.rdb`` or of the ``.deb``. Run as a script it builds the cache, prints the
+corpus sizes and (``--prompts-out``) writes the held-out prompt file the model card's evaluation uses.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import struct
@@ -248,3 +252,37 @@ def train_heldout_split(sentences: list[str] | None = None, heldout_fraction: fl
     for s in sentences:
         (held if is_heldout(s, heldout_fraction) else train).append(s)
     return train, held
+
+
+def heldout_prompts(n: int = 12, seed: int = 0, sentences: list[str] | None = None) -> list[str]:
+    """Beginnings (2–4 words, no punctuation) of ``n`` held-out Austen sentences of 8+ words, lower-cased:
+    the prompts of the model card's guidance table (shipped as ``heldout_prompts.txt``)."""
+    _, held = train_heldout_split(sentences)
+    cands = [s for s in held if len(s.split()) >= 8 and not any(c in " ".join(s.split()[:4]) for c in ",;:!?.'")]
+    random.Random(seed).shuffle(cands)
+    return [" ".join(s.split()[:2 + i % 3]).lower() for i, s in enumerate(cands[:n])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", help=f"Rdata.rdb or the .deb (default: ${SOURCE_ENV}, else `apt-get download`).")
+    p.add_argument("--prompts-out", help="Write the held-out prompt file (one prompt a line) here.")
+    args = p.parse_args(argv)
+    sentences = austen_sentences(source=args.source)
+    train, held = train_heldout_split(sentences)
+    print(f"{len(sentences)} sentences of 5-30 words: {len(train)} train, {len(held)} held-out "
+          f"(cache: {corpus_cache_path()})")
+    if args.prompts_out:
+        lines = heldout_prompts(sentences=sentences)
+        header = ("# Beginnings of held-out Austen sentences (never trained on): the model card's guidance prompts.\n"
+                  "# Written by `python recipes/default_pair/corpus.py --prompts-out FILE` (heldout_prompts()).\n")
+        Path(args.prompts_out).write_text(header + "".join(f"{t}\n" for t in lines))
+        print(f"{len(lines)} prompts -> {args.prompts_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except CorpusUnavailableError as e:
+        raise SystemExit(f"corpus.py: error: {e}") from None
