@@ -13,7 +13,7 @@ rows, the real Qwen3 tokenizer and chat template), random weights, scaled down f
 real pair's ratios: DLLM ≈ 4× the RM in non-embedding parameters, the same depth, hidden 512 / 320
 (real 3584 / 2048), vocabulary ≈ 152k, prompt ≈ 100 tokens, response L = 128, K = 4 samples.
 
-A *step* is :meth:`MaskedDiffusionSampler._step` from a state with half the slots still masked (the
+A *step* is :meth:`MaskedDiffusionSampler.step` from a state with half the slots still masked (the
 average over a T = L trajectory): one DLLM forward, M inner steps (guided), the draw and the commit. The
 *naive* reference is :class:`support.naive_reference.NaiveSampler`: straight from the algorithm (logits for the
 whole sequence, the RM over [prefix ; response ; suffix] at every inner step, a dense soft embedding,
@@ -49,8 +49,8 @@ from entrgi import GuidanceConfig, SamplerConfig
 from entrgi.models.dream import Dream, DreamModule, qwen2_config
 from entrgi.reward.hf import HFRewardModel
 from entrgi.reward.vocab import VocabBridge
-from entrgi.sampling.outputs import ComputeStats
 from entrgi.sampling.sampler import MaskedDiffusionSampler, bridge_for
+from entrgi.sampling.state import DenoisingState
 
 #: (DLLM hidden, layers, heads, kv heads, intermediate), (RM hidden, layers, heads, kv heads, head_dim, intermediate)
 SCALES = {
@@ -189,43 +189,45 @@ def make_state(pair: Pair, case: Case, rows: int, L: int, masked_fraction: float
     cfg = SamplerConfig(max_new_tokens=L, steps=L, num_samples=k, seed=seed)
     g = GuidanceConfig(method=case.method if case.method != "none" else "none", inner_steps=case.inner_steps,
                        **dict(case.overrides))
-    batch = s._start(s._rows(prompts, cfg), cfg, g.resolve(cfg), False, False)
-    resp = batch.x[:, batch.P:]
+    state = s.start(prompts, cfg, g, trace=False)
+    state.step = L // 2  # the middle of a T = L trajectory
+    resp = state.response
     gen = torch.Generator().manual_seed(seed + 1)
     done = torch.rand(resp.shape, generator=gen) >= masked_fraction
     done[:, :1] = True
     ids = torch.randint(0, min(150000, pair.dllm.logit_width), resp.shape, generator=gen)
     resp[done.to(resp.device)] = ids.to(resp.device)[done.to(resp.device)]
-    return s, batch
+    return s, state
 
 
-def run_step(s: MaskedDiffusionSampler, batch, device) -> dict:
-    """One timed step from ``batch``'s state (restored afterwards); returns time, memory, rewards, tokens."""
-    x0 = batch.x.clone()
-    L = batch.cfg.max_new_tokens
-    in_block = torch.ones(L, dtype=torch.bool, device=batch.x.device)
+def run_step(s: MaskedDiffusionSampler, state: DenoisingState, device) -> dict:
+    """One timed :meth:`~MaskedDiffusionSampler.step` from ``state`` (restored afterwards); returns time, memory,
+    the committed tokens, the masked count and the step's :class:`StepOutput`."""
+    x0, step0 = state.x.clone(), state.step
     info: dict = {}
     sync(device)
     with peak_memory(device, info), torch.no_grad():
         t0 = time.perf_counter()
-        state = s._step(batch, in_block, 0, L // 2, L, L // 2, ComputeStats())
+        output = s.step(state)
         sync(device)
         info["s"] = time.perf_counter() - t0
-    info["tokens"] = batch.x[:, batch.P:].clone()
-    info["n_masked"] = int(state["masked"].sum())
-    batch.x.copy_(x0)
+    info["tokens"] = state.response.clone()
+    info["n_masked"] = int(output.masked.sum())
+    info["output"] = output
+    state.x.copy_(x0)
+    state.step = step0
     return info
 
 
 def time_case(pair: Pair, case: Case, rows: int, L: int, reps: int, device) -> dict:
     """Median over ``reps`` steps after one warm-up (allocator, first calls); the naive reference, whose cost is
     its big allocations every time, gets one run without warm-up on CPU (it is slow)."""
-    s, batch = make_state(pair, case, rows, L)
+    s, state = make_state(pair, case, rows, L)
     if case.naive and device.type == "cpu":
         reps = 1
     else:
-        run_step(s, batch, device)
-    runs = [run_step(s, batch, device) for _ in range(reps)]
+        run_step(s, state, device)
+    runs = [run_step(s, state, device) for _ in range(reps)]
     best = min(runs, key=lambda r: r["s"])
     return {"s": statistics.median(r["s"] for r in runs), "peak_mib": max(r["peak_mib"] for r in runs),
             "n_masked": best["n_masked"]}
@@ -233,15 +235,12 @@ def time_case(pair: Pair, case: Case, rows: int, L: int, reps: int, device) -> d
 
 def guided_step(pair: Pair, case: Case, rows: int, L: int, device, trace: bool = False):
     """One step from the standard state; returns (committed tokens, the GuideResult, seconds)."""
-    s, batch = make_state(pair, case, rows, L)
-    if trace:
+    s, state = make_state(pair, case, rows, L)
+    if trace:  # the extra evaluation after the last inner step (its reward ends GuideResult.rewards)
         from entrgi.ops.rng import RowStreams
-        batch.trace_streams = RowStreams([r.trace_seed for r in batch.rows], batch.x.device)
-    seen = []
-    guide = s._guide
-    s._guide = lambda *a, _g=guide: seen.append(_g(*a)) or seen[-1]  # keep the inner-step rewards
-    info = run_step(s, batch, device)
-    return info["tokens"].cpu(), seen[0], info["s"]
+        state.trace_streams = RowStreams([r.trace_seed for r in state.rows], state.x.device)
+    info = run_step(s, state, device)
+    return info["tokens"].cpu(), info["output"].guide, info["s"]
 
 
 def check_same(pair: Pair, method: str, M: int, rows: int, L: int, device) -> tuple[int, int, float]:
@@ -259,10 +258,10 @@ def component_times(pair: Pair, rows: int, L: int, reps: int, device) -> dict:
     from entrgi.guidance.mixing import expected_embeddings
     from entrgi.reward.base import RewardBatch
 
-    s, batch = make_state(pair, Case("entrgi", 3), rows, L)
-    masked = batch.x[:, batch.P:] == pair.dllm.mask_token_id
-    ctx = [pair.reward.context(r.prompt) for r in batch.rows]
-    table = batch.table
+    s, state = make_state(pair, Case("entrgi", 3), rows, L)
+    masked = state.response == pair.dllm.mask_token_id
+    ctx = [pair.reward.context(r.prompt) for r in state.rows]
+    table = state.table
     d = table.shape[1]
 
     def timed(fn):
@@ -278,8 +277,8 @@ def component_times(pair: Pair, rows: int, L: int, reps: int, device) -> dict:
 
     out = {}
     with torch.no_grad():
-        out["dllm"] = timed(lambda: s._logits(batch))
-        logits = s._logits(batch)
+        out["dllm"] = timed(lambda: s.model_logits(state))
+        logits = s.model_logits(state)
     phi = logits[masked].float()
     emb = table[torch.randint(0, 150000, masked.shape, device=masked.device)]
     attn = torch.ones(masked.shape, dtype=torch.bool, device=masked.device)
@@ -524,9 +523,9 @@ def draw_costs(pair: Pair, B: int, L: int, reps: int, device) -> None:
 
     from entrgi.ops.logit_ops import draw, nucleus_groups
 
-    s, batch = make_state(pair, Case("none", 0), B, L)
+    s, state = make_state(pair, Case("none", 0), B, L)
     with torch.no_grad():
-        phi = s._logits(batch)[batch.x[:, batch.P:] == pair.dllm.mask_token_id]  # (n, V), invalid ids at −inf
+        phi = s.model_logits(state)[state.response == pair.dllm.mask_token_id]  # (n, V), invalid ids at −inf
     finite = torch.isfinite(phi)
     std = float(phi[finite].std())
     cases = {f"flat (finite logits' std {FLAT_LOGIT_STD})": phi * (FLAT_LOGIT_STD / std),
@@ -570,9 +569,9 @@ def draw_precision(pair: Pair, B: int, L: int, reps: int = 2) -> tuple[int, int,
 
     from entrgi.ops.logit_ops import draw
 
-    s, batch = make_state(pair, Case("entrgi", 3), B, L)
+    s, state = make_state(pair, Case("entrgi", 3), B, L)
     with torch.no_grad():
-        phi = s._logits(batch)[batch.x[:, batch.P:] == pair.dllm.mask_token_id]  # (n, V)
+        phi = s.model_logits(state)[state.response == pair.dllm.mask_token_id]  # (n, V)
         g = torch.Generator().manual_seed(0)
         dn = df = 0
         for _ in range(reps):
@@ -606,10 +605,10 @@ def profile(pair: Pair, B: int, L: int, device) -> None:
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for naive in (False, True):
-        s, batch = make_state(pair, Case("entrgi", 3, naive), B, L)
-        run_step(s, batch, device)
+        s, state = make_state(pair, Case("entrgi", 3, naive), B, L)
+        run_step(s, state, device)
         with torch_profile(activities=acts) as prof:
-            run_step(s, batch, device)
+            run_step(s, state, device)
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"\n### Profile: EntRGi M=3, {'naive' if naive else 'optimised'} (stages, then top ops)\n")
         stages = [e for e in prof.key_averages() if e.key.startswith("entrgi.")]

@@ -39,10 +39,10 @@ from support.tiny_checkpoints import (
 from support.tiny_models import CHAT_TEMPLATE, word_tokenizer
 
 from entrgi import GuidanceConfig, generate
+from entrgi.dtypes import DTYPES
 from entrgi.models import Dream, LLaDA, load_diffusion_lm
 from entrgi.reward.hf import HFRewardModel
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIZES = {
     "tiny": dict(dream=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2),

@@ -1,6 +1,7 @@
 """The command line: same fields as the API, JSON output, clear errors, eval + report end to end."""
 
 import json
+from pathlib import Path
 
 import pytest
 from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
@@ -101,17 +102,6 @@ def test_eval_yaml_config(folders, tmp_path):
     assert main(["eval", "--config", str(cfg), "--quiet"]) == 2
 
 
-def test_train_default_passes_its_flags_to_the_recipe(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train-default", "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert "--max-steps" in out and "--out" in out and "--threads" in out
-    with pytest.raises(SystemExit) as exc:  # a recipe flag with a bad value is the recipe parser's error
-        main(["train-default", "--max-steps", "many"])
-    assert exc.value.code == 2 and "--max-steps" in capsys.readouterr().err
-
-
 def test_model_and_reward_come_together(folders, capsys):
     mlm, rm = folders
     assert main(["generate", "--model", str(mlm), "--prompt", "x"]) == 2  # guided by default: needs a reward
@@ -121,3 +111,23 @@ def test_model_and_reward_come_together(folders, capsys):
     assert main(["generate", "--model", str(mlm), "--prompt", "x", "--method", "none", "--max-new-tokens", "4",
                  "--steps", "2", "--num-samples", "1", "--quiet"]) == 0
     assert "n/a" in capsys.readouterr().out  # unguided, no reward to print
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_reward_spellings_reach_the_cli(folders, capsys):
+    """``--reward text:FILE.py:FUNCTION`` ranks Best-of-N samples on decoded text; it cannot guide."""
+    mlm, _ = folders
+    spec = f"text:{EXAMPLES / 'constraint_rewards.py'}:mentions_positive_word"
+    small = ["--prompt", "the cat", "--max-new-tokens", "4", "--steps", "4", "--num-samples", "3", "--quiet"]
+    assert main(["generate", "--model", str(mlm), "--reward", spec, "--method", "best_of_n", "--json", *small]) == 0
+    group = json.loads(capsys.readouterr().out)["samples"][0]
+    positive = {"happy", "happiness", "pleasure", "pleased", "delight", "delighted", "good", "kind", "love", "glad",
+                "agreeable", "charming", "cheerful", "fine"}
+    assert [s["reward"] for s in group] == [float(any(w in positive for w in s["text"].split())) for s in group]
+    assert main(["generate", "--model", str(mlm), "--reward", spec, "--method", "entrgi", *small]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scores decoded text only; method 'entrgi' needs a differentiable reward" in err
+    assert main(["generate", "--model", str(mlm), "--reward", "textt:x:y", *small]) == 2
+    assert "Unknown reward kind 'textt'. Did you mean: text?" in capsys.readouterr().err

@@ -166,7 +166,7 @@ def test_greedy_relaxation_is_one_hot():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match=r"Unknown guidance rule 'soft'\. Available: \['expectation', 'aps', 'entrgi'"):
         reward_input_embeddings(torch.zeros(2, 3), torch.zeros(3, 2), "soft")
     with pytest.raises(ValueError, match="embedding_table"):
         reward_input_embeddings(torch.zeros(2, 3), torch.zeros(4, 2), "aps")

@@ -8,6 +8,7 @@ from entrgi import GuidanceConfig, generate
 from entrgi.sampling.particles import (
     ParticleConfig,
     ParticleSampler,
+    ParticleState,
     effective_sample_size,
     generate_particles,
     systematic_resample,
@@ -92,3 +93,19 @@ def test_guided_particles_run_and_validate(mlm, qwen_reward):
         ParticleConfig(resample_every=0)
     with pytest.raises(ValueError, match="`lam`"):
         ParticleConfig(lam=-1.0)
+
+
+def test_particle_state_is_typed_and_the_public_step_resamples(mlm, qwen_reward):
+    """start() gives a ParticleState; driving step() by hand resamples as generate() does."""
+    cfg, pc = small(num_samples=4), ParticleConfig(lam=20.0, resample_every=2)
+    ps = ParticleSampler(mlm, qwen_reward, pc)
+    state = ps.start(PROMPTS[:2], cfg)
+    assert isinstance(state, ParticleState) and state.k == 4 and state.reward_batch is not None  # unguided: RM layout
+    assert state.log_w.tolist() == [0.0] * 8 and len(state.group_streams) == 2
+    while not state.done:
+        ps.step(state)
+    assert any(e["resampled"] for e in ps.resample_log) and state.log_w.shape == (8,)
+    ref = ParticleSampler(mlm, qwen_reward, pc).generate(PROMPTS[:2], cfg, progress=False)
+    assert state.response.tolist() == [s.token_ids for g in ref.samples for s in g]
+    with pytest.raises(ValueError, match="whole groups of `num_samples` \\(4\\) rows"):
+        ps.start(ps.rows_for(PROMPTS[:1], cfg)[:3], cfg)

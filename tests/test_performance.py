@@ -1,11 +1,13 @@
 """Every cost optimisation against the unoptimised path (tiny models, fast): same values to float rounding,
-same tokens. The timings themselves live in benchmarks/bench_guidance.py, never in tests."""
+same tokens; whole runs against the straight reference (support/reference.py). The timings themselves live in
+benchmarks/bench_guidance.py, never in tests."""
 
 import dataclasses
 
 import pytest
 import torch
 from support.naive_reference import generate_naive
+from support.reference import reference_generate
 from support.tiny_models import TokenPreferenceReward
 from test_logit_ops import slow_top_p
 
@@ -269,18 +271,60 @@ def run_and_rewards(fn, *args, **kwargs):
     return tokens, inner, final
 
 
-@pytest.mark.parametrize("method,optimizer", [("expectation", "adam"), ("aps", "adam"), ("entrgi", "adam"),
-                                              ("entrgi", "ascent")])
-def test_optimised_generation_equals_the_naive_reference(mlm, qwen_reward, method, optimizer):
-    sampler = small()
-    guidance = GuidanceConfig(method=method, optimizer=optimizer, lr=1.0 if optimizer == "adam" else 20.0,
-                              vocab_chunk=16)  # chunks smaller than the tiny vocabulary
+def reference_results(*args, **kwargs):
+    out = reference_generate(*args, **kwargs)
+    return ([s.token_ids for g in out.samples for s in g],
+            torch.tensor([r for g in out.samples for s in g for t in s.trace for r in t.rewards]),
+            torch.tensor([s.reward for g in out.samples for s in g]))
+
+
+def assert_equal_runs(got, ref):
+    assert got[0] == ref[0]  # the same tokens
+    torch.testing.assert_close(got[1], ref[1], atol=1e-4, rtol=1e-4)  # the inner steps' rewards
+    torch.testing.assert_close(got[2], ref[2], atol=1e-4, rtol=1e-4)  # the final re-score
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("method", ["none", "expectation", "aps", "entrgi"])
+def test_generation_equals_the_straight_reference(mlm, qwen_reward, method, blocks):
+    """The optimised sampler (chunked soft embedding, prefix cache, fused Adam, sort-free top-p) against
+    support.reference.reference_generate: same tokens, rewards to float rounding."""
+    sampler = small(block_length=4, steps=4, schedule="uniform") if blocks else small()
+    guidance = GuidanceConfig(method=method, lr=1.0, vocab_chunk=16)  # chunks smaller than the tiny vocabulary
     got = run_and_rewards(generate, mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=guidance)
-    ref = run_and_rewards(generate_naive, mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=guidance)
-    assert got[0] == ref[0]
-    torch.testing.assert_close(got[1], ref[1], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got[2], ref[2], atol=1e-4, rtol=1e-4)
-    assert len(got[1]) > 0
+    ref = reference_results(mlm, PROMPTS, qwen_reward, sampler, guidance)
+    assert_equal_runs(got, ref)
+    assert (len(got[1]) > 0) == (method != "none")
+    assert len({tuple(t) for t in got[0]}) > 1
+
+
+@pytest.mark.parametrize("sampler_kw,guidance_kw", [
+    ({}, dict(method="entrgi", optimizer="ascent", lr=20.0)),
+    (dict(remasking="maskgit_plus", confidence_from="guided", top_k=6, batch_size=3), dict(method="aps", lr=2.0)),
+    (dict(remasking="topk_margin", min_new_tokens=3, deprioritize_eos=False), dict(method="entrgi", lr=1.0)),
+    (dict(remasking="random", temperature=0.7, top_p=1.0), dict(method="expectation", lr=1.0)),
+    (dict(remasking="low_confidence", temperature=0.0), dict(method="best_of_n")),
+])
+def test_options_equal_the_straight_reference(mlm, qwen_reward, sampler_kw, guidance_kw):
+    sampler, guidance = small(**sampler_kw), GuidanceConfig(**guidance_kw)
+    got = run_and_rewards(generate, mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=guidance)
+    assert_equal_runs(got, reference_results(mlm, PROMPTS, qwen_reward, sampler, guidance))
+
+
+def test_the_naive_sampler_equals_the_straight_reference(mlm, qwen_reward):
+    """The benchmark's per-part naive path (public hooks overridden) stays the same algorithm."""
+    guidance = GuidanceConfig(method="entrgi", lr=1.0)
+    got = run_and_rewards(generate_naive, mlm, PROMPTS, qwen_reward, sampler=small(), guidance=guidance)
+    assert_equal_runs(got, reference_results(mlm, PROMPTS, qwen_reward, small(), guidance))
+
+
+@pytest.mark.parametrize("change,name", [(dict(sampling="gumbel"), "sampling"), (dict(remasking="origin"), "remasking"),
+                                         (dict(remasking_temperature=0.5), "remasking_temperature")])
+def test_the_reference_refuses_what_it_does_not_implement(mlm, change, name):
+    with pytest.raises(ValueError, match=f"does not implement \\['{name}'\\]"):
+        reference_generate(mlm, PROMPTS, None, small(**change), GuidanceConfig(method="none"))
+    with pytest.raises(ValueError, match="does not implement \\['soft_top_k'\\]"):
+        reference_generate(mlm, PROMPTS, None, small(), GuidanceConfig(method="none", soft_top_k=3))
 
 
 @pytest.mark.parametrize("switch", [dict(prefix_cache=False), dict(vocab_chunk=None), dict(vocab_chunk=7)])
@@ -298,13 +342,6 @@ def test_soft_top_k_runs_and_is_off_by_default(mlm, qwen_reward):
     out = generate(mlm, PROMPTS[:1], qwen_reward, sampler=small(), progress=False,
                    guidance=GuidanceConfig(method="expectation", lr=1.0, soft_top_k=4))
     assert all(len(s.token_ids) == 8 for s in out.samples[0])
-
-
-def test_unguided_sampling_equals_the_naive_reference(mlm, qwen_reward):
-    none = GuidanceConfig(method="none")
-    got = run_and_rewards(generate, mlm, PROMPTS, qwen_reward, sampler=small(num_samples=3), guidance=none)
-    ref = run_and_rewards(generate_naive, mlm, PROMPTS, qwen_reward, sampler=small(num_samples=3), guidance=none)
-    assert got[0] == ref[0]
 
 
 def test_compile_needs_a_compilable_reward(mlm, pref_reward):

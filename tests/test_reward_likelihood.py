@@ -145,7 +145,7 @@ def test_vocabulary_bridge_from_another_tokenizer(lm, qwen3):
     words = ["the", "cat", "sat", "on", "mat"]
     dllm_ids = torch.tensor([dllm.convert_tokens_to_ids(words)])
     assert bridge.mapped[dllm_ids].all()
-    qwen_ids = bridge.rm_ids(dllm_ids)[0].tolist()
+    qwen_ids = bridge.dllm_to_rm[dllm_ids][0].tolist()
     assert qwen_ids == qwen3.convert_tokens_to_ids(words) and qwen_ids != dllm_ids[0].tolist()
     table = bridge.rm_table(lm.embedding_table())  # (V_dllm, d + h)
     ctx = lm.context(PROMPTS[0])

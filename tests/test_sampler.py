@@ -1,5 +1,6 @@
 """The denoising loop: schedule, EOS order, invariants, determinism, guidance effect, validation."""
 
+import dataclasses
 import statistics
 
 import pytest
@@ -8,7 +9,9 @@ from conftest import PREFERRED, table_model
 from test_schedule import dream_counts, llada_counts
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.sampling.sampler import CALLBACK_KEYS
+from entrgi.guidance.inner_loop import GuideResult
+from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi.sampling.state import DenoisingState, Row, StepOutput
 
 PROMPTS = ["the cat sat", "a dog", "it was a very big day and the sun"]
 NONE = GuidanceConfig(method="none")
@@ -21,8 +24,8 @@ def small(**kw):
 
 
 def record(store):
-    def cb(step, state):
-        store.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()})
+    def cb(step, out):
+        store.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in out.items()})
     return cb
 
 
@@ -87,11 +90,73 @@ def test_prompt_and_committed_tokens_never_change(mlm, pref_reward):
     assert (states[-1]["x"][:, P:] != mlm.mask_token_id).all()
 
 
-def test_callback_receives_every_advertised_key(mlm):
-    states = []
-    generate(mlm, PROMPTS[:1], sampler=small(num_samples=1), guidance=NONE, progress=False, callback=record(states))
-    assert len(states) == 8
-    assert set(states[0]) == set(CALLBACK_KEYS)
+def test_step_output_binds_every_field(mlm, pref_reward):
+    """Every field of StepOutput is set (diffusers checks its outputs the same way), with the documented shapes."""
+    outputs = []
+    generate(mlm, PROMPTS[:2], pref_reward, sampler=small(num_samples=2), guidance=GuidanceConfig(lr=1.0),
+             progress=False, track_reward=True, callback=lambda step, out: outputs.append((step, out)))
+    assert [step for step, _ in outputs] == [out.step for _, out in outputs] == list(range(8))
+    step, out = outputs[0]
+    assert all(getattr(out, f.name) is not None for f in dataclasses.fields(StepOutput))
+    B, P, L, V = 4, out.prompt_length, 8, mlm.logit_width
+    assert out.x.shape == (B, P + L) and out.logits.shape == out.guided_logits.shape == (B, L, V)
+    for name in ("masked", "candidates", "proposal", "committed"):
+        assert getattr(out, name).shape == (B, L), name
+    assert out.estimate.shape == (B,) and [(r.prompt_index, r.sample_index) for r in out.rows] == \
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert isinstance(out.guide, GuideResult) and out.guide.logits is out.guided_logits
+    assert out.guide.rewards.shape == (B, 4)  # M = 3 inner steps + the trace's evaluation
+    assert not torch.equal(out.guided_logits, out.logits) and out.block == 0
+    assert set(out) == set(out.keys()) == {f.name for f in dataclasses.fields(StepOutput)}  # dict-style access
+    assert out["committed"] is out.committed and dict(out.items())["x"] is out.x
+    with pytest.raises(KeyError):
+        out["nope"]
+    plain = []
+    generate(mlm, PROMPTS[:1], sampler=small(num_samples=1), guidance=NONE, progress=False,
+             callback=lambda step, out: plain.append(out))
+    assert plain[0].guide is None and plain[0].estimate is None and plain[0].guided_logits is plain[0].logits
+
+
+def test_start_and_step_are_the_loop_of_generate(mlm, pref_reward):
+    """Driving the public step by hand gives generate's tokens; the counters walk the blocks."""
+    cfg = small(max_new_tokens=8, block_length=4, steps=4, schedule="uniform")
+    guidance = GuidanceConfig(lr=1.0)
+    ref = generate(mlm, PROMPTS, pref_reward, sampler=cfg, guidance=guidance, progress=False)
+    s = MaskedDiffusionSampler(mlm, pref_reward)
+    state = s.start(PROMPTS, cfg, guidance)
+    assert isinstance(state, DenoisingState) and isinstance(state.rows[0], Row) and state.steps_per_block == 2
+    seen = []
+    while not state.done:
+        seen.append((state.step, state.block, state.block_step))
+        out = s.step(state)
+        assert (out.step, out.block) == seen[-1][:2]
+    assert seen == [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]
+    assert state.response.tolist() == [t.token_ids for g in ref.samples for t in g]
+    assert state.stats.dllm_forwards == len(state.rows) * 4
+    with pytest.raises(ValueError, match="has run all its 4 steps"):
+        s.step(state)
+
+
+def test_a_hook_override_changes_the_step_and_idle_steps_return_none(mlm):
+    """A subclass that commits every candidate at once: one step runs per block, the next is idle (None, no
+    callback) and skips the rest of its block."""
+
+    class AllAtOnce(MaskedDiffusionSampler):
+        def choose(self, state, logits, candidates, tokens):
+            return candidates.clone()
+
+    s = AllAtOnce(mlm)
+    state = s.start(PROMPTS[:1], small(num_samples=1, block_length=4), NONE)
+    outputs = []
+    while not state.done:
+        outputs.append((state.step, s.step(state)))
+    assert [i for i, _ in outputs] == [0, 1, 4, 5] and [o is None for _, o in outputs] == [False, True, False, True]
+    assert outputs[0][1].committed[0].tolist() == [True] * 4 + [False] * 4 and outputs[2][1].block == 1
+    calls = []
+    out = s.generate(PROMPTS[:1], small(num_samples=1, block_length=4), NONE, progress=False,
+                     callback=lambda i, o: calls.append(i))
+    assert calls == [0, 4] and len(out.samples[0][0].trace) == 2
+    assert out.samples[0][0].token_ids == state.response[0].tolist()
 
 
 def tokens_by_prompt(out):

@@ -2,28 +2,47 @@
 
 Every field is checked in ``__post_init__`` with an error that names the field, the rule and the
 value, before any model is touched. ``dataclasses.replace(config, **changes)`` re-validates.
-The same fields are the CLI flags (``entrgi.cli``) and the YAML keys of evaluation runs.
+The same fields are the CLI flags (``entrgi.cli``) and the YAML keys of evaluation runs. Method and
+remasking names are checked against the registries (:mod:`entrgi.registry`, docs/extending.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-REMASKING_RULES = ("origin", "maskgit_plus", "topk_margin", "entropy", "low_confidence", "random", "anchored")
+from .registry import GUIDANCE_RULES, ORIGIN, PLAIN_METHODS, REMASKING_ALIASES, REMASKING_RULES
+
 CONFIDENCE_SOURCES = ("prior", "guided")
-GUIDED_METHODS = ("expectation", "aps", "entrgi")
-METHODS = ("none", "best_of_n", *GUIDED_METHODS)
 OPTIMIZERS = ("adam", "ascent")
 SCHEDULES = ("linear", "uniform")
 SAMPLING = ("inverse_cdf", "gumbel")
+KV_CACHE_MODES = ("none", "prefix", "dual")  # entrgi.models.cache
 
 
-def _help(text: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    """A dataclass field whose help text (and allowed values) become its CLI flag's."""
+def guided_methods() -> tuple[str, ...]:
+    """The methods that guide: every registered guidance rule (built-ins expectation, aps, entrgi first)."""
+    return tuple(GUIDANCE_RULES.names())
+
+
+def methods() -> tuple[str, ...]:
+    """Every valid ``GuidanceConfig.method``: none, best_of_n, then the guidance rules."""
+    return (*PLAIN_METHODS, *guided_methods())
+
+
+def remasking_choices() -> tuple[str, ...]:
+    """Every valid ``SamplerConfig.remasking``: origin, the registered remasking rules, then the aliases."""
+    return (ORIGIN, *REMASKING_RULES.names(), *REMASKING_ALIASES)
+
+
+def _help(text: str, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None, **kw: Any) -> Any:
+    """A dataclass field whose help text (and allowed values, or a function giving them when a registry
+    decides) become its CLI flag's."""
     return field(metadata={"help": text, "choices": choices}, **kw)
 
 
@@ -55,9 +74,12 @@ def check_float(name: str, value: Any, low: float, high: float | None = None, *,
         raise ValueError(f"`{name}` must be {rng}, got {value}.")
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (suggesting close spellings)."""
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+        close = difflib.get_close_matches(value, list(choices), n=3) if isinstance(value, str) else []
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.{hint}")
 
 
 @dataclass(frozen=True)
@@ -77,12 +99,13 @@ class SamplerConfig:
     remasking: str = _help(
         "Which masked positions to commit: origin (random), maskgit_plus (prob. of the draw), topk_margin "
         "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: softmax(logits) prob. of the draw, τ-free), "
-        "random, anchored (APS: prob. of the draw under the GUIDED logits).",
-        default="entropy", choices=REMASKING_RULES)
+        "random, or a registered rule (docs/extending.md). anchored (APS: prob. of the draw under the GUIDED "
+        "logits) is an alias, stored as maskgit_plus with confidence_from=guided.",
+        default="entropy", choices=remasking_choices)
     remasking_temperature: float = _help(
         "0 = commit the top-n confidences; > 0 = draw positions from softmax(confidence / this).", default=0.0)
     confidence_from: str = _help(
-        "Logits that rank positions: prior (pre-guidance, the paper's code) or guided (anchored).",
+        "Logits that rank positions: prior (pre-guidance, the paper's code) or guided (APS's anchored remasking).",
         default="prior", choices=CONFIDENCE_SOURCES)
     deprioritize_eos: bool = _help("Give sampled EOS candidates confidence -inf (committed last).", default=True)
     match_released: bool = _help(
@@ -102,6 +125,15 @@ class SamplerConfig:
     min_new_tokens: int = _help(
         "No EOS in the first this-many response slots (EOS logits −inf there), so every response has at least "
         "this many tokens; in [0, max_new_tokens] (as HF generate's).", default=0)
+    kv_cache: str = _help(
+        "APPROXIMATION, Dream/LLaDA with blocks: DLLM keys/values computed once per block and reused for its "
+        "steps: prefix (prompt + finished blocks) or dual (also the blocks after it); none = exact.",
+        default="none", choices=KV_CACHE_MODES)
+    parallel_threshold: float | None = _help(
+        "Parallel (threshold) decoding, as Fast-dLLM: also commit every candidate of the current block whose "
+        "drawn token has probability > this under the confidence logits (softmax(logits/τ)); T becomes a "
+        "maximum (a block ends once it has no masked slot). In [0, 1]; 1.0 adds nothing; None = off.",
+        default=None)
 
     def __post_init__(self) -> None:
         check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -112,7 +144,9 @@ class SamplerConfig:
         if self.top_k is not None:
             check_int("top_k", self.top_k, 1)
         check_choice("sampling", self.sampling, SAMPLING)
-        check_choice("remasking", self.remasking, REMASKING_RULES)
+        check_choice("remasking", self.remasking, remasking_choices())
+        for key, value in REMASKING_ALIASES.get(self.remasking, {}).items():  # the one spelling it stands for
+            object.__setattr__(self, key, value)
         check_float("remasking_temperature", self.remasking_temperature, 0.0)
         check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)
         if not isinstance(self.deprioritize_eos, bool):
@@ -137,6 +171,9 @@ class SamplerConfig:
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"`min_new_tokens` must be <= `max_new_tokens` ({self.max_new_tokens}), got "
                              f"{self.min_new_tokens}.")
+        check_choice("kv_cache", self.kv_cache, KV_CACHE_MODES)
+        if self.parallel_threshold is not None:
+            check_float("parallel_threshold", self.parallel_threshold, 0.0, 1.0)
 
     @property
     def num_blocks(self) -> int:
@@ -152,7 +189,8 @@ class GuidanceConfig:
 
     method: str = _help(
         "none (plain sampling), best_of_n (plain sampling, best by reward), expectation (w=0), aps (w=1, "
-        "straight-through), entrgi (w = normalised entropy).", default="entrgi", choices=METHODS)
+        "straight-through), entrgi (w = normalised entropy), or a registered guidance rule (docs/extending.md).",
+        default="entrgi", choices=methods)
     inner_steps: int = _help("Optimisation steps M on the logits per denoising step.", default=3)
     optimizer: str = _help("adam (released code, fresh state each step) or ascent (poster: φ += lr·∇R).",
                            default="adam", choices=OPTIMIZERS)
@@ -177,9 +215,20 @@ class GuidanceConfig:
     soft_top_k: int | None = _help(
         "APPROXIMATION, changes results: the soft embedding uses only the k most likely ids (renormalised), "
         "and only their logits get a gradient. None = exact.", default=None)
+    # ---- guidance schedules (entrgi.guidance.schedules): the defaults guide every row at every step ----
+    guide_every: int = _help("Guide only at the steps 0, k, 2k, ... of each block (1 = every step).", default=1)
+    guide_until: float = _help(
+        "Guide a row only while less than this fraction of its response is committed, in (0, 1] (1 = always).",
+        default=1.0)
+    guide_min_weight: float = _help(
+        "Guide a row only while the mean EntRGi weight (normalised entropy) of its masked slots is at least "
+        "this, in [0, 1] (0 = always).", default=0.0)
+    inner_tol: float | None = _help(
+        "Stop a row's M inner steps once an inner step raised its reward by less than this (None = run all M).",
+        default=None)
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, methods())
         check_int("inner_steps", self.inner_steps, 0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_float("lr", self.lr, 0.0, low_open=True)
@@ -196,11 +245,16 @@ class GuidanceConfig:
             check_int("vocab_chunk", self.vocab_chunk, 1)
         if self.soft_top_k is not None:
             check_int("soft_top_k", self.soft_top_k, 1)
+        check_int("guide_every", self.guide_every, 1)
+        check_float("guide_until", self.guide_until, 0.0, 1.0, low_open=True)
+        check_float("guide_min_weight", self.guide_min_weight, 0.0, 1.0)
+        if self.inner_tol is not None:
+            check_float("inner_tol", self.inner_tol, 0.0)
 
     @property
     def guided(self) -> bool:
         """True when the logits are optimised (a gradient method with M >= 1)."""
-        return self.method in GUIDED_METHODS and self.inner_steps > 0
+        return self.method in GUIDANCE_RULES and self.inner_steps > 0
 
     @property
     def needs_reward(self) -> bool:
@@ -214,7 +268,7 @@ class GuidanceConfig:
                 "`relaxation_temperature` must be > 0 for guided methods: with the sampler's `temperature` = 0 "
                 "(greedy) the soft embedding softmax(φ/0) is one-hot and has no gradient. Set "
                 "`relaxation_temperature` (e.g. 1.0) or a positive `temperature`.")
-        if self.method in GUIDED_METHODS and self.inner_steps == 0:
+        if self.method in GUIDANCE_RULES and self.inner_steps == 0:
             warnings.warn(f"`inner_steps` = 0: method {self.method!r} leaves the logits unchanged "
                           "(identical to method 'none').", stacklevel=3)
         ent = sampler.temperature if self.entropy_temperature is None else self.entropy_temperature

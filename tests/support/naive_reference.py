@@ -1,9 +1,8 @@
-"""A naive reference of the guided sampler, written straight from ``shared/reference/algorithm.md``.
+"""The optimised sampler with every part done the naive way: a :class:`MaskedDiffusionSampler` subclass.
 
-Slow on purpose: the yardstick that tests and ``benchmarks/bench_guidance.py`` compare the optimised
-path against (same random streams, so the same tokens and, to float rounding, the same rewards).
-
-What it does not do, and :class:`~entrgi.sampling.sampler.MaskedDiffusionSampler` does:
+For per-part timing (``benchmarks/bench_guidance.py``) and for tests that need the loop's hooks (error
+locations, cost counts); it overrides public hooks only. The straight reference the tests compare
+against is :func:`support.reference.reference_generate`. What is naive here:
 - DLLM logits are formed for the whole sequence (B, P + L, V), then sliced to the response slots;
 - every inner step runs the RM over the whole ``[prefix ; L slots ; suffix]`` (no prefix cache);
 - the soft embedding is one dense softmax (n, V) and matmul (n, V) @ (V, d), autograd keeps q;
@@ -22,16 +21,16 @@ from entrgi.config import ResolvedGuidance
 from entrgi.errors import check_rewards
 from entrgi.guidance.inner_loop import GuideResult, check_inner_step, guide_result, response_attention
 from entrgi.guidance.mixing import upcast
-from entrgi.ops.logit_ops import sample_from_logits, scale, top_k_filter, top_p_filter_sorted
+from entrgi.ops.logit_ops import scale
 from entrgi.ops.rng import RowStreams
 from entrgi.reward.base import RewardBatch
-from entrgi.sampling.sampler import MaskedDiffusionSampler, _Batch
+from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi.sampling.state import DenoisingState
 
+from .reference import dense_draw
 
-def naive_draw(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float,
-               top_k: int | None) -> torch.Tensor:
-    """Scale, top-k, top-p by a full sort, then inverse CDF over the whole vocabulary."""
-    return sample_from_logits(top_p_filter_sorted(top_k_filter(scale(logits, temperature), top_k), top_p), uniforms)
+#: Scale, top-k, top-p by a full sort, then inverse CDF over the whole vocabulary (the reference's draw).
+naive_draw = dense_draw
 
 
 def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids: torch.Tensor, score,
@@ -92,26 +91,27 @@ class NaiveSampler(MaskedDiffusionSampler):
     """:class:`~entrgi.sampling.sampler.MaskedDiffusionSampler` with every step done the naive way (see the module
     docstring); the schedule, remasking and random streams are shared, so outputs are comparable."""
 
-    def _attach_reward(self, batch: _Batch) -> None:
-        device = batch.x.device
-        batch.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in batch.rows],
-                                         batch.cfg.max_new_tokens, prefix_cache=False)
-        batch.table = self.bridge.rm_table(self.reward.embedding_table(), device)
-        batch.rm_mapped = self.bridge.mapped.to(device)
+    def attach_reward(self, state: DenoisingState) -> None:
+        device = state.x.device
+        state.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in state.rows],
+                                         state.sampler.max_new_tokens, prefix_cache=False)
+        state.table = self.bridge.rm_table(self.reward.embedding_table(), device)
+        state.rm_mapped = self.bridge.mapped.to(device)
 
-    def _logits(self, batch: _Batch) -> torch.Tensor:
-        logits = self.model(batch.x, batch.attn, batch.pos)  # (B, P + L, V): every position
-        return upcast(logits[:, batch.P:]) + batch.invalid_bias
+    def model_logits(self, state: DenoisingState) -> torch.Tensor:
+        logits = self.model(state.x, state.attention_mask, state.position_ids)  # (B, P + L, V): every position
+        return upcast(logits[:, state.prompt_length:]) + state.invalid_bias
 
-    def _guide(self, batch: _Batch, logits: torch.Tensor, masked: torch.Tensor, resp: torch.Tensor):
-        return naive_guide_logits(logits, masked, resp, batch.reward_batch.score, batch.table, batch.rm_mapped,
-                                  batch.guidance, batch.eos, batch.streams, batch.trace_streams)
+    def guide(self, state: DenoisingState, logits: torch.Tensor, masked: torch.Tensor):
+        return naive_guide_logits(logits, masked, state.response, state.reward_batch.score, state.table,
+                                  state.rm_mapped, state.guidance, state.eos_ids, state.streams, state.trace_streams)
 
-    @staticmethod
-    def _draw(cfg, logits, candidates, streams):
+    def draw(self, state: DenoisingState, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        cfg = state.sampler
         if cfg.sampling == "gumbel" and cfg.temperature > 0:
-            return MaskedDiffusionSampler._draw(cfg, logits, candidates, streams)
-        return naive_draw(logits, streams.uniform_at(candidates)[candidates], cfg.temperature, cfg.top_p, cfg.top_k)
+            return super().draw(state, logits, candidates)
+        return naive_draw(logits, state.streams.uniform_at(candidates)[candidates], cfg.temperature, cfg.top_p,
+                          cfg.top_k)
 
 
 def generate_naive(model, prompts, reward=None, **kwargs):

@@ -40,8 +40,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
             kw["nargs"] = "+"
         elif base is dict:
             continue  # nested sections come from YAML (or their own flags)
-        if f.metadata.get("choices"):
-            kw["choices"] = list(f.metadata["choices"])
+        choices = f.metadata.get("choices")
+        if callable(choices):  # a registry decides: read it now, after the plugins were loaded
+            choices = choices()
+            kw["help"] += f"; one of: {', '.join(choices)}"
+        if choices:
+            kw["choices"] = list(choices)
         kw["type"] = _parse_optional(base) if optional else base
         kw["metavar"] = f.name.upper()
         parser.add_argument(flag, **kw)

@@ -23,10 +23,10 @@ import torch
 import yaml
 
 from ..config import GuidanceConfig, SamplerConfig
+from ..dtypes import DTYPES
 from ..errors import NonFiniteError
+from ..plugins import load_plugins
 from .args import add_dataclass_args, dataclass_from_args, given_fields
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---- one-line errors and warnings -------------------------------------------------------------------
@@ -233,8 +233,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--model", help="Diffusion LM: hub id or local folder (default: the embedded pair).")
     g.add_argument("--family", help="Model family adapter (default: detected from the config).")
-    g.add_argument("--reward", help="Reward model (HF sequence classifier): hub id or folder "
-                                    "(default: the embedded pair's).")
+    g.add_argument("--reward", help="Reward: an HF sequence classifier's hub id or folder, text:MODULE:FUNCTION or "
+                                    "text:FILE.py:FUNCTION (code on text: none/best_of_n only), likelihood:PATH_OR_ID, "
+                                    "or a registered KIND:TARGET (default: the embedded pair's).")
     g.add_argument("--reward-template", default="auto", choices=["auto", "chat", "plain", "response"],
                    help="How the RM sees (prompt, response) (default: auto = its chat template if any).")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -245,26 +246,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rm-checkpointing", action="store_true", help="Gradient checkpointing in the reward model.")
 
 
-def load_pair(args: argparse.Namespace):
-    """(diffusion LM, reward model or None) from ``--model`` / ``--reward``, or the embedded default pair."""
-    dtype = DTYPES.get(args.dtype) if args.dtype else None
-    if args.model is None and args.reward is None:
-        from ..default_pair import load_default_pair
-        return load_default_pair(device=args.device, dtype=dtype)
-    if args.model is None:
-        raise ValueError("`--reward` needs `--model` (the embedded pair's DLLM reads only its own vocabulary); "
-                         "give both, or neither for the embedded default pair.")
-    from ..models import load_diffusion_lm
-    model = load_diffusion_lm(args.model, family=args.family, dtype=dtype, device=args.device,
-                              device_map=args.device_map)
-    if args.reward is None:
-        reward = None  # unguided sampling only (checked by cmd_generate)
-    else:
-        from ..reward.hf import HFRewardModel
-        reward = HFRewardModel.from_pretrained(args.reward, dtype=dtype, device=args.device,
-                                               device_map=args.device_map, template=args.reward_template,
-                                               gradient_checkpointing=args.rm_checkpointing)
-    return model, reward
+def load_pair(args: argparse.Namespace, methods: tuple[str, ...] = ("none",)):
+    """(diffusion LM, reward model or None) from ``--model`` / ``--reward``, or the embedded default pair
+    (:func:`entrgi.pair.load_pair`: the rule every front end follows)."""
+    from ..pair import load_pair as load
+
+    return load(args.model, args.reward, methods=methods, family=args.family, dtype=args.dtype, device=args.device,
+                device_map=args.device_map, reward_template=args.reward_template,
+                rm_checkpointing=args.rm_checkpointing)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -283,14 +272,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if ln.strip()]
     if not prompts:
         raise ValueError("`--prompt` (or `--prompts-file`) is required: give at least one prompt.")
-    if args.model is not None and args.reward is None and guidance.method != "none":
-        raise ValueError(f"`--reward` is required with `--model` for method {guidance.method!r} "
-                         "(only `--method none` samples without a reward model).")
+    from ..pair import check_differentiable, check_pair
+
+    check_pair(args.model, args.reward, [guidance.method])
     check_device(args.device)
     output = check_writable(args.output, "--output") if args.output else None
     if args.quiet:
         silence_progress_bars()
-    model, reward = load_pair(args)
+    model, reward = load_pair(args, (guidance.method,))
+    if guidance.guided:
+        check_differentiable(reward, args.reward, f"method {guidance.method!r}")
     out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, progress=not args.quiet)
     if output is not None:
         write_atomic(output, json.dumps(out.to_dict(with_trace=True), indent=1))
@@ -320,6 +311,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     data = read_eval_config(args.config) if args.config else {}
     data.update(given_fields(EvalConfig, args))
+    data["plugins"] = list(dict.fromkeys([*data.get("plugins", ()), *(args.plugin or ())]))  # loaded already
     data["sampler"] = {**data.get("sampler", {}), **given_fields(SamplerConfig, args)}
     data["guidance"] = {**data.get("guidance", {}), **given_fields(GuidanceConfig, args)}
     cfg = EvalConfig.from_dict(data)
@@ -357,6 +349,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- plugins: loaded before the parser is built, so that their names are valid choices -----------------
+def add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", metavar="PATH_OR_MODULE",
+                   help="A .py file or module to import first: it registers guidance rules, remasking rules or "
+                        "rewards (docs/extending.md). Repeat for several.")
+
+
+def plugin_specs(argv: list[str]) -> list[str]:
+    """The values of every ``--plugin X`` / ``--plugin=X`` in ``argv`` (up to a ``--``)."""
+    found = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            found.append(a.split("=", 1)[1])
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="entrgi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
@@ -370,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trace", action="store_true", help="Include the per-step trace in the --json output.")
     g.add_argument("--output", help="Write the full output (with traces) to this JSON file (replaced).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_plugin_arg(g)
     add_model_args(g)
     add_dataclass_args(g.add_argument_group("sampler (SamplerConfig)"), SamplerConfig)
     add_dataclass_args(g.add_argument_group("guidance (GuidanceConfig)"), GuidanceConfig)
@@ -380,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file of EvalConfig fields (flags override it).")
     e.add_argument("--quiet", action="store_true", help="No progress bar.")
     e.add_argument("--no-report", action="store_true", help="Do not write the report at the end.")
-    add_dataclass_args(e.add_argument_group("run (EvalConfig)"), EvalConfig)
+    add_plugin_arg(e)
+    add_dataclass_args(e.add_argument_group("run (EvalConfig)"), EvalConfig, skip=("plugins",))
     add_dataclass_args(e.add_argument_group("sampler (SamplerConfig; temperature/seed come from the grid)"),
                        SamplerConfig, skip=("temperature", "seed"))
     add_dataclass_args(e.add_argument_group("guidance (GuidanceConfig; method comes from the grid)"),
@@ -396,10 +410,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train-default", add_help=False,
-                       help="Retrain the embedded default pair (see entrgi/default_pair/recipe.py; --help for flags).")
-    t.add_argument("recipe_args", nargs=argparse.REMAINDER)  # (main() hands these to the recipe's parser)
-
     r = sub.add_parser("report", help="Write the paper-layout table (Markdown, CSV) and plots of a run directory.")
     r.add_argument("run_dir")
     r.add_argument("--no-plots", action="store_true")
@@ -413,9 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("ENTRGI_DEBUG", "") not in ("", "0")
     lead = 1 if argv[:1] == ["--debug"] else 0
-    if argv[lead:lead + 1] == ["train-default"]:  # its own parser (every flag, --help included, goes to the recipe)
-        from ..default_pair.recipe import main as recipe_main
-        return run_command("train-default", lambda: recipe_main(argv[lead + 1:]) or 0, debug or bool(lead))
+    plugins = plugin_specs(argv)
+    if plugins:  # their rules must exist before the parser lists the choices
+        verb = next((a for a in argv if not a.startswith("-")), "entrgi")
+        def load() -> int:
+            load_plugins(plugins)
+            return 0
+        code = run_command(verb, load, debug or bool(lead))
+        if code:
+            return code
     args = build_parser().parse_args(argv)
     return run_command(args.command, lambda: args.func(args), debug or args.debug)
 

@@ -18,7 +18,10 @@ from typing import Any
 
 import yaml
 
-from ..config import METHODS, GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
+from ..config import GuidanceConfig, SamplerConfig, check_choice, check_float, check_int, methods
+from ..dtypes import DTYPES
+from ..pair import check_pair
+from ..plugins import load_plugins
 from .prompts import SUBSAMPLING
 
 #: Best-of-N with N chosen so that its estimated FLOPs match the costliest guided method's.
@@ -26,7 +29,14 @@ MATCHED_BON = "best_of_n_matched"
 PARTICLE_METHODS = ("particles", "particles_entrgi")
 #: APS as published: straight-through guidance + anchored remasking (commit order from the guided logits).
 APS_ANCHORED = "aps_anchored"
-EVAL_METHODS = (*METHODS, APS_ANCHORED, MATCHED_BON, *PARTICLE_METHODS)
+
+
+def eval_methods() -> tuple[str, ...]:
+    """Every valid entry of ``methods`` (before any ``@N``): the guidance methods, registered rules included,
+    then the eval-only ones."""
+    return (*methods(), APS_ANCHORED, MATCHED_BON, *PARTICLE_METHODS)
+
+
 IDENTITY_FIELDS = ("model", "family", "reward", "reward_template", "dtype", "subsample", "subset_seed", "sampler",
                    "guidance", "particles", "judges", "distinct_n", "perplexity", "track_reward")
 #: Fields of each section that the grid sets per cell (left out of the identity).
@@ -54,7 +64,9 @@ class EvalConfig:
     out: str = _h("Run directory (results JSONL, run.json, report).", default="runs/eval")
     model: str | None = _h("Diffusion LM (hub id or folder); None = the embedded default pair.", default=None)
     family: str | None = _h("Model family adapter (None = detect).", default=None)
-    reward: str | None = _h("Guiding reward model (None = the default pair's).", default=None)
+    reward: str | None = _h("Guiding reward: an HF classifier (hub id or folder), text:MODULE:FUNCTION, "
+                            "likelihood:PATH_OR_ID or a registered KIND:TARGET (needs `model`; None = the default "
+                            "pair's, or no reward when `model` is set and every method is none).", default=None)
     reward_template: str = _h("How the RM sees (prompt, response): auto/chat/plain/response.", default="auto")
     dtype: str | None = _h("Weights dtype for hub models (float32/bfloat16/float16).", default=None)
     device: str | None = _h("Device (None = cuda:LOCAL_RANK if available, else cpu).", default=None)
@@ -64,8 +76,10 @@ class EvalConfig:
     n_prompts: int | None = _h("Prompts per set and seed (None = all).", default=None)
     subsample: str = _h("paper (shuffle with the seed, first n), fixed (one subset), none.", default="paper")
     subset_seed: int = _h("Shuffle seed of the fixed subset.", default=0)
-    methods: tuple[str, ...] = _h(f"Methods to compare: {list(EVAL_METHODS)}; 'NAME@N' runs N samples "
-                                  "(e.g. best_of_n@16).", default=("best_of_n", "expectation", "aps", "entrgi"))
+    methods: tuple[str, ...] = _h("Methods to compare: none, best_of_n, expectation, aps, entrgi (or a registered "
+                                  f"guidance rule), {APS_ANCHORED}, {MATCHED_BON}, {', '.join(PARTICLE_METHODS)}; "
+                                  "'NAME@N' runs N samples (e.g. best_of_n@16).",
+                                  default=("best_of_n", "expectation", "aps", "entrgi"))
     temperatures: tuple[float, ...] = _h("Sampling temperatures τ.", default=(0.1, 0.7))
     seeds: tuple[int, ...] = _h("Seeds (each its own prompt subset under `paper` subsampling).", default=(1, 2, 3))
     sampler: dict = _h("SamplerConfig overrides (not temperature/seed: the grid sets them).", default_factory=dict)
@@ -77,17 +91,21 @@ class EvalConfig:
     perplexity: bool = _h("DLLM pseudo-perplexity of the outputs (one forward per token).", default=True)
     track_reward: bool = _h("Record the RM estimate of the predicted completion at every step.", default=True)
     matched_bon_n: int | None = _h("N of best_of_n_matched (None = matched on estimated FLOPs).", default=None)
+    plugins: tuple[str, ...] = _h("Python files or modules imported first (they register guidance rules, remasking "
+                                  "rules or rewards; docs/extending.md); paths relative to the working directory.",
+                                  default=())
 
     def __post_init__(self) -> None:
-        for name in ("prompt_sets", "methods", "temperatures", "seeds", "judges", "distinct_n"):
+        for name in ("prompt_sets", "methods", "temperatures", "seeds", "judges", "distinct_n", "plugins"):
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
-            if not getattr(self, name):
+            if not getattr(self, name) and name != "plugins":
                 raise ValueError(f"`{name}` must not be empty.")
+        load_plugins(self.plugins)  # first: they may register the methods and rules named below
         for m in self.methods:
-            check_choice("methods", split_method(m)[0], EVAL_METHODS)
+            check_choice("methods", split_method(m)[0], eval_methods())
         for t in self.temperatures:
             check_float("temperatures", t, 0.0)
         for s in self.seeds:
@@ -103,13 +121,15 @@ class EvalConfig:
             check_int("matched_bon_n", self.matched_bon_n, 1)
         check_choice("reward_template", self.reward_template, ("auto", "chat", "plain", "response"))
         if self.dtype is not None:
-            check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+            check_choice("dtype", self.dtype, tuple(DTYPES))
         for grid_key, section in (("temperature", "sampler"), ("seed", "sampler"), ("method", "guidance")):
             if grid_key in getattr(self, section):
                 raise ValueError(f"`{section}.{grid_key}` is set by the grid; use `{grid_key}s` instead.")
         self.sampler_config(self.temperatures[0], self.seeds[0])  # validates the overrides now
         self.guidance_config("entrgi")
         self.particle_config(self.methods[0])  # validated always: the identity holds the resolved values
+        check_pair(self.model, self.reward, [self.guidance_config(m).method for m in self.methods],
+                   flags=("model", "reward"))
 
     # ---- derived configs ------------------------------------------------------------------------
     def sampler_config(self, temperature: float, seed: int, num_samples: int | None = None,

@@ -1,20 +1,9 @@
 """Prompt sources: the paper's benchmarks (through ``datasets``), local files, and shipped sets.
 
-A source spec is a string:
-    continuations | instructions        shipped with the package (offline)
-    rm-bench | judgebench | reward-bench-2
-                                        the paper's benchmarks (HF ``datasets``; needs network or cache)
-    file:PATH[:FIELD]                   a local .jsonl / .json / .csv / .parquet / .txt file
-    hf:DATASET:SPLIT:FIELD              any HF dataset
-
-Subsampling: ``paper`` = shuffle with the seed, take the first n (each seed draws its own subset, as
-``load_dataset(...).shuffle(seed)`` in the paper's code; the permutation is numpy's
-``default_rng(seed).permutation``, which is what ``datasets.Dataset.shuffle`` uses); ``fixed`` =
-one subset for every seed (shuffle with ``subset_seed``); ``none`` = all prompts in file order.
-
-Prompt texts are stripped and empty ones dropped; with ``raw=True`` (``SamplerConfig.match_released``,
-as the released code) they are used as they are: nothing stripped, empty ones kept, so a seed's
-subset is the released code's. In .txt files a prompt is a line either way (blank and # lines skipped).
+A source is ``continuations`` / ``instructions`` (shipped), ``rm-bench`` / ``judgebench`` / ``reward-bench-2``,
+``file:PATH[:FIELD]`` or ``hf:DATASET:SPLIT:FIELD``. Subsampling ``paper`` shuffles with the seed as the
+paper's code does, ``fixed`` draws one subset, ``none`` keeps file order. Prompts are stripped and empty
+ones dropped unless ``raw=True`` (``match_released``). See docs/evaluation.md.
 """
 
 from __future__ import annotations

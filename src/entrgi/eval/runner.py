@@ -1,16 +1,9 @@
 """Run an evaluation grid, resumably, one JSONL record per (prompt, cell) as soon as it exists.
 
-A *cell* is (prompt set, method, temperature τ, seed). For each cell the runner generates K samples
-per prompt, re-scores them with the guiding RM on discrete text, applies the judges and metrics, and
-appends one record per prompt to ``results[.rankR-of-W].jsonl``. Each record is keyed by a hash of
-the run identity, the cell and the prompt, so an interrupted run resumes where it stopped, and a
-record never depends on the number of workers: prompts are sharded round-robin over data-parallel
-workers (``torchrun``/``accelerate launch`` set RANK/WORLD_SIZE/LOCAL_RANK), and every sample has
-its own random stream.
-
-One process writes a results file at a time: it holds ``out/.lock-<results file>`` (pid and host)
-while it runs. A killed run's torn last line is cut away on resume; reading de-duplicates by key and
-lists every line it could not use (:func:`load_results`).
+A cell is (prompt set, method, τ, seed). Records are keyed by a hash of the run identity, the cell and the
+prompt, so a run resumes where it stopped and never depends on the number of workers (prompts are sharded
+round-robin). One process writes a results file at a time (``out/.lock-<file>``); reading de-duplicates and
+lists every unusable line (:func:`load_results`). See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import GUIDED_METHODS
+from ..config import guided_methods
 from ..sampling.outputs import GenerationOutput
 from .config import (
     APS_ANCHORED,
@@ -47,8 +40,6 @@ from .config import (
 from .judges import Judge, load_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -327,19 +318,18 @@ class EvalRunner:
         self.judges = judges if judges is not None else [load_judge(j, device=self.device) for j in cfg.judges]
 
     def _load_pair(self):
+        """The pair by the rule of :func:`entrgi.pair.load_pair` (a model without a reward only when every
+        method is none); a text reward only for methods that never differentiate it."""
+        from ..pair import check_differentiable, load_pair
+
         cfg = self.cfg
-        dtype = DTYPES.get(cfg.dtype) if cfg.dtype else None
-        model = reward = None
-        if cfg.model is None or cfg.reward is None:
-            from ..default_pair import load_default_pair
-            model, reward = load_default_pair(device=self.device, dtype=dtype)
-        if cfg.model is not None:
-            from ..models import load_diffusion_lm
-            model = load_diffusion_lm(cfg.model, family=cfg.family, dtype=dtype, device=self.device)
-        if cfg.reward is not None:
-            from ..reward.hf import HFRewardModel
-            reward = HFRewardModel.from_pretrained(cfg.reward, dtype=dtype, device=self.device,
-                                                   template=cfg.reward_template)
+        model, reward = load_pair(cfg.model, cfg.reward, methods=[cfg.guidance_config(m).method for m in cfg.methods],
+                                  family=cfg.family, dtype=cfg.dtype, device=self.device,
+                                  reward_template=cfg.reward_template, flags=("model", "reward"))
+        needs = [m for m in cfg.methods if cfg.guidance_config(m).guided or split_method(m)[0] in PARTICLE_METHODS]
+        if needs or cfg.track_reward:
+            what = f"methods {needs}" if needs else "`track_reward` (set it to false)"
+            check_differentiable(reward, cfg.reward, what)
         return model, reward
 
     # ---- the grid -------------------------------------------------------------------------------
@@ -427,7 +417,7 @@ class EvalRunner:
                                       track_reward=cfg.track_reward)
         from ..sampling.sampler import generate
         return generate(self.model, texts, self.reward, sampler=sampler, guidance=cfg.guidance_config(cell.method),
-                        progress=False, track_reward=cfg.track_reward)
+                        progress=False, track_reward=cfg.track_reward and self.reward is not None)
 
     def evaluate(self, cell: Cell, prompts: list[Prompt], k: int, identity: str) -> list[dict[str, Any]]:
         out = self.generate(cell, prompts, k)
@@ -438,7 +428,8 @@ class EvalRunner:
             group = out.samples[i]
             texts = [s.text for s in group]
             rewards = [s.reward for s in group]
-            best = max(range(len(group)), key=lambda j: rewards[j])
+            scored = self.reward is not None  # else (method none without a reward) no reward, sample 0 as "best"
+            best = max(range(len(group)), key=lambda j: rewards[j]) if scored else 0
             samples = [{"text": s.text, "reward": s.reward} for s in group]
             judges = {}
             for judge in self.judges:
@@ -452,7 +443,8 @@ class EvalRunner:
             rec = {
                 "key": record_key(identity, name, cell, p, k), "prompt_set": name, "prompt_id": p.id,
                 "prompt": p.text, "method": cell.method, "temperature": cell.temperature, "seed": cell.seed,
-                "num_samples": k, "top1": top1(rewards), "avg": avg(rewards), "best_index": best,
+                "num_samples": k, "top1": top1(rewards) if scored else None,
+                "avg": avg(rewards) if scored else None, "best_index": best,
                 "match_released": out.sampler.match_released,
                 "judges": judges, "distinct": {str(m): distinct_n(texts, m) for m in self.cfg.distinct_n},
                 "samples": samples, "curves": curves(group),
@@ -505,7 +497,7 @@ def matched_n(records: list[dict[str, Any]], set_name: str, temperature: float, 
     c_bon = mean_flops("best_of_n")
     if c_bon is None:
         c_bon = mean_flops("none")  # unguided sampling costs the same
-    guided = [c for c in (mean_flops(m) for m in (*GUIDED_METHODS, APS_ANCHORED, *PARTICLE_METHODS)) if c is not None]
+    guided = [c for c in (mean_flops(m) for m in (*guided_methods(), APS_ANCHORED, *PARTICLE_METHODS)) if c is not None]
     if c_bon is None or not guided:
         raise ValueError("best_of_n_matched needs `best_of_n` (or `none`) and a guided method in the same run "
                          "(or set `matched_bon_n`).")

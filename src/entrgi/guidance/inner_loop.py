@@ -1,20 +1,9 @@
 """The inner loop of reward guidance: M optimiser steps on a copy of the masked positions' logits.
 
-One denoising step (``shared/reference/algorithm.md``, step 3):
-  1. φ = the DLLM's logits at the still-masked response slots, packed (n, V), a fresh leaf; the
-     optimiser (Adam, as the released code, or plain ascent φ += lr·∇R) starts from a fresh state.
-  2. M times: RM input at masked slots = ê (the mixing rule of :mod:`entrgi.guidance.mixing`), committed
-     slots = E_R[token] (constant); slots at or after the first EOS (argmax φ at masked slots) and
-     committed tokens the RM cannot see are masked out; loss = −Σ rewards; backward; step. A non-finite
-     reward or gradient raises :class:`~entrgi.errors.NonFiniteError` before the step.
-  3. The guided logits replace φ at the masked slots; the caller samples and commits from them.
-
-Cost (docs/performance.md): per inner step the (n, V) work is the soft embedding and its gradient
-(chunked over the vocabulary, ``vocab_chunk``), w and the hard sample (no gradient: one chunked entropy
-pass, a top-p nucleus from top-k heads), the argmax and one fused Adam step; the RM runs on
-``[slots ; suffix]`` against the cached prefix (``prefix_cache``).
-Devices: φ, ``table`` and ``rm_mapped`` live on the DLLM's device; the RM inputs (B, L, d) move to the
-RM's device inside :meth:`~entrgi.reward.base.RewardBatch.score`, its rewards come back for the loss.
+One denoising step, step 3 of docs/method.md: φ = the masked slots' logits, a fresh leaf and a fresh
+optimiser (Adam, or plain ascent φ += lr·∇R); M times the RM reads ê (the guidance rule, docs/method.md
+(6)) at masked slots and E_R[token] at committed ones, up to the first EOS; loss = −Σ rewards. A
+non-finite reward or gradient raises :class:`~entrgi.errors.NonFiniteError`. Cost: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -27,8 +16,11 @@ from torch.profiler import record_function
 
 from ..config import ResolvedGuidance
 from ..errors import NonFiniteError, check_rewards
+from ..ops.logit_ops import upcast
 from ..ops.rng import RowStreams
-from .mixing import entropy_weight, reward_input_embeddings, upcast
+from .mixing import entropy_weight, reward_input_embeddings
+from .rules import get_guidance_rule
+from .schedules import inner_stop
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -59,6 +51,10 @@ class GuideResult:
     logits: torch.Tensor
     rewards: torch.Tensor  # (B, M + 1 or M): before each inner step, then after the last when traced
     grad_norms: torch.Tensor  # (B, M): ‖∇_φ R_b‖ over the row's masked slots
+    # RM scoring calls with a gradient graph, and backward passes, that ran (None = M each); with `inner_tol`
+    # fewer, and a row's values after its early stop are NaN in ``rewards`` / ``grad_norms``.
+    forwards: int | None = None
+    backwards: int | None = None
 
 
 def response_attention(ids: torch.Tensor, masked: torch.Tensor, eos_ids: torch.Tensor,
@@ -94,6 +90,7 @@ def guide_logits(
         trace_streams: if given, one extra no-grad evaluation records the reward after the last step.
     """
     cfg = guidance.config
+    rule = get_guidance_rule(cfg.method)
     device = logits.device
     table, rm_mapped = table.to(device), rm_mapped.to(device)
     rm_bias = torch.zeros(rm_mapped.shape, device=device).masked_fill(~rm_mapped, float("-inf"))  # (V,)
@@ -106,12 +103,18 @@ def guide_logits(
     optimizer = make_optimizer(cfg.optimizer, [phi], cfg.lr)
     B = logits.shape[0]
     rewards, grad_norms = [], []
+    # `inner_tol`: the rows still optimising (CPU (B,)); a stopped row keeps its φ, draws no more uniforms and
+    # adds nothing to the loss (docs: entrgi.guidance.schedules). None = every row runs all M steps.
+    live = None if cfg.inner_tol is None else torch.ones(B, dtype=torch.bool)
+    previous = None
+    forwards = backwards = 0
 
-    def rm_view(uniform_source: RowStreams) -> tuple[torch.Tensor, torch.Tensor]:
+    def rm_view(uniform_source: RowStreams, rows_live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        draw_at = masked if rows_live is None else masked & rows_live.to(device).unsqueeze(-1)
         embeds, _ = reward_input_embeddings(
-            phi, table, cfg.method, bias=rm_bias, temperature=guidance.relaxation_temperature,
+            phi, table, rule, bias=rm_bias, temperature=guidance.relaxation_temperature,
             top_p=guidance.hard_top_p, top_k=guidance.top_k, entropy_temperature=guidance.entropy_temperature,
-            uniforms=uniform_source.uniform_at(masked)[masked] if cfg.method != "expectation" else None,
+            uniforms=uniform_source.uniform_at(draw_at)[masked] if rule.needs_hard_sample else None,
             chunk_size=cfg.vocab_chunk, soft_top_k=cfg.soft_top_k)
         resp = committed.masked_scatter(masked.unsqueeze(-1), embeds.to(committed.dtype))  # (B, L, d)
         ids = response_ids.masked_scatter(masked, phi.detach().argmax(-1))
@@ -119,24 +122,45 @@ def guide_logits(
 
     for k in range(cfg.inner_steps):
         with record_function("entrgi.rm_input"):
-            resp, attn = rm_view(streams)
+            resp, attn = rm_view(streams, live)
         with record_function("entrgi.rm_forward"):
             r = score(resp, attn)  # (B,) on the RM's device
+        forwards += 1
+        r_now = r.detach().float().cpu()
+        if live is not None:  # early stop: a row whose last inner step gained less than `inner_tol` leaves
+            check_rewards(r_now, f"inner step {k + 1} of {cfg.inner_steps}", cfg.method)
+            rewards.append(torch.where(live, r_now, torch.full_like(r_now, float("nan"))))
+            if previous is not None:
+                live = live & ~inner_stop(previous, r_now, cfg.inner_tol)
+            previous = r_now
+            if not live.any():
+                break
         optimizer.zero_grad(set_to_none=True)
         with record_function("entrgi.backward"):
-            (-r.sum()).backward()
+            loss = r if live is None or live.all() else r * live.to(device=r.device, dtype=r.dtype)
+            (-loss.sum()).backward()
+        backwards += 1
         with record_function("entrgi.optimizer"):
             sq = torch.zeros(B, device=device, dtype=phi.dtype).index_add_(
                 0, rows, torch.linalg.vector_norm(phi.grad, dim=-1).square())
-            grad_norms.append(sq.sqrt().detach().cpu())
-            rewards.append(r.detach().float().cpu())
-            check_inner_step(rewards[-1], grad_norms[-1], phi.grad, rows, cfg.method, k, cfg.inner_steps)
-            optimizer.step()
+            norms = sq.sqrt().detach().cpu()
+            check_inner_step(r_now, norms, phi.grad, rows, cfg.method, k, cfg.inner_steps)
+            if live is None:
+                rewards.append(r_now)
+                grad_norms.append(norms)
+                optimizer.step()
+            else:
+                grad_norms.append(torch.where(live, norms, torch.full_like(norms, float("nan"))))
+                stopped = (~live).to(device)[rows]  # (n,) the slots of stopped rows keep their φ
+                kept = phi.detach()[stopped]
+                optimizer.step()
+                with torch.no_grad():
+                    phi[stopped] = kept
     if trace_streams is not None:
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
         check_rewards(rewards[-1], "the trace evaluation after the last inner step", cfg.method)
-    return guide_result(logits, masked, phi, rewards, grad_norms)
+    return guide_result(logits, masked, phi, rewards, grad_norms, forwards=forwards, backwards=backwards)
 
 
 def check_inner_step(rewards: torch.Tensor, grad_norms: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor,
@@ -157,13 +181,14 @@ def check_inner_step(rewards: torch.Tensor, grad_norms: torch.Tensor, grad: torc
 
 
 def guide_result(logits: torch.Tensor, masked: torch.Tensor, phi: torch.Tensor, rewards: list[torch.Tensor],
-                 grad_norms: list[torch.Tensor]) -> GuideResult:
+                 grad_norms: list[torch.Tensor], *, forwards: int | None = None,
+                 backwards: int | None = None) -> GuideResult:
     """The guided logits (``logits`` with ``phi`` at the masked slots) and the per-step records, stacked."""
     guided = logits.clone()
     guided[masked] = phi.detach().to(guided.dtype)
     B = logits.shape[0]
     stack = lambda xs: torch.stack(xs, -1) if xs else torch.zeros(B, 0)  # noqa: E731
-    return GuideResult(guided, stack(rewards), stack(grad_norms))
+    return GuideResult(guided, stack(rewards), stack(grad_norms), forwards, backwards)
 
 
 def mean_entropy_weight(logits: torch.Tensor, masked: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,40 +1,24 @@
 """The guidance maths of EntRGi, APS and Expectation: pure functions of logits and an embedding table.
 
-Notation (code name -> paper symbol), following ``shared/reference/algorithm.md``:
-    logits            -> φ      DLLM logits at masked response positions, (..., V)
-    embedding_table   -> E_R    reward model's input-embedding rows, aligned to the DLLM's ids, (V, d)
-    probs             -> q      softmax(φ / τ)
-    soft              -> ē      q · E_R                  (expected embedding, differentiable)
-    hard              -> ẽ      E_R[x], x ~ top_p(q)     (sampled embedding, a real token)
-    weight            -> w      0 (Expectation), 1 (APS), H(softmax(φ / τ_H)) / log V (EntRGi)
-    embeds            -> ê      ē + stopgrad(w · (ẽ − ē))
-
-The forward value of ê is (1 − w)·ē + w·ẽ; its gradient w.r.t. φ is always that of ē alone.
-Nothing here calls a model: the sampler feeds ê to the reward model and owns the loop.
-
-Cost: ē and its gradient are a (n, V) @ (V, d) product each way; with V = 152k the (n, V) tensors
-(q, its cast, the softmax gradient) dominate memory. :func:`expected_embeddings` with ``chunk_size``
-computes both over vocabulary chunks (:class:`ChunkedExpectedEmbedding`) and keeps no (n, V) tensor for
-backward; ``top_k`` is an opt-in approximation (the k most likely ids, renormalised).
+ē = softmax(φ / τ) · E_R (soft), ẽ = E_R[x̃] with x̃ ~ top-p(q) (hard), ê = ē + stopgrad(w · (ẽ − ē)),
+w from the guidance rule (:mod:`entrgi.guidance.rules`): docs/method.md (4)–(7). Nothing here calls a
+model. :func:`expected_embeddings` can compute ē and its gradient over vocabulary chunks, without (n, V)
+intermediates for backward (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from ..ops.logit_ops import draw, exp_flushed_, scale
+from ..ops.logit_ops import draw, exp_flushed_, scale, upcast
+from ..registry import GUIDANCE_RULES
 
-MixingMethod = Literal["expectation", "aps", "entrgi"]
-MIXING_METHODS: tuple[str, ...] = ("expectation", "aps", "entrgi")
-
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32; float32/float64 unchanged (softmax over 150k ids needs the bits)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+if TYPE_CHECKING:
+    from .rules import GuidanceRule
 
 
 def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -179,22 +163,34 @@ def _expected_embeddings(logits, embedding_table, temperature, bias, chunk_size,
     return soft.view(*lead, embedding_table.shape[1]), lse
 
 
-def mixing_weight(logits: torch.Tensor, method: str, entropy_temperature: float = 1.0) -> torch.Tensor:
-    """w per position for ``method``: 0 (expectation), 1 (aps) or the entropy weight (entrgi)."""
-    dtype = upcast(logits).dtype
-    if method == "expectation":
-        return torch.zeros(logits.shape[:-1], dtype=dtype, device=logits.device)
-    if method == "aps":
-        return torch.ones(logits.shape[:-1], dtype=dtype, device=logits.device)
-    if method == "entrgi":
-        return entropy_weight(logits, entropy_temperature)
-    raise ValueError(f"`method` must be one of {MIXING_METHODS}, got {method!r}.")
+def mixing_weight(logits: torch.Tensor, method: str | GuidanceRule, entropy_temperature: float = 1.0) -> torch.Tensor:
+    """w per position (``logits.shape[:-1]``) of the guidance rule ``method``: 0 (expectation), 1 (aps), the
+    entropy weight (entrgi) or a registered rule's. A registered rule's w must have that shape and lie in
+    [0, 1] (``ValueError`` otherwise)."""
+    rule = GUIDANCE_RULES.get(method) if isinstance(method, str) else method
+    w = rule.weight(logits, entropy_temperature)
+    if GUIDANCE_RULES.is_builtin(rule.name) and GUIDANCE_RULES.get(rule.name) is rule:
+        return w
+    return _checked_weight(rule.name, w, logits)
+
+
+def _checked_weight(name: str, w: object, logits: torch.Tensor) -> torch.Tensor:
+    """A registered rule's w as a detached tensor of ``logits``' float dtype, after checking its shape and range."""
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) != tuple(logits.shape[:-1]):
+        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"guidance rule {name!r}: `weight` must return a tensor of shape {tuple(logits.shape[:-1])} "
+                         f"(one w per slot), got {got}.")
+    w = w.detach().to(upcast(logits).dtype)
+    if not bool(((w >= 0) & (w <= 1)).all()):  # also False for NaN
+        bad = w[~((w >= 0) & (w <= 1))][:3].tolist()
+        raise ValueError(f"guidance rule {name!r}: `weight` must lie in [0, 1], got values such as {bad}.")
+    return w
 
 
 def reward_input_embeddings(
     logits: torch.Tensor,
     embedding_table: torch.Tensor,
-    method: str,
+    method: str | GuidanceRule,
     *,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -210,8 +206,10 @@ def reward_input_embeddings(
 
     1. q = softmax(logits / temperature); soft = q @ embedding_table.
     2. x ~ top-p/top-k-filtered q (inverse CDF with ``uniforms`` (...,) if given, else uniforms drawn
-       with ``generator``); hard = embedding_table[x]. Skipped for ``expectation`` (w = 0).
-    3. embeds = soft + stopgrad(w · (hard − soft)), w from :func:`mixing_weight`.
+       with ``generator``); hard = embedding_table[x]. Skipped when the rule has no hard sample
+       (``expectation``: w = 0).
+    3. embeds = soft + stopgrad(w · (hard − soft)), w from the guidance rule ``method`` (a registered name
+       or a :class:`~entrgi.guidance.rules.GuidanceRule`; :func:`mixing_weight`).
 
     Ids whose logit is −inf (invalid or unmapped ids) get q = 0 and are never sampled.
 
@@ -219,18 +217,17 @@ def reward_input_embeddings(
     (n, V) logits (w and the hard sample use ``logits + bias``, without gradient); ``chunk_size`` and
     ``soft_top_k`` go to :func:`expected_embeddings` (``soft_top_k`` is an approximation).
     """
-    if method not in MIXING_METHODS:
-        raise ValueError(f"`method` must be one of {MIXING_METHODS}, got {method!r}.")
+    rule = GUIDANCE_RULES.get(method) if isinstance(method, str) else method
     if logits.shape[-1] != embedding_table.shape[0]:
         raise ValueError(
             f"`embedding_table` must have one row per logit ({logits.shape[-1]}), got {embedding_table.shape[0]}."
         )
     soft, lse = _expected_embeddings(logits, embedding_table, temperature, bias, chunk_size, soft_top_k)  # (..., d)
-    if method == "expectation":
-        return soft, mixing_weight(logits, method)
+    if not rule.needs_hard_sample:  # w ≡ 0: ê = ē, no draw
+        return soft, torch.zeros(logits.shape[:-1], dtype=upcast(logits).dtype, device=logits.device)
     with torch.no_grad():
         x = logits.detach() if bias is None else logits.detach() + bias  # (..., V)
-        weight = mixing_weight(x, method, entropy_temperature)  # (...,)
+        weight = mixing_weight(x, rule, entropy_temperature)  # (...,)
         if uniforms is None:
             uniforms = torch.rand(logits.shape[:-1], generator=generator, device=logits.device)
         hard = embedding_table[draw(x, uniforms, temperature, top_p, top_k, lse=lse)]  # (..., d)

@@ -125,6 +125,21 @@ class DiffusionLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
+    # ---- DLLM KV cache (block decoding) -----------------------------------------------------------
+    #: ``SamplerConfig.kv_cache`` modes this adapter implements (Dream and LLaDA: also prefix and dual).
+    KV_CACHE_MODES: tuple[str, ...] = ("none",)
+
+    def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
+        """The sampler starts block [start, end) of the canvas ``input_ids`` with ``SamplerConfig.kv_cache``
+        = ``mode``; adapters with a KV cache (:mod:`entrgi.models.cache`) override this."""
+        if mode not in self.KV_CACHE_MODES:
+            raise ValueError(f"`kv_cache` = {mode!r} is not available for the {type(self).__name__} adapter (it "
+                             f"supports {list(self.KV_CACHE_MODES)}; Dream and LLaDA have 'prefix' and 'dual'): set "
+                             "`kv_cache` to 'none'.")
+
+    def invalidate_kv_cache(self) -> None:
+        """Recompute the cached keys/values at the next forward (no cache here: nothing to do)."""
+
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,13 @@
 """A transformers decoder stack run as a bidirectional encoder, and the adapter that reads it.
 
-Dream (Qwen2 layers) and LLaDA (LLaMA layers) are decoder-only transformers trained without the
-causal mask. :class:`BidirectionalLM` holds a transformers ``Qwen2Model``/``LlamaModel`` (used as a
-container of its embedding, decoder layers, rotary embedding and final norm) plus an output layer,
-and runs the layers itself with a *bidirectional* mask: every query sees every real key, padding
-keys are masked (``transformers.masking_utils.create_bidirectional_mask``), and each attention
-module's ``is_causal`` flag is off so that SDPA/flash kernels never add a causal mask of their own.
+:class:`BidirectionalLM` holds a ``Qwen2Model`` / ``LlamaModel`` (its embedding, decoder layers, rotary
+embedding and final norm) plus an output layer, and runs the layers with a bidirectional mask: padding
+keys masked, every attention module's ``is_causal`` off. The output layer runs only on response slots.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from .base import DiffusionLM
+from .cache import KV_CACHE_MODES, BlockKVCache
 from .checkpoint import build_empty, load_safetensors, load_tokenizer, read_config, resolve_checkpoint
 
 
@@ -37,22 +36,33 @@ class BidirectionalLM(nn.Module):
             self.lm_head.weight = decoder.embed_tokens.weight
         for layer in decoder.layers:
             layer.self_attn.is_causal = False
+        params = inspect.signature(decoder.layers[0].forward).parameters if len(decoder.layers) else {}
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.x / older 5.x
 
     @property
     def config(self):
         return self.model.config
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-norm hidden states (B, N, h); ``attention_mask`` (B, N) 1 = real token, 0 = padding."""
-        hidden = self.model.embed_tokens(input_ids)  # (B, N, h)
+                      position_ids: torch.Tensor | None = None, *, cache: BlockKVCache | None = None,
+                      window: tuple[int, int] | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, N, h); ``attention_mask`` (B, N) 1 = real token, 0 = padding.
+
+        With ``cache`` (:class:`~entrgi.models.cache.BlockKVCache`) every layer's keys/values go through it:
+        recorded during a full forward, or, with ``window`` = (a, b), only positions a … b − 1 run (their
+        own ids and position ids) against the cached keys/values of all N positions; returns (B, b − a, h)."""
+        B, N = input_ids.shape
+        a, b = window if window is not None else (0, N)
+        hidden = self.model.embed_tokens(input_ids[:, a:b])  # (B, q, h)
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=hidden.device).expand(input_ids.shape[0], -1)
-        # (B, 1, N, N) with padding keys off, or None when nothing is padded (full attention)
+            position_ids = torch.arange(N, device=hidden.device).expand(B, -1)
+        position_ids = position_ids[:, a:b]
+        # (B, 1, q, N) with padding keys off, or None when nothing is padded (full attention)
         mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        rope = self.model.rotary_emb(hidden, position_ids)  # (cos, sin), each (B, N, head_dim)
+        rope = self.model.rotary_emb(hidden, position_ids)  # (cos, sin), each (B, q, head_dim)
+        extra = {self._cache_kwarg: cache} if cache is not None else {}
         for layer in self.model.layers:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids, **extra)
         return self.model.norm(hidden)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -104,16 +114,81 @@ class BidirectionalDLLM(DiffusionLM):
                                   device_map=device_map, no_split_module_classes=[cls.decoder_layer])
         return cls.from_module(module, tokenizer, raw, **overrides)
 
+    # ---- KV cache (block decoding) -----------------------------------------------------------------
+    KV_CACHE_MODES = KV_CACHE_MODES
+    _kv: BlockKVCache | None = None
+
+    def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
+        """Start block [start, end) of the canvas ``input_ids`` with the DLLM KV cache ``mode``
+        (:mod:`entrgi.models.cache`): the next :meth:`response_logits` of this canvas runs it whole and keeps
+        every layer's keys/values, the later ones run only the block's query window against them.
+        ``none`` drops any cache; the block already begun on this canvas keeps its cache (so the sampler may
+        call this before every forward)."""
+        super().begin_block(mode, input_ids, start, end)
+        kv = self._kv
+        if kv is not None and kv.owns(input_ids) and (kv.mode, kv.start, kv.end) == (mode, start, end):
+            return
+        self._kv = None if mode == "none" else BlockKVCache(mode, input_ids, start, end, int(self.shift_logits))
+
+    def invalidate_kv_cache(self) -> None:
+        """Recompute the block's keys/values at the next forward (a full, exact one)."""
+        if self._kv is not None:
+            self._kv.begin_recording()
+
+    @property
+    def kv_cache(self) -> BlockKVCache | None:
+        """The current block's cache (None without one)."""
+        return self._kv
+
+    def _window_head(self, hidden: torch.Tensor, offset: int, start: int, n: int) -> tuple[slice, torch.Tensor]:
+        """Logits of the response slots ``start … n − 1`` whose source hidden state (slot j: j − 1 with the
+        right shift, slot 0 its own) lies in ``hidden`` (B, q, h) = positions offset … offset + q − 1: (those
+        slots as a slice relative to ``start``, their logits)."""
+        q, shift = hidden.shape[1], int(self.shift_logits)
+        lo = 0 if (shift and offset == 0 and start == 0) else max(start, offset + shift)
+        hi = min(n, offset + q + shift)
+        src = (torch.arange(lo, hi, device=hidden.device) - shift).clamp_min(0) - offset
+        return slice(lo - start, hi - start), self.module.lm_head(hidden[:, src])
+
     def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                         start: int) -> torch.Tensor:
         """Logits (B, N − start, V) of the slots ``start …``; with the right shift these come from the
         hidden states at ``start − 1 … N − 2`` (slot 0 keeps its own). V = 152k makes the full (B, N, V)
-        tensor the largest activation, so it is never formed."""
-        hidden = self.module.hidden_states(input_ids, attention_mask, position_ids)  # (B, N, h)
+        tensor the largest activation, so it is never formed.
+
+        With a block begun on this canvas (:meth:`begin_block`) the DLLM KV cache is used: see
+        :mod:`entrgi.models.cache`."""
+        kv = self._kv
+        if kv is not None and kv.owns(input_ids):
+            return self._cached_response_logits(kv, input_ids, attention_mask, position_ids, start)
+        return self._logits_of(self.module.hidden_states(input_ids, attention_mask, position_ids), start,
+                               input_ids.device)
+
+    def _logits_of(self, hidden: torch.Tensor, start: int, device) -> torch.Tensor:
+        """Logits (B, N − start, V) of the slots ``start …`` from all hidden states (B, N, h)."""
         n = hidden.shape[1]
         if self.shift_logits:
             src = torch.arange(start - 1, n - 1, device=hidden.device).clamp_min(0)
             hidden = hidden[:, src]  # (B, N − start, h)
         else:
             hidden = hidden[:, start:]
-        return self.module.lm_head(hidden).to(input_ids.device)  # (B, N − start, V)
+        return self.module.lm_head(hidden).to(device)  # (B, N − start, V)
+
+    def _cached_response_logits(self, kv: BlockKVCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                position_ids: torch.Tensor, start: int) -> torch.Tensor:
+        n = input_ids.shape[1]
+        if not kv.usable(input_ids, attention_mask, position_ids):  # first step of the block, or a changed canvas
+            kv.begin_recording()
+            hidden = self.module.hidden_states(input_ids, attention_mask, position_ids, cache=kv)
+            kv.query_tokens = n
+            logits = self._logits_of(hidden, start, input_ids.device)
+            kv.finish_recording(input_ids, attention_mask, position_ids, logits)
+            return logits
+        a, b = kv.window
+        hidden = self.module.hidden_states(input_ids, attention_mask, position_ids, cache=kv, window=(a, b))
+        kv.query_tokens = b - a
+        kv.cached_forwards += 1
+        slots, fresh = self._window_head(hidden, a, start, n)
+        out = kv.logits.clone()  # the block's first step at the slots whose source is outside the window
+        out[:, slots] = fresh.to(out.device, out.dtype)
+        return out

@@ -1,11 +1,9 @@
-"""Checkpoints on disk: hub id -> local folder, ``config.json``, RoPE settings, tokenizers, and strict
-safetensors loading, with the checks that refuse a broken checkpoint (missing folder or files, truncated
-weights, a tokenizer without its vocabulary) as a ``ValueError`` naming the path.
+"""Checkpoints on disk: hub id -> local folder, ``config.json``, RoPE settings, tokenizers, strict safetensors.
 
-Nothing here runs code shipped with a checkpoint. ``config.json`` is read as JSON (``AutoConfig`` would
-need the remote code of unknown model types), tokenizers that name a custom class are loaded with the
-native class they are equivalent to, and weights are copied tensor by tensor into a module built here,
-after every name and shape has been checked (as nanoGPT's ``from_pretrained`` does).
+Nothing here runs code shipped with a checkpoint: ``config.json`` is read as JSON, tokenizers are loaded
+with a native class, and weights are copied into a module built here after every name and shape is checked.
+A broken checkpoint (missing files, truncated weights, a tokenizer without its vocabulary) is a
+``ValueError`` naming the path (docs/models.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Dream (``Dream-org/Dream-v0-Instruct-7B``) on transformers 5, without its remote code.
 
-Dream is Qwen2.5-7B trained as a masked diffusion LM: the Qwen2 decoder layers (q/k/v biases, GQA,
-RoPE θ = 1e6, RMSNorm, SwiGLU) with **bidirectional** attention and a **right shift** of the logits
-(position i is predicted by hidden state i−1). The layers are transformers' own ``Qwen2Model`` pieces
-run by :class:`~entrgi.models.bidirectional.BidirectionalLM`; the checkpoint's weight names are the
-module's names (``model.embed_tokens.weight``, ``model.layers.N.self_attn.q_proj.{weight,bias}``, …,
-``model.norm.weight``, ``lm_head.weight``) and are loaded strictly.
-
-Tokens (Qwen2.5 BPE + two additions): ``<|endoftext|>`` 151643 is eos = pad, ``<|im_end|>`` 151645
-ends the assistant turn, ``<|beginoftext|>`` 151665, ``<|mask|>`` 151666; logit rows 151667…152063 are
-padding. The chat template is the tokenizer's own (Qwen2.5 style, default system prompt).
+Qwen2 decoder layers run bidirectionally by :class:`~entrgi.models.bidirectional.BidirectionalLM`, with
+the logits shifted right (position i is predicted by hidden state i−1). Weight names are the module's own
+and load strictly. ``<|endoftext|>`` 151643 is eos = pad, ``<|im_end|>`` 151645 ends the assistant turn,
+``<|mask|>`` 151666 is the mask; logit rows from 151667 on are padding (docs/models.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """LLaDA (``GSAI-ML/LLaDA-8B-Instruct``) on transformers 5, without its remote code.
 
-LLaDA-8B is a LLaMA-style transformer trained as a masked diffusion LM: pre-norm RMSNorm blocks,
-multi-head attention with RoPE (θ = 5e5), SwiGLU MLP (``ff_out(silu(ff_proj(x)) * up_proj(x))``),
-**bidirectional** attention and **no** logit shift. The layers are transformers' ``LlamaModel``
-pieces run by :class:`~entrgi.models.bidirectional.BidirectionalLM`.
-
-Its checkpoint uses OLMo-style names (``model.transformer.wte``, ``model.transformer.blocks.N.q_proj``,
-``attn_out``, ``ff_proj``/``up_proj``/``ff_out``, ``attn_norm``/``ff_norm``, ``model.transformer.ln_f``,
-``model.transformer.ff_out``) and config keys (``d_model``, ``n_layers``, ``n_heads``, ``n_kv_heads``,
-``mlp_hidden_size``, ``embedding_size``, ...); :data:`BLOCK_NAMES` maps them onto the module at load
-time, and only the architecture options LLaDA-8B uses are accepted (:func:`llama_config` names any other).
-
-Tokens: ``<|mdm_mask|>`` 126336 is the mask, ``<|endoftext|>`` 126081 eos = pad, ``<|eot_id|>`` 126348
-ends the assistant turn. Positions: the released code numbers positions 0…N−1 including left padding;
-here position ids skip padding (identical for unpadded rows, and a row's logits do not depend on its
-batch). Its RoPE is applied in float32 (``rope_full_precision``); transformers' in the compute dtype.
+LLaMA decoder layers run bidirectionally by :class:`~entrgi.models.bidirectional.BidirectionalLM`, no
+logit shift. The checkpoint's OLMo-style names are mapped by :data:`BLOCK_NAMES`, and only the
+architecture options LLaDA-8B uses are accepted. ``<|mdm_mask|>`` 126336 is the mask, ``<|endoftext|>``
+126081 eos = pad, ``<|eot_id|>`` 126348 ends the turn. Position ids skip left padding (docs/models.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ import torch
 NEG_INF = float("-inf")
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32; float32/float64 unchanged (a softmax over 150k ids needs the bits)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / τ, with τ = 0 meaning *greedy*: the argmax gets 0 and every other id −inf."""
     if temperature == 0:
@@ -113,7 +118,7 @@ def nucleus_groups(logits: torch.Tensor, top_p: float, temperature: float = 1.0,
     boundary is exact to ~1e-7 relative.
     """
     n, V = logits.shape
-    x = upcast_probs(logits)
+    x = upcast(logits)
     lse = logsumexp_chunked(x, temperature) if lse is None else lse.double()  # (n,)
     rows = torch.arange(n, device=logits.device)
     x = x.contiguous()
@@ -189,7 +194,7 @@ def nucleus_by_buckets(x: torch.Tensor, lse: torch.Tensor, top_p: float, tempera
     sort keeps is its order's choice; ~1e-3 of random float32 rows). Other rows get an all-False mask.
     ``lse`` (c,): logsumexp(x / τ), float64.
     """
-    x = upcast_probs(x).contiguous()
+    x = upcast(x).contiguous()
     c, V = x.shape
     dev = x.device
     hi = x.amax(-1, keepdim=True)
@@ -252,11 +257,6 @@ def nucleus_by_buckets(x: torch.Tensor, lse: torch.Tensor, top_p: float, tempera
     return keep, ok
 
 
-def upcast_probs(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32 (probabilities over 150k ids need the bits); float32/float64 unchanged."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of ids whose probability reaches ``top_p`` (the most likely id always stays).
 
@@ -309,15 +309,8 @@ def sample_from_logits(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Te
 
     ``uniforms`` in [0, 1). An id with probability 0 is never returned.
     """
-    probs = logits.double().softmax(-1)
-    cdf = probs.cumsum(-1)
-    total = cdf[..., -1:]
-    target = (uniforms.to(cdf.dtype).unsqueeze(-1) * total).clamp(max=total * (1 - 1e-7))
-    ids = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
-    ids = ids.clamp(max=logits.shape[-1] - 1)
-    # Guard against landing on a zero-probability id at the float boundary: fall back to argmax.
-    bad = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) <= 0
-    return torch.where(bad, probs.argmax(-1), ids)
+    V = logits.shape[-1]
+    return inverse_cdf(logits.double().reshape(-1, V), uniforms.reshape(-1)).view(logits.shape[:-1])
 
 
 def draw(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float = 1.0,
@@ -340,7 +333,7 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p
     if top_p >= 1.0:
         return sample_from_logits(x, uniforms)
     V = x.shape[-1]
-    flat, u = upcast_probs(x).reshape(-1, V), uniforms.reshape(-1)
+    flat, u = upcast(x).reshape(-1, V), uniforms.reshape(-1)
     out = torch.empty(flat.shape[0], dtype=torch.long, device=x.device)
     lse = lse.reshape(-1) if lse is not None and top_k is None else None
     for rows, ids, keep in nucleus_groups(flat, top_p, tau, lse=lse, sort_rest=False):
@@ -351,18 +344,19 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p
             vals = torch.full(keep.shape, NEG_INF, dtype=torch.float64, device=x.device)  # as by_id below
             vals.masked_scatter_(torch.arange(V, device=x.device) < count.unsqueeze(-1),
                                  src.div_(tau) if tau != 1.0 else src)
-            j = torch.minimum(_inverse_cdf(vals, u[rows]), count - 1)
+            j = torch.minimum(inverse_cdf(vals, u[rows]), count - 1)
             out[rows] = at[count.cumsum(0) - count + j] % V
             continue
         by_id = torch.where(keep, ids, V).sort(-1).values  # (r, k) kept ids ascending, V = padding
         vals = (flat[rows.unsqueeze(-1), by_id.clamp_max(V - 1)].double() / tau).masked_fill(by_id == V, NEG_INF)
-        out[rows] = by_id.gather(-1, _inverse_cdf(vals, u[rows]).unsqueeze(-1)).squeeze(-1)
+        out[rows] = by_id.gather(-1, inverse_cdf(vals, u[rows]).unsqueeze(-1)).squeeze(-1)
     return out.view(x.shape[:-1])
 
 
-def _inverse_cdf(vals: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The column of the inverse-CDF draw from softmax(vals) (r, k) for uniforms ``u`` (r,), as
-    :func:`sample_from_logits` (never a zero-probability column)."""
+def inverse_cdf(vals: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The column of the inverse-CDF draw from softmax(vals) (r, k) for uniforms ``u`` (r,) in [0, 1): the
+    first column whose cumulative probability exceeds u · total; never a zero-probability column (a draw
+    that lands on one at the float boundary falls back to the argmax)."""
     probs = vals.softmax(-1)
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
@@ -380,5 +374,9 @@ def sample_gumbel_max(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
 
     LLaDA's ``add_gumbel_noise`` writes this as argmax(exp(logits) / (−log u)^τ) on logits not yet
     divided by τ; both draw from softmax(logits / τ)."""
-    g = -torch.log(-torch.log(uniforms.double().clamp(1e-300, 1 - 1e-16)))
-    return (logits.double() + g).argmax(-1)
+    return (logits.double() + gumbel(uniforms)).argmax(-1)
+
+
+def gumbel(uniforms: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise −log(−log u), float64, from uniforms in [0, 1) (clamped away from 0 and 1)."""
+    return -torch.log(-torch.log(uniforms.double().clamp(1e-300, 1 - 1e-16)))

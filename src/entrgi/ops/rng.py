@@ -34,12 +34,6 @@ class RowStreams:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def select(self, rows: Sequence[int]) -> RowStreams:
-        """A view on a subset of rows (the generators are shared, not copied)."""
-        out = RowStreams([], self.device)
-        out.generators = [self.generators[r] for r in rows]
-        return out
-
     def uniform_at(self, mask: torch.Tensor) -> torch.Tensor:
         """Uniforms in [0, 1) at the True entries of ``mask`` (B, L), drawn from row b's stream in
         position order; 0 elsewhere. Row b consumes exactly ``mask[b].sum()`` draws."""

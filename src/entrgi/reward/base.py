@@ -1,15 +1,9 @@
 """Reward models read through input embeddings, and the batch layout that feeds them.
 
-A reward model scores ``[context prefix ; response ; context suffix]``. The prefix/suffix come from
-the RM's own formatting of the user prompt (its chat template split at a placeholder, or plain
-text), are tokenised once per prompt, and stay constant; the response slots carry the embeddings
-that guidance optimises. :class:`RewardBatch` lays a batch out left-padded, so every row ends at the
-same position, with position ids that skip padding and masked-out slots.
-
-Prefix cache: a causal decoder RM's keys/values over the prompt prefix do not depend on what follows,
-so :class:`RewardBatch` (``prefix_cache=True``, for RMs whose :attr:`RewardModel.supports_prefix_cache`)
-encodes ``[pad ; prefix_b]`` once and each scoring call runs only ``[L slots ; pad ; suffix_b]``
-against the cached prefix: the same rewards (float rounding), gradients only through the response.
+A reward model scores ``[context prefix ; response ; context suffix]``: the prefix and suffix come from the
+RM's formatting of the prompt and stay constant, the response slots carry the embeddings guidance optimises.
+:class:`RewardBatch` lays a batch out left-padded, position ids skipping padding and masked-out slots, and
+can encode the prompt prefix once for causal RMs (the prefix cache; docs/rewards.md).
 """
 
 from __future__ import annotations

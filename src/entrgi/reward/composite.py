@@ -1,23 +1,9 @@
 """Weighted sums of rewards: R = Σ_i w_i · R_i, each R_i possibly on its own tokenizer.
 
-Two kinds, because the guidance loop differentiates one embedding-level input:
-
-- :class:`CompositeReward` (differentiable members, :class:`~entrgi.reward.base.RewardModel`\\ s).
-  - Members that share one tokenizer and lay every prompt out the same way (same template
-    prefix/suffix ids) make an ordinary RewardModel that today's samplers use unchanged: its table is
-    the members' tables side by side, ``[E_1 | E_2 | …]`` (V, Σ d_i), so one soft embedding q·[E_1|E_2]
-    = [q·E_1 | q·E_2] (and one hard row, one EntRGi mix) feeds every member exactly; the forward splits
-    the columns and sums the weighted rewards. Members without a prefix cache get the prefix back
-    (whole rows) while the others use theirs.
-  - Members on different tokenizers or templates need one RewardBatch and one vocabulary bridge
-    each. :meth:`CompositeReward.guidance_view` builds that per batch: a :class:`GuidanceView` with
-    the same ``table`` / ``mapped`` / ``score`` the guidance loop takes from a single RM (the table
-    aligned to the DLLM's ids member by member, side by side; ids visible to every member), so
-    the loop is unchanged; the sampler must ask the reward for the view (see the view's docstring).
-    Without that hook such a composite scores texts only (:meth:`~CompositeReward.score_texts`).
-- :class:`CompositeTextReward` (any members: RewardModels, :class:`~entrgi.reward.text.TextReward`\\ s,
-  plain functions, ``module:function`` strings): a text-level sum, each member re-tokenising decoded
-  text its own way; for Best-of-N, particle weights and judges, never differentiated.
+:class:`CompositeReward` sums differentiable members: on one tokenizer its table is the members' tables
+side by side, on several :meth:`CompositeReward.guidance_view` gives the guidance loop one view per batch.
+:class:`CompositeTextReward` sums any members on decoded text and is never differentiated
+(docs/rewards.md).
 """
 
 from __future__ import annotations

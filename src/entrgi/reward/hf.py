@@ -1,15 +1,8 @@
 """Any Hugging Face ``*ForSequenceClassification`` as a reward model (Skywork-Reward-V2 and others).
 
-Decoder classifiers (Qwen3, Llama, Gemma, ... the ``GenericForSequenceClassification`` family) are
-run as base model + score head, reading the score at each row's last *attended* position: HF's own
-forward cannot find padding when given ``inputs_embeds`` and would read position −1. Other
-classifiers (BERT-style, pooled at [CLS]) are called as they are.
-
-Decoder classifiers support the prefix cache of :class:`~entrgi.reward.base.RewardBatch`: the prefix's
-keys/values are computed once (``encode_prefix``) and each call runs the continuation against a
-read-only cache (:class:`FrozenPrefixLayer`: transformers' ``DynamicLayer`` whose ``update`` returns
-prefix + new states without storing them, so one prefix serves every call, backward included, and
-gradient checkpointing may replay a layer).
+Decoder classifiers (the ``GenericForSequenceClassification`` family) run as base model + score head,
+read at each row's last attended position, and support the prefix cache through a read-only cache layer
+(:class:`FrozenPrefixLayer`). Other classifiers (BERT-style) are called as they are (docs/rewards.md).
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
 """Any causal LM (``*ForCausalLM``) as a differentiable reward: the mean log-probability of the response.
 
-reward(prompt, response) = mean over the scored tokens of log p_LM(token | everything before it), where
-the scored tokens are the response's and the template's text after it (the chat template's end of
-turn, so ending the turn is part of the score; ``plain`` / ``response`` templates add nothing after the
-response, and an empty response then scores 0). The prompt side (the template's text before the
-response) is context only; a ``response`` template with no BOS token starts from the EOS token.
-
-Soft inputs. Guidance feeds each response slot an embedding ê = Σ_v q_v e_v (or a hard row, or their
-EntRGi mix). The LM reads ê as its input, and the same q gives the slot's *target*: the expected
-log-probability Σ_v q_v log p(v | ·) = (Σ_v q_v w_v)·h − logsumexp(W h) for an LM head W (rows w_v,
-bias b). So :meth:`LikelihoodReward.embedding_table` is ``[E | W | b]`` (one copy), or E itself when the
-head is tied to the input embeddings and has no bias; the vocabulary bridge maps the DLLM's ids to its
-rows as for any RM, so the DLLM and the LM may use different tokenizers. On hard tokens the reward is
-exactly the discrete computation (:meth:`LikelihoodReward.score_texts`: the model's normal forward on
-the ids, log-softmax, the log-probs of the actual next tokens).
-
-Layout. The scored positions are found through the prefix-cache layout of
-:class:`~entrgi.reward.base.RewardBatch` (prefix encoded once, each call runs ``[L slots ; pad ; suffix]``):
-every attended position of the continuation is scored, predicted from the previous attended position
-(the prefix's last token for the first). The whole-row layout (``GuidanceConfig(prefix_cache=False)``)
-does not say where the prompt ends, so :meth:`forward_embeds` refuses it with a clear message.
+The LM reads the soft slot embedding ê = Σ_v q_v e_v, and the same q gives the slot's target, the expected
+log-probability (Σ_v q_v w_v)·h − logsumexp(W h); so the embedding table is ``[E | W | b]``. On hard tokens
+the reward equals the discrete computation. It needs the prefix-cache layout (docs/rewards.md).
 """
 
 from __future__ import annotations

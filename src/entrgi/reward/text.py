@@ -1,38 +1,25 @@
 """Rewards that are code on text: any Python function of ``(prompt, response)`` as a reward.
 
-Unit tests that pass, a regex or length constraint, a classifier behind an HTTP API, an LLM judge:
-they score decoded text and are never differentiated, so they rank Best-of-N samples, weight
-particles and judge results, but cannot give guidance gradients (:class:`~entrgi.reward.base.RewardModel`
-does). :class:`TextReward` wraps
-
-- a per-item function ``fn(prompt, response) -> float`` (called once per item, optionally from
-  ``max_workers`` threads), or
-- a batched function ``fn(prompts, responses) -> scores`` (``batched=True`` or the :func:`batched`
-  decorator; called on chunks of ``batch_size``, chunks optionally in parallel),
-
-either of which may be ``async def`` (then up to ``max_workers`` calls are awaited concurrently).
-Scores come back in input order, as finite float32 numbers; ``bool`` results count as 0 / 1.
-
-:func:`load_text_reward` reads the CLI/YAML spelling ``module:function`` or ``path/to/file.py:function``.
+:class:`TextReward` wraps a per-item or batched function (sync or ``async``, optionally threaded); scores
+come back in input order as finite float32. Never differentiated: it ranks Best-of-N samples, weights
+particles and judges results. :func:`load_text_reward` reads the CLI/YAML spelling ``module:function`` or
+``path/to/file.py:function`` (docs/rewards.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import math
 import numbers
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..plugins import import_file, import_module, is_file_spec
 
 BATCHED_ATTR = "entrgi_batched"
 
@@ -218,7 +205,7 @@ def split_spec(spec: str) -> tuple[str, str, bool]:
     if not where or not attr or not all(part.isidentifier() for part in attr.split(".")):
         raise ValueError(f"text reward {spec!r}: expected {SPELLING} (a module or .py file, a colon, then the "
                          "name of a function in it).")
-    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    is_file = is_file_spec(where)
     if not is_file and not all(part.isidentifier() for part in where.split(".")):
         raise ValueError(f"text reward {spec!r}: {where!r} is neither a module name nor a .py file; expected "
                          f"{SPELLING}.")
@@ -226,35 +213,12 @@ def split_spec(spec: str) -> tuple[str, str, bool]:
 
 
 def _import_file(spec: str, where: str):
-    path = Path(where).expanduser().resolve()
-    if not path.is_file():
-        raise ValueError(f"text reward {spec!r}: file {where!r} not found (resolved to {str(path)!r}).")
-    name = f"entrgi_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    mod_spec = importlib.util.spec_from_file_location(name, path)
-    if mod_spec is None or mod_spec.loader is None:
-        raise ValueError(f"text reward {spec!r}: {where!r} cannot be loaded as a Python file.")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[name] = module
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise ValueError(f"text reward {spec!r}: running {where!r} failed: {type(e).__name__}: {e}") from e
-    return module
+    return import_file(where, f"text reward {spec!r}")
 
 
 def _import_module(spec: str, where: str):
-    try:
-        return importlib.import_module(where)
-    except ModuleNotFoundError as e:
-        if e.name and (where == e.name or where.startswith(e.name + ".")):
-            raise ValueError(f"text reward {spec!r}: no module named {where!r} (check the spelling and that it is "
-                             f"installed or on PYTHONPATH, or give a file: 'path/to/file.py:function').") from e
-        raise ValueError(f"text reward {spec!r}: importing {where!r} failed: {e}") from e
-    except Exception as e:
-        raise ValueError(f"text reward {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}") from e
+    return import_module(where, f"text reward {spec!r}", "check the spelling and that it is installed or on "
+                                                         "PYTHONPATH, or give a file: 'path/to/file.py:function'")
 
 
 def load_callable(spec: str) -> Any:

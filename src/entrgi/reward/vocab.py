@@ -144,7 +144,3 @@ class VocabBridge:
         cached[device] = table.detach().to(device)
         self._tables = {key: cached}
         return cached[device]
-
-    def rm_ids(self, dllm_ids: torch.Tensor) -> torch.Tensor:
-        """RM ids of DLLM ids (−1 where unmapped)."""
-        return self.dllm_to_rm.to(dllm_ids.device)[dllm_ids]

@@ -1,15 +1,9 @@
-"""Gradient-guided particles: sequential Monte Carlo over the denoising loop, optionally EntRGi-guided.
+"""Particles: sequential Monte Carlo over the denoising loop, optionally EntRGi-guided (docs/method.md §4, (10)).
 
-The K samples of a prompt are particles. Every ``resample_every`` steps each particle is scored by the
-RM on its predicted completion x̂0 (committed tokens + argmax of the logits at the masked slots);
-its log-weight grows by λ·(r_now − r_at_last_resampling) (Feynman–Kac "difference" potential), and
-when the effective sample size falls below ``ess_threshold``·K the group is resampled systematically:
-particle j continues from the state of ancestor a_j, with its own random stream, so clones diverge.
-With ``guided`` each particle is also EntRGi-guided at every step. The answer is the best final
-particle; Top@1 / Avg@K read the final particles as for any method.
-
-With λ = 0 and no guidance every weight is equal, systematic resampling is the identity, and the
-result equals Best-of-N exactly.
+The K samples of a prompt are particles; every ``resample_every`` steps each is weighed by the RM on its
+predicted completion and a group whose effective sample size is low is resampled systematically. The state
+is a typed :class:`ParticleState`; the sampler overrides only the public hooks ``start`` and ``after_step``.
+With λ = 0 and no guidance the result equals Best-of-N exactly.
 """
 
 from __future__ import annotations
@@ -22,11 +16,12 @@ from typing import Any
 
 import torch
 
-from ..config import GuidanceConfig, SamplerConfig, check_choice, check_float, check_int
+from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_choice, check_float, check_int
 from ..errors import check_rewards
 from ..ops.rng import RowStreams, row_seed
-from .outputs import ComputeStats, GenerationOutput
-from .sampler import MaskedDiffusionSampler, _Batch
+from .outputs import GenerationOutput
+from .sampler import MaskedDiffusionSampler
+from .state import DenoisingState, StepOutput
 
 POTENTIALS = ("diff", "value")
 
@@ -68,6 +63,28 @@ def effective_sample_size(weights: torch.Tensor) -> float:
     return float(1.0 / (weights.double() ** 2).sum())
 
 
+@dataclass
+class ParticleState(DenoisingState):
+    """A :class:`~entrgi.sampling.state.DenoisingState` plus the particle weights (docs/method.md (10)).
+
+    Attributes:
+        k: particles per prompt (K); rows ``g·K .. g·K + K − 1`` are prompt group g.
+        group_streams: one random stream per group (the systematic resampling's uniform).
+        log_w: (B,) float64 log-weights, on the CPU.
+        last_r: (B,) float64 each particle's reward at the last weighting (the "diff" potential's baseline).
+    """
+
+    k: int = 1
+    group_streams: RowStreams | None = None
+    log_w: torch.Tensor | None = None
+    last_r: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, state: DenoisingState, **particles: Any) -> ParticleState:
+        """``state``'s fields (the same tensors) with the particle fields ``particles``."""
+        return cls(**{f.name: getattr(state, f.name) for f in dataclasses.fields(DenoisingState)}, **particles)
+
+
 class ParticleSampler(MaskedDiffusionSampler):
     """The masked diffusion loop with Feynman–Kac resampling of each prompt's K particles."""
 
@@ -75,6 +92,16 @@ class ParticleSampler(MaskedDiffusionSampler):
         super().__init__(model, reward, bridge)
         self.particles = particles or ParticleConfig()
         self.resample_log: list[dict[str, Any]] = []
+
+    def particle_guidance(self, guidance: GuidanceConfig | None) -> GuidanceConfig:
+        """The guidance the particles run: Best-of-N sampling unless ``particles.guided`` (then EntRGi unless
+        ``guidance`` is another gradient method)."""
+        guidance = guidance or GuidanceConfig()
+        if not self.particles.guided:
+            return dataclasses.replace(guidance, method="best_of_n")
+        if guidance.method not in ("expectation", "aps", "entrgi"):
+            return dataclasses.replace(guidance, method="entrgi")
+        return guidance
 
     def generate(self, prompts, sampler: SamplerConfig | None = None, guidance: GuidanceConfig | None = None,
                  **kwargs) -> GenerationOutput:
@@ -85,47 +112,50 @@ class ParticleSampler(MaskedDiffusionSampler):
                              "particles: a prompt's particles are resampled together.")
         if self.reward is None:
             raise ValueError("`reward` is required for the particle sampler.")
-        guidance = guidance or GuidanceConfig()
-        if not self.particles.guided:
-            guidance = dataclasses.replace(guidance, method="best_of_n")
-        elif guidance.method not in ("expectation", "aps", "entrgi"):
-            guidance = dataclasses.replace(guidance, method="entrgi")
         self.resample_log = []
-        return super().generate(prompts, sampler, guidance, **kwargs)
+        return super().generate(prompts, sampler, self.particle_guidance(guidance), **kwargs)
 
-    def _start(self, rows, cfg, rg, trace, track_reward) -> _Batch:
-        batch = super()._start(rows, cfg, rg, trace, track_reward)
-        if batch.reward_batch is None:  # the estimate needs the RM layout even without guidance
-            self._attach_reward(batch)
-        k = cfg.num_samples
+    def start(self, prompts, sampler: SamplerConfig | None = None,
+              guidance: GuidanceConfig | ResolvedGuidance | None = None, **kwargs) -> ParticleState:
+        """:meth:`MaskedDiffusionSampler.start` with the RM layout (the weights need it even unguided) and
+        uniform weights; ``prompts`` must hold whole groups of ``num_samples`` rows."""
+        if self.reward is None:
+            raise ValueError("`reward` is required for the particle sampler.")
+        sampler = sampler or SamplerConfig()
+        if not isinstance(guidance, ResolvedGuidance):
+            guidance = self.particle_guidance(guidance)
+        state = super().start(prompts, sampler, guidance, **kwargs)
+        if state.reward_batch is None:
+            self.attach_reward(state)
+        k = sampler.num_samples
+        rows = state.rows
+        if len(rows) % k or any(r.sample_index != j % k for j, r in enumerate(rows)):
+            raise ValueError(f"the particle sampler needs whole groups of `num_samples` ({k}) rows per prompt.")
         groups = [rows[g:g + k] for g in range(0, len(rows), k)]
-        batch.extra = {
-            "k": k,
-            "group_streams": RowStreams([row_seed(cfg.seed, g[0].prompt_ids, 0, stream="resample") for g in groups],
-                                        batch.x.device),
-            "log_w": torch.zeros(len(rows), dtype=torch.float64),
-            "last_r": torch.zeros(len(rows), dtype=torch.float64),
-        }
-        return batch
+        return ParticleState.of(
+            state, k=k,
+            group_streams=RowStreams([row_seed(sampler.seed, g[0].prompt_ids, 0, stream="resample") for g in groups],
+                                     state.x.device),
+            log_w=torch.zeros(len(rows), dtype=torch.float64), last_r=torch.zeros(len(rows), dtype=torch.float64))
 
-    def _after_step(self, batch: _Batch, state: dict[str, Any], step: int, stats: ComputeStats) -> None:
-        pc, ex = self.particles, batch.extra
-        total = batch.cfg.steps
+    def after_step(self, state: ParticleState, output: StepOutput) -> None:
+        """Every ``resample_every`` steps (not after the last): weigh each particle by its predicted
+        completion's reward and resample each group whose ESS is below the threshold."""
+        pc, step, total = self.particles, output.step, state.sampler.steps
         if (step + 1) % pc.resample_every or step + 1 >= total:
             return
-        r = state["estimate"] if state.get("estimate") is not None else self._estimate(batch, state["guided_logits"],
-                                                                                       stats)
+        r = output.estimate if output.estimate is not None else self.estimate(state, output.guided_logits)
         r = r.double().cpu()
-        check_rewards(r, "the particle weighting (reward of the predicted completion)", batch.guidance.config.method,
-                      [(row.prompt_index, row.sample_index) for row in batch.rows], step, total)
-        incr = r - ex["last_r"] if pc.potential == "diff" else r
-        ex["log_w"] += pc.lam * incr
-        k = ex["k"]
-        uniforms = ex["group_streams"].uniform_rows(1)[:, 0].tolist()
-        ancestors = torch.arange(len(batch.rows))
+        check_rewards(r, "the particle weighting (reward of the predicted completion)", state.guidance.config.method,
+                      state.row_ids, step, total)
+        incr = r - state.last_r if pc.potential == "diff" else r
+        state.log_w += pc.lam * incr
+        k = state.k
+        uniforms = state.group_streams.uniform_rows(1)[:, 0].tolist()
+        ancestors = torch.arange(len(state.rows))
         for g, u in enumerate(uniforms):
             sl = slice(g * k, (g + 1) * k)
-            w = torch.softmax(ex["log_w"][sl], 0)
+            w = torch.softmax(state.log_w[sl], 0)
             ess = effective_sample_size(w)
             resample = ess < pc.ess_threshold * k - 1e-9
             if resample:
@@ -133,18 +163,18 @@ class ParticleSampler(MaskedDiffusionSampler):
             self.resample_log.append({"step": step, "group": g, "ess": ess, "resampled": bool(resample),
                                       "ancestors": (ancestors[sl] - g * k).tolist()})
             if resample:
-                ex["log_w"][sl] = 0.0
-        ex["last_r"] = r
-        if torch.equal(ancestors, torch.arange(len(batch.rows))):
+                state.log_w[sl] = 0.0
+        state.last_r = r
+        if torch.equal(ancestors, torch.arange(len(state.rows))):
             return
         # Particle j continues from ancestor a_j: copy the canvas, the reward baseline and the trace.
-        idx = ancestors.to(batch.x.device)
-        batch.x.copy_(batch.x[idx])
-        ex["last_r"] = ex["last_r"][ancestors]
-        if batch.trace:
-            batch.traces = [copy.deepcopy(batch.traces[a]) for a in ancestors.tolist()]
+        idx = ancestors.to(state.x.device)
+        state.x.copy_(state.x[idx])
+        state.last_r = state.last_r[ancestors]
+        if state.trace:
+            state.traces = [copy.deepcopy(state.traces[a]) for a in ancestors.tolist()]
             for j, a in enumerate(ancestors.tolist()):
-                batch.traces[j][-1].resampled_from = a - (j // k) * k
+                state.traces[j][-1].resampled_from = a - (j // k) * k
 
 
 def generate_particles(model, prompts: str | Sequence[str], reward, *, sampler: SamplerConfig | None = None,
@@ -156,4 +186,5 @@ def generate_particles(model, prompts: str | Sequence[str], reward, *, sampler: 
         prompts, sampler, guidance, progress=progress, trace=trace, track_reward=track_reward, callback=callback)
 
 
-__all__ = ["ParticleConfig", "ParticleSampler", "effective_sample_size", "generate_particles", "systematic_resample"]
+__all__ = ["ParticleConfig", "ParticleSampler", "ParticleState", "effective_sample_size", "generate_particles",
+           "systematic_resample"]

@@ -3,10 +3,8 @@
 - Counts: Dream's linear schedule (``ts = linspace(1, eps, T + 1)``; commit ``int(n · (1 − s/t))``,
   everything left at the last step) and LLaDA's uniform schedule (``n // T`` per step, the remainder
   one each on the first steps); both depend only on the row's current mask count and the step.
-- Confidence: Dream's ``maskgit_plus`` (probability of the drawn token), ``topk_margin`` (p1 − p2),
-  ``entropy`` (Σ q log q), LLaDA's ``low_confidence`` (τ-free maskgit_plus) and ``random``, APS's
-  ``anchored`` (maskgit_plus on the guided logits: the caller passes them); ``origin`` is
-  Dream's random order where each masked position is revealed with probability 1 − s/t.
+- Confidence: the remasking rule (:mod:`entrgi.sampling.remasking`, by name); ``origin`` is Dream's
+  random order where each masked position is revealed with probability 1 − s/t.
 - Selection: the top-n candidates by confidence (earliest position first on ties), or n drawn
   without replacement from softmax(confidence / T) via Gumbel-top-k with the row's own uniforms.
 """
@@ -15,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.logit_ops import scale
+from ..ops.logit_ops import gumbel
+from ..registry import REMASKING_RULES
+from .remasking import RemaskingRule
 
 #: Elements per row block of the float64 confidence computation (2 M doubles = 16 MiB).
 ROW_BLOCK_ELEMENTS = 1 << 21
@@ -51,33 +51,40 @@ def commit_counts(n_masked: torch.Tensor, step: int, steps: int, schedule: str =
     raise ValueError(f"`schedule` must be 'linear' or 'uniform', got {schedule!r}.")
 
 
-def confidence(rule: str, logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
+def confidence(rule: str | RemaskingRule, logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
                uniforms: torch.Tensor | None = None) -> torch.Tensor:
-    """Confidence (float64, higher = commit first) of each row of ``logits`` (n, V) given its drawn
-    ``tokens`` (n,). Computed on q = softmax(logits / τ), unfiltered (τ = 0 uses τ = 1, as Dream);
-    LLaDA's ``low_confidence`` always uses softmax(logits), as its ``generate`` does."""
-    if rule == "random":
-        assert uniforms is not None, "rule 'random' needs uniforms"
-        return uniforms.double()
-    if rule == "low_confidence" or temperature <= 0:
+    """Confidence (float64 (n,), higher = commit first) of each row of ``logits`` (n, V) given its drawn
+    ``tokens`` (n,), by the remasking rule ``rule`` (a registered name or a
+    :class:`~entrgi.sampling.remasking.RemaskingRule`). The built-ins score q = softmax(logits / τ), unfiltered
+    (τ = 0 uses τ = 1, as Dream); ``uniforms`` (n,) are required by the rules that ask for them (``random``).
+    Rows are scored in blocks so that float64 (rows, V) temporaries stay small."""
+    r = REMASKING_RULES.get(rule) if isinstance(rule, str) else rule
+    if r.needs_uniforms and uniforms is None:
+        raise ValueError(f"remasking rule {r.name!r} needs `uniforms` (one per row).")
+    if temperature <= 0:
         temperature = 1.0
     step = max(1, ROW_BLOCK_ELEMENTS // max(logits.shape[-1], 1))
-    if logits.shape[0] > step:  # row blocks: the same values, float64 (rows, V) temporaries stay small
-        return torch.cat([_confidence(rule, logits[i:i + step], tokens[i:i + step], temperature)
+    if logits.shape[0] > step:  # row blocks: the same values
+        return torch.cat([_confidence(r, logits[i:i + step], tokens[i:i + step], temperature,
+                                      None if uniforms is None else uniforms[i:i + step])
                           for i in range(0, logits.shape[0], step)])
-    return _confidence(rule, logits, tokens, temperature)
+    return _confidence(r, logits, tokens, temperature, uniforms)
 
 
-def _confidence(rule: str, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    q = scale(logits.double(), temperature).softmax(-1)  # (n, V)
-    if rule in ("maskgit_plus", "low_confidence", "anchored"):
-        return q.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    if rule == "topk_margin":
-        top2 = q.topk(2, dim=-1).values if q.shape[-1] > 1 else torch.cat([q, torch.zeros_like(q)], -1)
-        return top2[..., 0] - top2[..., 1]
-    if rule == "entropy":
-        return torch.where(q > 0, q * q.clamp_min(1e-300).log(), torch.zeros_like(q)).sum(-1)
-    raise ValueError(f"unknown confidence rule {rule!r}")
+def _confidence(rule: RemaskingRule, logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                uniforms: torch.Tensor | None) -> torch.Tensor:
+    c = rule.confidence(logits, tokens, temperature, uniforms if rule.needs_uniforms else None)
+    if REMASKING_RULES.is_builtin(rule.name) and REMASKING_RULES.get(rule.name) is rule:
+        return c
+    if not isinstance(c, torch.Tensor) or tuple(c.shape) != (logits.shape[0],):
+        got = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+        raise ValueError(f"remasking rule {rule.name!r}: `confidence` must return a tensor of shape "
+                         f"({logits.shape[0]},) (one value per slot), got {got}.")
+    c = c.detach().double()
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError(f"remasking rule {rule.name!r}: `confidence` must be finite, got values such as "
+                         f"{c[~torch.isfinite(c)][:3].tolist()}.")
+    return c
 
 
 def select_top(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -94,9 +101,8 @@ def select_top(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 def gumbel_keys(conf: torch.Tensor, temperature: float, uniforms: torch.Tensor) -> torch.Tensor:
     """conf / T + Gumbel noise: top-n of these = n draws without replacement from softmax(conf / T)."""
-    g = -torch.log(-torch.log(uniforms.double().clamp(1e-300, 1 - 1e-16)))
     finite = torch.isfinite(conf) & (conf > DEPRIORITISED)
-    return torch.where(finite, conf / temperature + g, conf)
+    return torch.where(finite, conf / temperature + gumbel(uniforms), conf)
 
 
 def origin_reveal(uniforms: torch.Tensor, candidates: torch.Tensor, step: int, steps: int,

@@ -7,8 +7,9 @@ import errno
 import os
 import socket
 
+from ..dtypes import DTYPES
+
 API_KEY_ENV = "ENTRGI_API_KEY"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--reward", help="Reward model (HF sequence classifier); without it only method 'none' is served.")
     g.add_argument("--reward-template", default="auto", choices=["auto", "chat", "plain", "response"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available).")
-    g.add_argument("--dtype", default=None, choices=DTYPES, help="Weights dtype (default: the checkpoint's).")
+    g.add_argument("--dtype", default=None, choices=list(DTYPES), help="Weights dtype (default: the checkpoint's).")
     g.add_argument("--served-model-name", help="The `model` clients pass (default: --model, or "
                                                "entrgi-default-pair).")
     n = s.add_argument_group("network")

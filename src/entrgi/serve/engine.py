@@ -104,17 +104,11 @@ def load_engine(model: str | None = None, reward: str | None = None, *, family: 
         if served_model_name:
             engine.model_id = served_model_name
         return engine
-    if model is None:
-        raise ValueError("`--reward` needs `--model` (the embedded pair's DLLM reads only its own vocabulary); "
-                         "give both, or neither for the embedded default pair.")
-    from ..models import load_diffusion_lm
+    from ..pair import check_differentiable, load_pair
 
-    dllm = load_diffusion_lm(model, family=family, dtype=dtype, device=device, device_map=device_map)
-    rm = None
-    if reward is not None:
-        from ..reward.hf import HFRewardModel
-        rm = HFRewardModel.from_pretrained(reward, dtype=dtype, device=device, device_map=device_map,
-                                           template=reward_template)
+    dllm, rm = load_pair(model, reward, family=family, dtype=dtype, device=device, device_map=device_map,
+                         reward_template=reward_template)  # the rule of every front end (entrgi.pair)
+    check_differentiable(rm, reward, "serving guided requests")
     sampler = type(dllm).recommended_sampler(num_samples=1)
     guidance = GuidanceConfig() if rm is not None else GuidanceConfig(method="none")
     return Engine(dllm, rm, served_model_name or model, sampler, guidance, limits or ServerLimits(), reward_id=reward)

@@ -1,12 +1,9 @@
 """A bounded queue of requests and one worker thread that runs them in sampler batches.
 
-Requests whose configs are equal (same :class:`~entrgi.SamplerConfig`, seed included, and
-:class:`~entrgi.GuidanceConfig`) are batched into one :func:`entrgi.generate` call. Every
-(prompt, sample) row draws from its own random stream, seeded from the seed and the prompt's token
-ids, so a request gets the same tokens alone or batched. Requests without a seed share one fresh
-random seed per batch; two of them with the same prompt are never put in one batch (they would get
-the same text). The worker checks for cancelled requests at every denoising step: a batch whose
-requests have all gone (timeout, disconnect) is stopped there.
+Requests with equal configs (seed included) are batched into one :func:`entrgi.generate` call; every row has
+its own random stream, so a request gets the same tokens alone or batched. Unseeded requests share one fresh
+seed per batch and never share a batch with the same prompt. Batches whose requests have all gone stop at
+the next denoising step (docs/serving.md).
 """
 
 from __future__ import annotations

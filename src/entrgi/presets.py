@@ -1,0 +1,80 @@
+"""Named presets: a recommended combination of sampler and guidance fields, by name.
+
+``entrgi generate --preset fast`` / ``entrgi eval --preset fast`` (or ``preset: fast`` at the top of an eval
+YAML) start from the preset's fields; fields given explicitly (flags, the YAML's ``sampler`` / ``guidance``
+sections) still override them, and the resolved config (``--json``, ``run.json``) shows the result.
+
+``fast``: parallel (threshold) decoding plus a guidance schedule, so that reward guidance costs no more
+than plain sampling with T = L. Its values were measured on the default pair (demo settings, L = T = 16,
+K = 4, τ = 0.7) with ``scripts/tune_fast_preset.py``; the numbers are in that script's docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import GuidanceConfig, SamplerConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A name for a set of :class:`SamplerConfig` and :class:`GuidanceConfig` fields."""
+
+    name: str
+    description: str
+    sampler: Mapping[str, Any] = field(default_factory=dict)
+    guidance: Mapping[str, Any] = field(default_factory=dict)
+
+    def configs(self, sampler: SamplerConfig | None = None,
+                guidance: GuidanceConfig | None = None) -> tuple[SamplerConfig, GuidanceConfig]:
+        """``sampler`` and ``guidance`` (default: the defaults) with this preset's fields set."""
+        return (dataclasses.replace(sampler or SamplerConfig(), **self.sampler),
+                dataclasses.replace(guidance or GuidanceConfig(), **self.guidance))
+
+
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(
+        "fast",
+        "Parallel decoding (commit every slot whose draw has probability > 0.9) with guidance only on the first "
+        "steps, while less than a quarter of the response is committed: reward guidance at about the cost of "
+        "plain sampling (scripts/tune_fast_preset.py).",
+        sampler={"parallel_threshold": 0.9, "confidence_from": "guided"},
+        guidance={"guide_until": 0.25},
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a ``ValueError`` naming the known ones otherwise."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"`preset` must be one of {preset_names()}, got {name!r}.")
+    return PRESETS[name]
+
+
+def expand_preset(data: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
+    """An eval config mapping with a preset's fields filled into its ``sampler`` / ``guidance`` sections.
+
+    The preset is ``name`` if given (the ``--preset`` flag), else the mapping's own ``preset`` key (YAML);
+    the key is removed either way. Fields the sections already hold win over the preset's."""
+    out = dict(data)
+    own = out.pop("preset", None)
+    name = name if name is not None else own
+    if name is None:
+        return out
+    preset = get_preset(name)
+    for section, fields in (("sampler", preset.sampler), ("guidance", preset.guidance)):
+        given = out.get(section) or {}
+        if not isinstance(given, Mapping):
+            raise ValueError(f"`{section}` must be a mapping of field: value, got {type(given).__name__}.")
+        out[section] = {**fields, **given}
+    return out
+
+
+__all__ = ["PRESETS", "Preset", "expand_preset", "get_preset", "preset_names"]

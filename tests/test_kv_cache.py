@@ -1,0 +1,283 @@
+"""The DLLM KV cache for block decoding (``SamplerConfig.kv_cache``: prefix / dual; entrgi.models.cache) on
+tiny Dream and LLaDA checkpoints with their real layouts, left-padded batches.
+
+- mechanics: a cache rebuilt from the current canvas gives, through the window-only forward, the uncached
+  logits of every response slot (Dream's right shift included); the window is the block (+ Dream's previous
+  position), or the block and everything after it (prefix);
+- the approximation: the keys/values outside the window are those of the canvas the cache was built from,
+  whatever was queried in between; a change outside the window (e.g. a resampled row) rebuilds the cache;
+  another tensor runs uncached;
+- generation: with the per-block cache every slot is committed with the same per-step counts as without,
+  the greedy token agreement with the uncached sampler is computed (reported, sanity-checked only); with a
+  cache rebuilt before every step the samples are the uncached ones exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from support.tiny_checkpoints import write_dream_checkpoint, write_llada_checkpoint
+from support.tiny_models import tiny_mlm
+
+from entrgi import GuidanceConfig, SamplerConfig, generate
+from entrgi.models import Dream, LLaDA
+from entrgi.models.cache import BlockKVCache, kv_cache_agreement, token_agreement
+from entrgi.reward.base import left_pad, position_ids_from
+
+PROMPTS = ["the cat sat on the mat under the tree", "a dog"]  # different lengths: left padding
+L, BLOCK = 12, 4  # mechanics: three blocks (a middle one has blocks before and after it)
+GEN_L = 8  # generation: two blocks, T = GEN_L
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kv_ckpts")
+    return {"dream": write_dream_checkpoint(root / "dream", shards=1),
+            "llada": write_llada_checkpoint(root / "llada", shards=1)}
+
+
+@pytest.fixture(scope="module")
+def models(folders):
+    return {"dream": Dream.from_pretrained(folders["dream"]), "llada": LLaDA.from_pretrained(folders["llada"])}
+
+
+@pytest.fixture(scope="module")
+def models64(folders):
+    return {"dream": Dream.from_pretrained(folders["dream"], dtype=torch.float64),
+            "llada": LLaDA.from_pretrained(folders["llada"], dtype=torch.float64)}
+
+
+def canvas(model, committed: int, seed: int = 0):
+    """Left-padded prompts + L slots, the first ``committed`` slots holding random ordinary tokens."""
+    prompt, pattn = left_pad([model.encode_prompt(p) for p in PROMPTS], model.pad_token_id, "cpu")
+    B, P = prompt.shape
+    assert (pattn == 0).any(), "the test needs a padded row"
+    x = torch.cat([prompt, torch.full((B, L), model.mask_token_id)], 1)
+    attn = torch.cat([pattn, torch.ones(B, L, dtype=torch.long)], 1)
+    g = torch.Generator().manual_seed(seed)
+    x[:, P:P + committed] = torch.randint(5, 25, (B, committed), generator=g)
+    return x, attn, position_ids_from(attn), P
+
+
+def uncached(model, x, attn, pos, P):
+    return model.response_logits(x.clone(), attn, pos, P)  # another tensor: never the cache's canvas
+
+
+def fill_some(model, x, lo, hi, seed):
+    """Commit a random half of the still-masked slots in [lo, hi) (what a step does)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = (torch.rand(x[:, lo:hi].shape, generator=g) < 0.5) & (x[:, lo:hi] == model.mask_token_id)
+    x[:, lo:hi][pick] = torch.randint(5, 25, (int(pick.sum()),), generator=g)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("name", ["dream", "llada"])
+def test_a_refreshed_cache_gives_the_uncached_logits(models, name, mode):
+    model = models[name]
+    shift = int(name == "dream")
+    for blk in range(L // BLOCK):
+        x, attn, pos, P = canvas(model, committed=blk * BLOCK, seed=blk)
+        N, s, e = x.shape[1], P + blk * BLOCK, P + (blk + 1) * BLOCK
+        model.begin_block(mode, x, s, e)
+        kv = model.kv_cache
+        assert kv.window == (s - shift, e if mode == "dual" else N)
+        first = model.response_logits(x, attn, pos, P)  # the block's first step: full forward, recorded
+        assert kv.full_forwards == 1 and kv.cached_forwards == 0 and kv.query_tokens == N
+        torch.testing.assert_close(first, uncached(model, x, attn, pos, P), rtol=0, atol=0)
+        for step in range(3):
+            if step:
+                fill_some(model, x, s, e, seed=10 * blk + step)
+                model.invalidate_kv_cache()
+                model.response_logits(x, attn, pos, P)  # rebuild from the current canvas
+            got = model.response_logits(x, attn, pos, P)  # the window-only forward
+            assert kv.cached_forwards == step + 1 and kv.full_forwards == step + 1
+            assert kv.query_tokens == (BLOCK + shift if mode == "dual" else N - s + shift)
+            torch.testing.assert_close(got, uncached(model, x, attn, pos, P), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dream", "llada"])
+def test_eager_attention_gets_the_same_window_mask(folders, name):
+    """The window's (B, 1, q, N) padding mask also in the eager kernel's additive form."""
+    cls = Dream if name == "dream" else LLaDA
+    model = cls.from_pretrained(folders[name], attn_implementation="eager")
+    x, attn, pos, P = canvas(model, committed=BLOCK)
+    model.begin_block("dual", x, P + BLOCK, P + 2 * BLOCK)
+    model.response_logits(x, attn, pos, P)
+    fill_some(model, x, P + BLOCK, P + 2 * BLOCK, seed=4)
+    model.invalidate_kv_cache()
+    model.response_logits(x, attn, pos, P)
+    got = model.response_logits(x, attn, pos, P)
+    assert model.kv_cache.cached_forwards == 1
+    torch.testing.assert_close(got, uncached(model, x, attn, pos, P), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("name", ["dream", "llada"])
+def test_stale_keys_come_from_the_build_canvas_only(models, name, mode):
+    """The cached steps see the keys/values outside the window as of the block's first step (an
+    approximation: the logits differ from the uncached ones), whatever was queried in between; the slots
+    whose source hidden state lies outside the window keep the first step's logits."""
+    model = models[name]
+    x0, attn, pos, P = canvas(model, committed=BLOCK)
+    s, e = P + BLOCK, P + 2 * BLOCK
+    x_b = x0.clone()
+    fill_some(model, x_b, s, e, seed=1)
+    x_c = x0.clone()
+    fill_some(model, x_c, s, e, seed=2)
+    results = []
+    for path in ([x_b], [x_c, x_b]):  # query x_b directly, or after x_c
+        x = x0.clone()
+        model.begin_block(mode, x, s, e)
+        first = model.response_logits(x, attn, pos, P)
+        for state in path:
+            x.copy_(state)
+            got = model.response_logits(x, attn, pos, P)
+        assert model.kv_cache.full_forwards == 1
+        results.append((first, got))
+    (first, got), (_, got_after_c) = results
+    torch.testing.assert_close(got, got_after_c, rtol=1e-6, atol=1e-6)
+    assert (got - uncached(model, x_b, attn, pos, P)).abs().max() > 1e-3  # stale keys/values change the result
+    shift = int(name == "dream")
+    fresh_hi = (e - P + shift) if mode == "dual" else L
+    fresh_lo = s - P
+    torch.testing.assert_close(got[:, :fresh_lo], first[:, :fresh_lo], rtol=0, atol=0)  # committed slots
+    torch.testing.assert_close(got[:, fresh_hi:], first[:, fresh_hi:], rtol=0, atol=0)  # dual: later blocks
+
+
+@pytest.mark.parametrize("name", ["dream", "llada"])
+def test_a_change_outside_the_window_rebuilds_the_cache(models, name):
+    model = models[name]
+    x, attn, pos, P = canvas(model, committed=BLOCK)
+    s, e = P + BLOCK, P + 2 * BLOCK
+    model.begin_block("dual", x, s, e)
+    model.response_logits(x, attn, pos, P)
+    fill_some(model, x, s, e, seed=3)
+    x[1, P] = 7 if int(x[1, P]) != 7 else 8  # a committed slot of row 1 changes (e.g. particle resampling)
+    got = model.response_logits(x, attn, pos, P)
+    kv = model.kv_cache
+    assert kv.full_forwards == 2 and kv.cached_forwards == 0
+    torch.testing.assert_close(got, uncached(model, x, attn, pos, P), rtol=0, atol=0)
+    x[:, e:] = 9  # a later block changes: outside the dual window
+    model.response_logits(x, attn, pos, P)
+    assert kv.full_forwards == 3
+
+
+def test_other_tensors_and_mode_none_run_uncached(models):
+    model = models["dream"]
+    x, attn, pos, P = canvas(model, committed=0)
+    model.begin_block("dual", x, P, P + BLOCK)
+    other = x.clone()
+    ref = model.response_logits(other, attn, pos, P)
+    assert model.kv_cache.full_forwards == 0  # `other` is not the cache's canvas
+    model.begin_block("none", x, P, P + BLOCK)
+    assert model.kv_cache is None
+    torch.testing.assert_close(model.response_logits(x, attn, pos, P), ref, rtol=0, atol=0)
+
+
+def test_the_cache_is_freed_with_its_canvas(models):
+    model = models["llada"]
+    x, attn, pos, P = canvas(model, committed=0)
+    model.begin_block("prefix", x, P, P + BLOCK)
+    model.response_logits(x, attn, pos, P)
+    kv = model.kv_cache
+    assert kv.built and len(kv.layers) == model.module.config.num_hidden_layers and kv.logits is not None
+    del x
+    assert not kv.built and kv.layers == [] and kv.logits is None and kv.canvas() is None
+
+
+def test_user_mistakes(models, tok):
+    model = models["dream"]
+    x, _, _, P = canvas(model, committed=0)
+    with pytest.raises(ValueError, match="kv_cache"):
+        SamplerConfig(kv_cache="full")
+    with pytest.raises(ValueError, match="kv_cache"):
+        model.begin_block("both", x, P, P + BLOCK)
+    with pytest.raises(ValueError, match="block"):
+        BlockKVCache("dual", x, P + BLOCK, P, shift=1)
+    mlm = tiny_mlm(tok)
+    with pytest.raises(ValueError, match=r"`kv_cache` = 'dual' is not available for the HFMaskedLM adapter"):
+        generate(mlm, ["the cat"], sampler=SamplerConfig(max_new_tokens=4, steps=4, block_length=2, num_samples=1,
+                                                         kv_cache="dual"), guidance=GuidanceConfig(method="none"),
+                 progress=False)
+    with pytest.raises(ValueError, match="same rows"):
+        token_agreement([[1, 2]], [[1, 2, 3]])
+
+
+def test_token_agreement_counts_equal_slots():
+    assert token_agreement([[1, 2, 3, 4], [5, 6, 7, 8]], torch.tensor([[1, 2, 0, 4], [0, 0, 7, 8]])) == 5 / 8
+
+
+# ---- generation --------------------------------------------------------------------------------------
+def sampler_cfg(name, **kw):
+    base = dict(max_new_tokens=GEN_L, steps=GEN_L, block_length=BLOCK, num_samples=1, seed=3, temperature=0.0)
+    if name == "dream":
+        base.update(remasking="entropy", schedule="linear", top_p=0.95)
+    else:
+        base.update(remasking="low_confidence", schedule="uniform", top_p=1.0)
+    return SamplerConfig(**{**base, **kw})
+
+
+def run(model, cfg, trace=True):
+    return generate(model, PROMPTS, sampler=cfg, guidance=GuidanceConfig(method="none"), progress=False, trace=trace)
+
+
+#: Dream's 152k-id draws make its generations ~10 s on a loaded 2-core machine: run with `make test-slow`.
+FAMILIES_DREAM_SLOW = [pytest.param("dream", marks=pytest.mark.slow), "llada"]
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("name", FAMILIES_DREAM_SLOW)
+def test_generation_with_the_block_cache(models, name, mode):
+    model = models[name]
+    ref = run(model, sampler_cfg(name))
+    out = run(model, sampler_cfg(name, kv_cache=mode))
+    S = BLOCK  # steps per block: T = GEN_L steps over GEN_L / BLOCK blocks
+    assert model.kv_cache.full_forwards == 1 and model.kv_cache.cached_forwards == S - 1  # the last block
+    for g_ref, g in zip(ref.samples, out.samples):
+        for a, b in zip(g_ref, g):
+            assert model.mask_token_id not in b.token_ids and len(b.token_ids) == GEN_L
+            assert [len(t.committed) for t in b.trace] == [len(t.committed) for t in a.trace]
+            assert sum(len(t.committed) for t in b.trace) == GEN_L
+    agreement = token_agreement(ref, out)
+    print(f"\n{name} {mode}: greedy token agreement with the uncached sampler {agreement:.2f}")
+    assert 0.0 <= agreement <= 1.0
+
+
+@pytest.mark.parametrize("name", FAMILIES_DREAM_SLOW)
+def test_kv_cache_agreement_reports_every_mode(models, name):
+    model = models[name]
+    got = kv_cache_agreement(model, PROMPTS, sampler_cfg(name))
+    assert set(got) == {"prefix", "dual"} and all(0.0 <= v <= 1.0 for v in got.values())
+    assert kv_cache_agreement(model, PROMPTS, sampler_cfg(name), modes=("none",)) == {"none": 1.0}
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("name", ["dream", "llada"])
+def test_a_cache_rebuilt_before_every_step_reproduces_the_uncached_samples(models64, name, mode, monkeypatch):
+    """Every step: rebuild the cache from the current canvas, then take the logits from the window-only
+    forward. Float64 weights; Dream greedy, LLaDA sampled (τ 0.7, Gumbel-max): the samples are the uncached
+    sampler's, token for token."""
+    model = models64[name]
+    cfg = sampler_cfg(name, temperature=0.0 if name == "dream" else 0.7, num_samples=1 if name == "dream" else 2)
+    ref = run(model, cfg, trace=False)  # (the trace's entropy weight is float32-only)
+    forward = model.response_logits
+    windows = []
+
+    def rebuilt_then_cached(x, attn, pos, start):
+        kv = model.kv_cache
+        if kv is not None and kv.owns(x):
+            model.invalidate_kv_cache()
+            forward(x, attn, pos, start)
+            out = forward(x, attn, pos, start)
+            windows.append(kv.query_tokens)
+            return out
+        return forward(x, attn, pos, start)
+
+    monkeypatch.setattr(model, "response_logits", rebuilt_then_cached)
+    out = run(model, dataclasses.replace(cfg, kv_cache=mode), trace=False)
+    shift = int(name == "dream")
+    per_block = [BLOCK + shift if mode == "dual" else GEN_L - blk * BLOCK + shift for blk in range(GEN_L // BLOCK)]
+    assert windows == [w for w in per_block for _ in range(BLOCK)]  # every step ran the window only
+    assert [[s.token_ids for s in g] for g in out.samples] == [[s.token_ids for s in g] for g in ref.samples]
