@@ -223,12 +223,8 @@ def run(model, cfg, trace=True):
     return generate(model, PROMPTS, sampler=cfg, guidance=GuidanceConfig(method="none"), progress=False, trace=trace)
 
 
-#: Dream's 152k-id draws make its generations ~10 s on a loaded 2-core machine: run with `make test-slow`.
-FAMILIES_DREAM_SLOW = [pytest.param("dream", marks=pytest.mark.slow), "llada"]
-
-
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("name", FAMILIES_DREAM_SLOW)
+@pytest.mark.parametrize("name", ["dream", "llada"])
 def test_generation_with_the_block_cache(models, name, mode):
     model = models[name]
     ref = run(model, sampler_cfg(name))
@@ -245,7 +241,7 @@ def test_generation_with_the_block_cache(models, name, mode):
     assert 0.0 <= agreement <= 1.0
 
 
-@pytest.mark.parametrize("name", FAMILIES_DREAM_SLOW)
+@pytest.mark.parametrize("name", ["dream", "llada"])
 def test_kv_cache_agreement_reports_every_mode(models, name):
     model = models[name]
     got = kv_cache_agreement(model, PROMPTS, sampler_cfg(name))
@@ -281,3 +277,17 @@ def test_a_cache_rebuilt_before_every_step_reproduces_the_uncached_samples(model
     per_block = [BLOCK + shift if mode == "dual" else GEN_L - blk * BLOCK + shift for blk in range(GEN_L // BLOCK)]
     assert windows == [w for w in per_block for _ in range(BLOCK)]  # every step ran the window only
     assert [[s.token_ids for s in g] for g in out.samples] == [[s.token_ids for s in g] for g in ref.samples]
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_threshold_decoding_with_the_cache_commits_every_slot(models, mode):
+    """Blocks that finish early (parallel decoding) start the next block's cache at its first forward."""
+    model = models["llada"]
+    cfg = sampler_cfg("llada", temperature=0.7, num_samples=2, parallel_threshold=0.05, kv_cache=mode)
+    out = run(model, cfg)
+    for g in out.samples:
+        for s in g:
+            assert model.mask_token_id not in s.token_ids and sum(len(t.committed) for t in s.trace) == GEN_L
+    kv = model.kv_cache  # the last block's
+    assert kv.end - kv.start == BLOCK and kv.full_forwards == 1
+    assert {t.block for t in out.samples[0][0].trace} == set(range(GEN_L // BLOCK))

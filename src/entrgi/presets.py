@@ -58,6 +58,14 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def add_preset_arg(parser) -> None:
+    """The ``--preset NAME`` flag of ``entrgi generate`` / ``entrgi eval``."""
+    parser.add_argument("--preset", choices=preset_names(), default=None,
+                        help="Start from a named combination of sampler and guidance fields (flags and the YAML's "
+                             "sections override it): " + "; ".join(f"{p.name}: {p.description}"
+                                                                    for p in PRESETS.values()))
+
+
 def expand_preset(data: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
     """An eval config mapping with a preset's fields filled into its ``sampler`` / ``guidance`` sections.
 
@@ -77,4 +85,4 @@ def expand_preset(data: Mapping[str, Any], name: str | None = None) -> dict[str,
     return out
 
 
-__all__ = ["PRESETS", "Preset", "expand_preset", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "Preset", "add_preset_arg", "expand_preset", "get_preset", "preset_names"]

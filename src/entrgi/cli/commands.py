@@ -26,6 +26,7 @@ from ..config import GuidanceConfig, SamplerConfig
 from ..dtypes import DTYPES
 from ..errors import NonFiniteError
 from ..plugins import load_plugins
+from ..presets import add_preset_arg, expand_preset, get_preset
 from .args import add_dataclass_args, dataclass_from_args, given_fields
 
 
@@ -206,7 +207,7 @@ def read_eval_config(path: str) -> dict:
         if not isinstance(data.get(section, {}), dict):
             raise ValueError(f"`--config` {path!r}: `{section}` must be a mapping of field: value.")
     try:
-        return dataclasses.asdict(EvalConfig.from_dict(data))
+        return dataclasses.asdict(EvalConfig.from_dict(expand_preset(data)))  # `preset: NAME` (entrgi.presets)
     except ValueError as e:
         raise ValueError(f"`--config` {path!r}: {e}") from None
 
@@ -264,6 +265,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         base_sampler, base_guidance = SamplerConfig(**DEMO_SAMPLER), GuidanceConfig(**DEMO_GUIDANCE)
     else:  # the paper's settings
         base_sampler, base_guidance = SamplerConfig(), GuidanceConfig()
+    if args.preset:  # a named preset (entrgi.presets) on top of those; explicit flags still win
+        base_sampler, base_guidance = get_preset(args.preset).configs(base_sampler, base_guidance)
     sampler = dataclass_from_args(SamplerConfig, args, base_sampler)
     guidance = dataclass_from_args(GuidanceConfig, args, base_guidance)
     prompts = list(args.prompt or [])
@@ -309,7 +312,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.report import write_report
     from ..eval.runner import run_eval
 
-    data = read_eval_config(args.config) if args.config else {}
+    data = expand_preset(read_eval_config(args.config) if args.config else {}, args.preset)
     data.update(given_fields(EvalConfig, args))
     data["plugins"] = list(dict.fromkeys([*data.get("plugins", ()), *(args.plugin or ())]))  # loaded already
     data["sampler"] = {**data.get("sampler", {}), **given_fields(SamplerConfig, args)}
@@ -384,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
     add_plugin_arg(g)
     add_model_args(g)
+    add_preset_arg(g)
     add_dataclass_args(g.add_argument_group("sampler (SamplerConfig)"), SamplerConfig)
     add_dataclass_args(g.add_argument_group("guidance (GuidanceConfig)"), GuidanceConfig)
     g.set_defaults(func=cmd_generate)
@@ -394,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="No progress bar.")
     e.add_argument("--no-report", action="store_true", help="Do not write the report at the end.")
     add_plugin_arg(e)
+    add_preset_arg(e)
     add_dataclass_args(e.add_argument_group("run (EvalConfig)"), EvalConfig, skip=("plugins",))
     add_dataclass_args(e.add_argument_group("sampler (SamplerConfig; temperature/seed come from the grid)"),
                        SamplerConfig, skip=("temperature", "seed"))

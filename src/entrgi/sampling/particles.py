@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_choice, check_float, check_int
+from ..config import (GuidanceConfig, ResolvedGuidance, SamplerConfig, check_choice, check_float, check_int,
+                      guided_methods)
 from ..errors import check_rewards
 from ..ops.rng import RowStreams, row_seed
 from .outputs import GenerationOutput
@@ -99,7 +100,7 @@ class ParticleSampler(MaskedDiffusionSampler):
         guidance = guidance or GuidanceConfig()
         if not self.particles.guided:
             return dataclasses.replace(guidance, method="best_of_n")
-        if guidance.method not in ("expectation", "aps", "entrgi"):
+        if guidance.method not in guided_methods():
             return dataclasses.replace(guidance, method="entrgi")
         return guidance
 
