@@ -79,16 +79,20 @@ def test_zero_is_bit_identical_to_the_sampler_without_the_field(mlm, pref_reward
     """min_new_tokens = 0 against a sampler whose bias is built the way it was before the field existed."""
 
     class Before(MaskedDiffusionSampler):
-        def _start(self, rows, c, rg, trace, track_reward):
-            batch = super()._start(rows, c, rg, trace, track_reward)
-            batch.invalid_bias = torch.zeros(self.model.logit_width).masked_fill(self.model.invalid_mask(),
+        calls = 0
+
+        def start(self, *args, **kwargs):
+            state = super().start(*args, **kwargs)
+            state.invalid_bias = torch.zeros(self.model.logit_width).masked_fill(self.model.invalid_mask(),
                                                                                  float("-inf"))
-            return batch
+            Before.calls += 1
+            return state
 
     config = SamplerConfig(max_new_tokens=8, steps=8, num_samples=3, temperature=1.0)
     guidance = GuidanceConfig(method=method)
     a = MaskedDiffusionSampler(mlm, pref_reward).generate(["the cat sat", "a dog"], config, guidance, progress=False)
     b = Before(mlm, pref_reward).generate(["the cat sat", "a dog"], config, guidance, progress=False)
+    assert Before.calls == 1  # the override ran: the comparison is against the old bias
     assert [s.token_ids for g in a.samples for s in g] == [s.token_ids for g in b.samples for s in g]
     assert [s.reward for g in a.samples for s in g] == [s.reward for g in b.samples for s in g]
     assert [[t.rewards for t in s.trace] for g in a.samples for s in g] == \
