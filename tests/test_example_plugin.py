@@ -148,3 +148,13 @@ def test_entrgi_eval_with_plugins_in_the_yaml(clean, folders, tmp_path, capsys):
     records = [json.loads(ln) for ln in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in records) == ["half", "max_prob"]
     assert all(isinstance(r["top1"], float) for r in records)
+
+
+def test_entrgi_serve_loads_plugins(clean, capsys):
+    assert main(["serve", "--plugin", "no/such/rules.py"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entrgi serve: error: plugin 'no/such/rules.py'") and err.count("\n") == 1
+    # the plugin is loaded before the server starts (here it stops at a bad limit, before loading any model)
+    assert main(["serve", "--plugin", str(EXAMPLE), "--max-queue", "0"]) == 2
+    assert "max_prob" in GUIDANCE_RULES
+    assert capsys.readouterr().err.startswith("entrgi serve: error:")

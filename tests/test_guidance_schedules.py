@@ -21,7 +21,7 @@ from test_sampler import PROMPTS, record, small, tokens_by_prompt
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.guidance.inner_loop import guide_logits
-from entrgi.guidance.schedules import guide_rows, inner_stop, is_full_guidance, needs_entropy_weight, ran_values
+from entrgi.guidance.schedules import carry_shift, guide_rows, inner_stop, is_full_guidance, needs_entropy_weight, ran_values
 from entrgi.ops.rng import RowStreams
 from entrgi.sampling.particles import ParticleConfig, generate_particles
 
@@ -73,6 +73,7 @@ def test_guide_rows_rules():
     ("guide_min_weight", math.nan, "`guide_min_weight` must be a number"),
     ("inner_tol", -1.0, "`inner_tol` must be >= 0.0"),
     ("inner_tol", math.inf, "`inner_tol` must be a finite number"),
+    ("guide_carry", 1, "`guide_carry` must be True or False"),
 ])
 def test_schedule_fields_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -109,6 +110,44 @@ def test_guide_every_k_steps(mlm, pref_reward, method):
     for g in out.samples:
         for s in g:
             assert all((len(t.rewards), len(t.grad_norms)) == ((M + 1, M) if t.guided else (0, 0)) for t in s.trace)
+
+
+def test_carry_shift_on_hand_built_logits():
+    inf = float("inf")
+    prior = torch.tensor([[[0.0, 1.0, -inf], [2.0, 0.0, -inf]], [[1.0, 1.0, -inf], [0.0, 3.0, -inf]]])  # (2, 2, 3)
+    masked = torch.tensor([[True, False], [True, True]])
+    guided = prior + torch.tensor([0.5, -0.5, 0.0])
+    out, shift = carry_shift(None, prior, guided, masked, torch.tensor([True, False]))
+    assert torch.equal(out[0], guided[0]) and torch.equal(out[1], prior[1])  # row 1 never guided: its prior
+    assert shift[0, 0].tolist() == [0.5, -0.5, 0.0] and not shift[0, 1].any() and not shift[1].any()
+    assert torch.isfinite(shift).all()  # 0 where the prior is −inf
+    later = prior - 1.0  # the next step: row 0 not guided, reuses its shift at its masked slot only
+    out2, shift2 = carry_shift(shift, later, later, torch.tensor([[True, False], [False, True]]),
+                               torch.tensor([False, False]))
+    assert torch.equal(out2[0, 0], later[0, 0] + shift[0, 0]) and torch.equal(out2[0, 1], later[0, 1])
+    assert torch.equal(out2[1], later[1]) and torch.equal(shift2, shift)
+
+
+def test_guide_carry_reuses_the_last_shift_between_guided_steps(mlm, pref_reward):
+    states = []
+    out = generate(mlm, PROMPTS, pref_reward, sampler=small(), progress=False, callback=record(states),
+                   guidance=guided(guide_every=3, guide_carry=True))
+    plain = generate(mlm, PROMPTS, pref_reward, sampler=small(), progress=False,
+                     guidance=guided(guide_every=3))
+    assert out.stats.rm_backwards == plain.stats.rm_backwards  # no RM pass on the carried steps
+    last = None
+    for st in states:
+        masked = st["masked"].unsqueeze(-1)
+        if st["step"] % 3 == 0:  # guided: the shift of this step
+            last = torch.where(torch.isfinite(st["logits"]) & masked, st["guided_logits"] - st["logits"], 0.0)
+        else:  # carried: prior + the last guided step's shift at the masked slots
+            expected = torch.where(masked, st["logits"] + last, st["logits"])
+            assert torch.equal(st["guided_logits"], expected)
+            assert not torch.equal(st["guided_logits"], st["logits"])
+    assert tokens_by_prompt(out) != tokens_by_prompt(plain)
+    full = generate(mlm, PROMPTS, pref_reward, sampler=small(), progress=False, guidance=guided(guide_carry=True))
+    ref = generate(mlm, PROMPTS, pref_reward, sampler=small(), progress=False, guidance=guided())
+    assert tokens_by_prompt(full) == tokens_by_prompt(ref)  # every step guided: nothing to carry
 
 
 def test_guide_every_counts_the_steps_of_each_block(mlm, pref_reward):
@@ -197,3 +236,40 @@ def test_inner_tol_in_the_sampler_counts_what_ran(mlm, pref_reward):
     for g in out.samples:
         for s in g:
             assert all((len(t.rewards), len(t.grad_norms)) == (3, 1) for t in s.trace)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_entropy_weight_keeps_the_logits_precision(dtype):
+    from entrgi.guidance.inner_loop import mean_entropy_weight
+    from entrgi.guidance.mixing import entropy_weight
+
+    logits = torch.randn(2, 3, 7, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    masked = torch.tensor([[True, False, True], [False, False, False]])
+    w = mean_entropy_weight(logits, masked, 1.0)
+    assert w.dtype == dtype and math.isnan(w[1])
+    expected = (entropy_weight(logits[0, 0:1], 1.0) + entropy_weight(logits[0, 2:3], 1.0)) / 2
+    assert torch.allclose(w[0:1], expected.to(dtype), rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_particles_carry_their_ancestors_shift(mlm, qwen_reward):
+    """A resampled particle continues with its ancestor's carried guidance shift, not its own."""
+    from entrgi.sampling.particles import ParticleSampler
+
+    checked = []
+
+    class Spy(ParticleSampler):
+        def after_step(self, state, output):
+            before = None if state.guide_shift is None else state.guide_shift.clone()
+            super().after_step(state, output)
+            k = state.sampler.num_samples
+            for j in range(len(state.rows)):
+                a = state.traces[j][-1].resampled_from
+                if before is not None and a is not None and a != j % k:
+                    assert torch.equal(state.guide_shift[j], before[(j // k) * k + a])
+                    checked.append(j)
+
+    pc = ParticleConfig(guided=True, resample_every=2)
+    out = Spy(mlm, qwen_reward, pc).generate(PROMPTS, small(num_samples=4), guided(guide_every=4, guide_carry=True),
+                                             progress=False)
+    assert checked, "the test needs a particle that took another's canvas"
+    assert all(mlm.mask_token_id not in s.token_ids for grp in out.samples for s in grp)

@@ -241,6 +241,26 @@ def test_generation_with_the_block_cache(models, name, mode):
     assert 0.0 <= agreement <= 1.0
 
 
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("name", ["dream", "llada"])
+def test_the_cost_count_counts_the_window_of_cached_steps(models, name, mode):
+    """dllm_tokens: rows × the whole canvas at a block's first step, rows × the query window at its others."""
+    model = models[name]
+    ref = run(model, sampler_cfg(name), trace=False)
+    out = run(model, sampler_cfg(name, kv_cache=mode), trace=False)
+    B, N = len(PROMPTS), ref.stats.dllm_tokens // (len(PROMPTS) * GEN_L)  # canvas length (prompt + L)
+    assert ref.stats.dllm_tokens == B * N * GEN_L
+    P = N - GEN_L
+    shift = 1 if name == "dream" else 0
+    expected = 0
+    for block in range(GEN_L // BLOCK):
+        a = max(P + block * BLOCK - shift, 0)
+        b = P + (block + 1) * BLOCK if mode == "dual" else N
+        expected += B * N + (BLOCK - 1) * B * (b - a)  # first step full, then the window
+    assert out.stats.dllm_tokens == expected < ref.stats.dllm_tokens
+    assert out.stats.dllm_forwards == ref.stats.dllm_forwards
+
+
 @pytest.mark.parametrize("name", ["dream", "llada"])
 def test_kv_cache_agreement_reports_every_mode(models, name):
     model = models[name]

@@ -44,6 +44,7 @@ def test_fast_is_parallel_and_scheduled():
     sampler, guidance = get_preset("fast").configs()
     assert sampler.parallel_threshold is not None and sampler.parallel_threshold < 1.0
     assert (guidance.guide_every, guidance.guide_until, guidance.guide_min_weight) != (1, 1.0, 0.0)
+    assert guidance.guide_carry and sampler.confidence_from == "guided"
 
 
 def test_unknown_preset():
@@ -76,12 +77,13 @@ def test_generate_preset_shows_in_the_json_and_flags_override(folders, capsys):
     for key, value in fast.guidance.items():
         assert data["guidance"][key] == value
     assert data["sampler"]["max_new_tokens"] == 4
-    assert main([*base, "--preset", "fast", "--parallel-threshold", "0.5", "--guide-until", "1.0"]) == 0
+    assert main([*base, "--preset", "fast", "--parallel-threshold", "0.5", "--guide-every", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["sampler"]["parallel_threshold"] == 0.5 and data["guidance"]["guide_until"] == 1.0
+    assert data["sampler"]["parallel_threshold"] == 0.5 and data["guidance"]["guide_every"] == 2
+    assert data["guidance"]["guide_carry"] is True  # the preset's other fields stay
     assert main(base) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["sampler"]["parallel_threshold"] is None and data["guidance"]["guide_until"] == 1.0
+    assert data["sampler"]["parallel_threshold"] is None and data["guidance"]["guide_every"] == 1
 
 
 def test_bad_preset_flag_is_one_line(folders, capsys):

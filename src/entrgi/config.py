@@ -226,6 +226,14 @@ class GuidanceConfig:
     inner_tol: float | None = _help(
         "Stop a row's M inner steps once an inner step raised its reward by less than this (None = run all M).",
         default=None)
+    kl_weight: float = _help(
+        "λ of the KL penalty: the inner loop maximises R − λ·Σ_slots KL(softmax(φ/τ) ‖ softmax(φ₀/τ)), φ₀ the "
+        "prior logits, τ the relaxation temperature (docs/rewards.md, KL penalty); 0 = off (finite, >= 0).",
+        default=0.0)
+    guide_carry: bool = _help(
+        "On the steps the schedule does not guide, add the row's last guided logit shift (guided − prior "
+        "logits, per slot) to the prior logits of its still-masked slots, so the guidance keeps steering "
+        "without RM passes. Off = unguided steps use the prior logits alone.", default=False)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, methods())
@@ -238,7 +246,7 @@ class GuidanceConfig:
             check_float("relaxation_temperature", self.relaxation_temperature, 0.0, low_open=True)
         if self.hard_top_p is not None:
             check_float("hard_top_p", self.hard_top_p, 0.0, 1.0, low_open=True)
-        for name in ("prefix_cache", "compile"):
+        for name in ("prefix_cache", "compile", "guide_carry"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.vocab_chunk is not None:
@@ -250,6 +258,7 @@ class GuidanceConfig:
         check_float("guide_min_weight", self.guide_min_weight, 0.0, 1.0)
         if self.inner_tol is not None:
             check_float("inner_tol", self.inner_tol, 0.0)
+        check_float("kl_weight", self.kl_weight, 0.0)
 
     @property
     def guided(self) -> bool:

@@ -4,9 +4,10 @@
 YAML) start from the preset's fields; fields given explicitly (flags, the YAML's ``sampler`` / ``guidance``
 sections) still override them, and the resolved config (``--json``, ``run.json``) shows the result.
 
-``fast``: parallel (threshold) decoding plus a guidance schedule, so that reward guidance costs no more
-than plain sampling with T = L. Its values were measured on the default pair (demo settings, L = T = 16,
-K = 4, τ = 0.7) with ``scripts/tune_fast_preset.py``; the numbers are in that script's docstring.
+``fast``: a guidance schedule that guides a quarter of the steps and carries the guided logit shift over
+the others, plus parallel (threshold) decoding on the guided logits. Chosen on the default pair (demo
+settings, L = T = 16, K = 4, τ = 0.7) with ``scripts/frontier.py``; the measured frontier is in
+docs/fast-guidance.md.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         "fast",
-        "Parallel decoding (commit every slot whose draw has probability > 0.9) with guidance only on the first "
-        "steps, while less than a quarter of the response is committed: reward guidance at about the cost of "
-        "plain sampling (scripts/tune_fast_preset.py).",
+        "Guide every 4th step of a block and carry the guided logit shift over the steps between (guide_every=4, "
+        "guide_carry), with parallel decoding on the guided logits (commit every slot whose draw has probability "
+        "> 0.9): about 0.3x full EntRGi's cost at its reward (docs/fast-guidance.md).",
         sampler={"parallel_threshold": 0.9, "confidence_from": "guided"},
-        guidance={"guide_until": 0.25},
+        guidance={"guide_every": 4, "guide_carry": True},
     ),
 }
 

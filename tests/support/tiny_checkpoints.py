@@ -289,3 +289,99 @@ def write_reward_checkpoint(folder: str | Path, tokenizer, *, hidden: int = 32, 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---- family members (tests/fixtures/family_configs) ---------------------------------------------------
+#: The members' config.json values with their sources (``_source``), one JSON file each.
+FAMILY_CONFIGS = Path(__file__).resolve().parent.parent / "fixtures" / "family_configs"
+#: Tiny widths/layers put in place of a member's real ones (vocabulary, special ids and RoPE stay real).
+DREAM_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_window_layers=2)
+LLADA_TINY = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=64)
+#: LLaDA's special tokens at their real ids (the header ids are placed, see the fixtures' ``_source``).
+LLADA_REAL_IDS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
+                  "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
+
+
+def family_members() -> list[str]:
+    """The fixture names (file stems), sorted."""
+    return sorted(p.stem for p in FAMILY_CONFIGS.glob("*.json"))
+
+
+def family_fixture(name: str) -> dict:
+    """A member's whole fixture: ``_member``, ``_family``, ``_source``, ``_tokenizer`` and its config values."""
+    return json.loads((FAMILY_CONFIGS / f"{name}.json").read_text())
+
+
+def member_config(name: str, *, tiny: bool = True) -> dict:
+    """A member's config.json (keys without a leading ``_``); ``tiny`` puts in tiny widths/layers."""
+    fx = family_fixture(name)
+    cfg = {k: v for k, v in fx.items() if not k.startswith("_")}
+    if tiny and fx["_family"] in ("dream", "llada"):
+        cfg.update(DREAM_TINY if fx["_family"] == "dream" else LLADA_TINY)
+    return cfg
+
+
+def llada_real_id_tokenizer(chat_template: bool = True, words=WORDS):
+    """Word-level tokenizer with LLaDA's special tokens at their real ids (:data:`LLADA_REAL_IDS`); the ids
+    between the words and the specials are ``<|reserved_i|>`` fillers, so it has 126349 tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    n = max(LLADA_REAL_IDS.values()) + 1
+    words = [w for w in dict.fromkeys(words) if not w.startswith("<|")] + ["<unk>"]
+    by_id = {i: w for i, w in enumerate(words)}
+    by_id.update({i: t for t, i in LLADA_REAL_IDS.items()})
+    vocab = {by_id.get(i, f"<|reserved_{i}|>"): i for i in range(n)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>",
+                                   additional_special_tokens=["<|mdm_mask|>", "<|start_header_id|>",
+                                                              "<|end_header_id|>", "<|eot_id|>"])
+    if chat_template:
+        fast.chat_template = LLADA_CHAT_TEMPLATE
+    return fast
+
+
+def write_member_dream_tokenizer(folder: str | Path, extra_tokens: dict | None = None,
+                                 chat_template_file: bool = False) -> Path:
+    """:func:`write_dream_tokenizer` (hub layout) plus ``extra_tokens`` ({id: content}, special added tokens)
+    and, with ``chat_template_file``, the chat template in ``chat_template.jinja`` (DiffuCoder's layout)."""
+    folder = write_dream_tokenizer(folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    dec = cfg["added_tokens_decoder"]
+    for i, s in (extra_tokens or {}).items():
+        dec[str(i)] = dict(dec["151643"], content=s, special=True)
+    if chat_template_file:
+        (folder / "chat_template.jinja").write_text(cfg.pop("chat_template"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def write_member_checkpoint(folder: str | Path, name: str, *, seed: int = 0, shards: int = 2,
+                            **overrides) -> Path:
+    """A random checkpoint of the family member ``name`` (a fixture): its config.json with tiny widths,
+    weights under the family's checkpoint names, its tokenizer layout. ``overrides`` change config values
+    (``tie_word_embeddings`` / ``weight_tying`` drop the output layer from the weights). A member that is
+    refused (LLaDA-MoE) gets its config.json only."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fx = family_fixture(name)
+    cfg = {**member_config(name), **overrides}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    tok = fx.get("_tokenizer", {})
+    if fx["_family"] == "dream":
+        sd = dream_state_dict(cfg, seed)
+        if cfg.get("tie_word_embeddings"):
+            del sd["lm_head.weight"]
+        save_sharded(folder, sd, shards)
+        write_member_dream_tokenizer(folder, {int(k): v for k, v in tok.get("extra_tokens", {}).items()},
+                                     tok.get("chat_template_file", False))
+    elif fx["_family"] == "llada":
+        sd = llada_state_dict(cfg, seed)
+        if cfg.get("weight_tying"):
+            del sd["model.transformer.ff_out.weight"]
+        save_sharded(folder, sd, shards)
+        llada_real_id_tokenizer(tok.get("chat_template", True)).save_pretrained(folder)
+    return folder

@@ -285,13 +285,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, reward = load_pair(args, (guidance.method,))
     if guidance.guided:
         check_differentiable(reward, args.reward, f"method {guidance.method!r}")
-    out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, progress=not args.quiet)
+    run_sampler = canvas_sampler(model, sampler, args)  # DiffusionGemma: a CanvasConfig
+    out = generate(model, prompts, reward, sampler=run_sampler, guidance=guidance, progress=not args.quiet)
     if output is not None:
         write_atomic(output, json.dumps(out.to_dict(with_trace=True), indent=1))
     if args.json:
         print(json.dumps(out.to_dict(with_trace=args.trace), indent=1))
     else:
-        print(f"method={guidance.method} M={guidance.inner_steps} τ={sampler.temperature} T={sampler.steps} "
+        steps = (f"τ={sampler.temperature} T={sampler.steps}" if run_sampler is sampler else
+                 f"canvas T<={run_sampler.max_denoising_steps or 'model default'}")
+        print(f"method={guidance.method} M={guidance.inner_steps} {steps} "
               f"L={sampler.max_new_tokens} K={sampler.num_samples}  ({out.stats.wall_time_s:.1f}s)")
         for i, group in enumerate(out.samples):
             best = out.best(i) if group[0].reward is not None else None
@@ -305,6 +308,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         print(note, file=sys.stderr)
     return 0
+
+
+def canvas_sampler(model, sampler: SamplerConfig, args: argparse.Namespace):
+    """``sampler``, or for a canvas model (DiffusionGemma) its :class:`~entrgi.sampling.canvas.CanvasConfig` with
+    the canvas flags given; canvas flags with another model are a ``ValueError``."""
+    from ..sampling.canvas import CanvasConfig, is_canvas_model
+
+    own = {k: v for k, v in given_fields(CanvasConfig, args).items()
+           if k not in {f.name for f in dataclasses.fields(SamplerConfig)}}
+    if is_canvas_model(model):
+        return CanvasConfig.from_sampler(sampler, **own)
+    if own:
+        flags = ", ".join("--" + k.replace("_", "-") for k in own)
+        raise ValueError(f"{flags}: canvas-sampler flags apply only to a DiffusionGemma `--model`, not to "
+                         f"{type(model).__name__}; drop them.")
+    return sampler
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -390,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset_arg(g)
     add_dataclass_args(g.add_argument_group("sampler (SamplerConfig)"), SamplerConfig)
     add_dataclass_args(g.add_argument_group("guidance (GuidanceConfig)"), GuidanceConfig)
+    from ..sampling.canvas import CanvasConfig  # DiffusionGemma's canvas sampler: its own fields
+    add_dataclass_args(g.add_argument_group("canvas sampler (CanvasConfig; DiffusionGemma models only)"), CanvasConfig,
+                       skip=tuple(f.name for f in dataclasses.fields(SamplerConfig)))
     g.set_defaults(func=cmd_generate)
 
     from ..eval.config import EvalConfig
@@ -420,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plots", action="store_true")
     r.set_defaults(func=cmd_report)
     from ..serve.cli import add_serve_parser  # `entrgi serve` (entrgi/serve/)
-    add_serve_parser(sub)
+    add_plugin_arg(add_serve_parser(sub))  # served methods may be a plugin's guidance rule
     return parser
 
 

@@ -38,7 +38,9 @@ def eval_methods() -> tuple[str, ...]:
 
 
 IDENTITY_FIELDS = ("model", "family", "reward", "reward_template", "dtype", "subsample", "subset_seed", "sampler",
-                   "guidance", "particles", "judges", "distinct_n", "perplexity", "track_reward")
+                   "guidance", "particles", "judges", "distinct_n", "perplexity", "track_reward", "text_reward")
+#: Methods whose pick (and particle weights) a `text_reward` takes over: they only score decoded samples.
+TEXT_SELECTED = ("best_of_n", MATCHED_BON, *PARTICLE_METHODS)
 #: Fields of each section that the grid sets per cell (left out of the identity).
 GRID_SET = {"sampler": ("temperature", "seed"), "guidance": ("method",), "particles": ("guided",)}
 
@@ -65,7 +67,8 @@ class EvalConfig:
     model: str | None = _h("Diffusion LM (hub id or folder); None = the embedded default pair.", default=None)
     family: str | None = _h("Model family adapter (None = detect).", default=None)
     reward: str | None = _h("Guiding reward: an HF classifier (hub id or folder), text:MODULE:FUNCTION, "
-                            "likelihood:PATH_OR_ID or a registered KIND:TARGET (needs `model`; None = the default "
+                            "likelihood:PATH_OR_ID, a registered KIND:TARGET, or a weighted sum W1*SPEC1+W2*SPEC2 "
+                            "(in YAML also a list of {spec, weight}) (needs `model`; None = the default "
                             "pair's, or no reward when `model` is set and every method is none).", default=None)
     reward_template: str = _h("How the RM sees (prompt, response): auto/chat/plain/response.", default="auto")
     dtype: str | None = _h("Weights dtype for hub models (float32/bfloat16/float16).", default=None)
@@ -91,11 +94,22 @@ class EvalConfig:
     perplexity: bool = _h("DLLM pseudo-perplexity of the outputs (one forward per token).", default=True)
     track_reward: bool = _h("Record the RM estimate of the predicted completion at every step.", default=True)
     matched_bon_n: int | None = _h("N of best_of_n_matched (None = matched on estimated FLOPs).", default=None)
+    text_reward: str | None = _h(
+        "A reward on decoded text (text:MODULE:FUNCTION or text:FILE.py:FUNCTION; any reward spelling) that picks the "
+        "Top@1 of best_of_n / best_of_n_matched and weighs the particles (particles_entrgi: hybrid, gradients still "
+        "from `reward`, or the default pair's RM); records keep `reward`'s scores and add this one's under "
+        "`selection`. None = `reward` does both.", default=None)
     plugins: tuple[str, ...] = _h("Python files or modules imported first (they register guidance rules, remasking "
                                   "rules or rewards; docs/extending.md); paths relative to the working directory.",
                                   default=())
 
     def __post_init__(self) -> None:
+        if isinstance(self.reward, (list, tuple)):  # YAML `reward: [{spec: ..., weight: ...}, ...]`: a weighted sum
+            from ..reward.registry import composite_spec
+            try:
+                object.__setattr__(self, "reward", composite_spec(self.reward))
+            except ValueError as e:
+                raise ValueError(f"`reward`: {e}") from None
         for name in ("prompt_sets", "methods", "temperatures", "seeds", "judges", "distinct_n", "plugins"):
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
@@ -120,6 +134,15 @@ class EvalConfig:
         if self.matched_bon_n is not None:
             check_int("matched_bon_n", self.matched_bon_n, 1)
         check_choice("reward_template", self.reward_template, ("auto", "chat", "plain", "response"))
+        if self.text_reward is not None:
+            from ..reward.registry import split_reward_spec
+            if not isinstance(self.text_reward, str):
+                raise ValueError(f"`text_reward` must be a reward spelling such as 'text:MODULE:FUNCTION', got "
+                                 f"{self.text_reward!r}.")
+            try:
+                split_reward_spec(self.text_reward)
+            except ValueError as e:
+                raise ValueError(f"`text_reward`: {e}") from None
         if self.dtype is not None:
             check_choice("dtype", self.dtype, tuple(DTYPES))
         for grid_key, section in (("temperature", "sampler"), ("seed", "sampler"), ("method", "guidance")):

@@ -32,6 +32,7 @@ from .config import (
     APS_ANCHORED,
     MATCHED_BON,
     PARTICLE_METHODS,
+    TEXT_SELECTED,
     EvalConfig,
     describe_difference,
     resolve_identity,
@@ -308,7 +309,7 @@ class EvalRunner:
     """Loads the models once and runs the cells of an :class:`EvalConfig`."""
 
     def __init__(self, cfg: EvalConfig, *, shard: Shard | None = None, model=None, reward=None,
-                 judges: list[Judge] | None = None, progress: bool = True):
+                 judges: list[Judge] | None = None, progress: bool = True, text_reward=None):
         self.cfg = cfg
         self.shard = shard or Shard.from_env()
         self.out = Path(cfg.out)
@@ -316,6 +317,16 @@ class EvalRunner:
         self.device = cfg.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
         self.model, self.reward = (model, reward) if model is not None else self._load_pair()
         self.judges = judges if judges is not None else [load_judge(j, device=self.device) for j in cfg.judges]
+        if text_reward is None and cfg.text_reward is not None:
+            from ..reward.registry import load_reward
+            text_reward = load_reward(cfg.text_reward, device=self.device, template=cfg.reward_template)
+        self.text_reward = text_reward  # picks best_of_n's Top@1 and weighs the particles (TEXT_SELECTED)
+        spec = cfg.particle_config(cfg.methods[0]).potential_reward
+        if spec is not None and any(split_method(m)[0] in PARTICLE_METHODS for m in cfg.methods):
+            from ..reward.registry import load_reward
+            self.potential_reward = load_reward(spec, device=self.device, template=cfg.reward_template)
+        else:
+            self.potential_reward = text_reward
 
     def _load_pair(self):
         """The pair by the rule of :func:`entrgi.pair.load_pair` (a model without a reward only when every
@@ -326,7 +337,7 @@ class EvalRunner:
         model, reward = load_pair(cfg.model, cfg.reward, methods=[cfg.guidance_config(m).method for m in cfg.methods],
                                   family=cfg.family, dtype=cfg.dtype, device=self.device,
                                   reward_template=cfg.reward_template, flags=("model", "reward"))
-        needs = [m for m in cfg.methods if cfg.guidance_config(m).guided or split_method(m)[0] in PARTICLE_METHODS]
+        needs = [m for m in cfg.methods if cfg.guidance_config(m).guided and split_method(m)[0] != "particles"]
         if needs or cfg.track_reward:
             what = f"methods {needs}" if needs else "`track_reward` (set it to false)"
             check_differentiable(reward, cfg.reward, what)
@@ -410,14 +421,26 @@ class EvalRunner:
         sampler = cfg.sampler_config(cell.temperature, cell.seed, num_samples=k, method=cell.method)
         texts = [p.text for p in prompts]
         if split_method(cell.method)[0] in PARTICLE_METHODS:
-            from ..sampling.particles import generate_particles
+            from ..sampling.particles import generate_particles, is_differentiable
             return generate_particles(self.model, texts, self.reward, sampler=sampler,
                                       guidance=cfg.guidance_config(cell.method),
                                       particles=cfg.particle_config(cell.method), progress=False,
-                                      track_reward=cfg.track_reward)
+                                      track_reward=cfg.track_reward and is_differentiable(self.reward),
+                                      potential_reward=self.potential_reward)
         from ..sampling.sampler import generate
         return generate(self.model, texts, self.reward, sampler=sampler, guidance=cfg.guidance_config(cell.method),
                         progress=False, track_reward=cfg.track_reward and self.reward is not None)
+
+    def selection_scores(self, cell: Cell, prompt: str, texts: list[str]) -> list[float] | None:
+        """The text reward's scores of a prompt's samples when it picks this cell's Top@1 (``text_reward`` set and
+        a method of ``TEXT_SELECTED``), else None (the reward's own scores pick)."""
+        if self.text_reward is None or split_method(cell.method)[0] not in TEXT_SELECTED:
+            return None
+        from ..errors import check_rewards
+        scores = self.text_reward.score_texts([prompt] * len(texts), texts)
+        scores = scores if torch.is_tensor(scores) else torch.as_tensor(list(scores), dtype=torch.float64)
+        check_rewards(scores, "the text reward's scores of the decoded samples", cell.method)
+        return [float(v) for v in scores.tolist()]
 
     def evaluate(self, cell: Cell, prompts: list[Prompt], k: int, identity: str) -> list[dict[str, Any]]:
         out = self.generate(cell, prompts, k)
@@ -429,8 +452,13 @@ class EvalRunner:
             texts = [s.text for s in group]
             rewards = [s.reward for s in group]
             scored = self.reward is not None  # else (method none without a reward) no reward, sample 0 as "best"
-            best = max(range(len(group)), key=lambda j: rewards[j]) if scored else 0
+            selection = self.selection_scores(cell, p.text, texts)  # a text reward's pick, or None
+            picked_by = selection if selection is not None else (rewards if scored else None)
+            best = max(range(len(group)), key=lambda j: picked_by[j]) if picked_by is not None else 0
             samples = [{"text": s.text, "reward": s.reward} for s in group]
+            if selection is not None:
+                for s, v in zip(samples, selection):
+                    s["selection"] = v
             judges = {}
             for judge in self.judges:
                 idx = list(range(len(group))) if judge.on == "all" else [best]
@@ -443,7 +471,8 @@ class EvalRunner:
             rec = {
                 "key": record_key(identity, name, cell, p, k), "prompt_set": name, "prompt_id": p.id,
                 "prompt": p.text, "method": cell.method, "temperature": cell.temperature, "seed": cell.seed,
-                "num_samples": k, "top1": top1(rewards) if scored else None,
+                "num_samples": k,
+                "top1": (rewards[best] if selection is not None else top1(rewards)) if scored else None,
                 "avg": avg(rewards) if scored else None, "best_index": best,
                 "match_released": out.sampler.match_released,
                 "judges": judges, "distinct": {str(m): distinct_n(texts, m) for m in self.cfg.distinct_n},
@@ -451,6 +480,9 @@ class EvalRunner:
                 "compute": per_prompt(stats, n),
                 "rank": self.shard.rank,
             }
+            if selection is not None:
+                rec["selection"] = {"reward": self.cfg.text_reward or getattr(self.text_reward, "name", "text_reward"),
+                                    "top1": selection[best], "avg": avg(selection)}
             if self.cfg.perplexity:
                 ppl = pseudo_perplexity(self.model, p.text, [s.token_ids for s in group])
                 for s, v in zip(samples, ppl):

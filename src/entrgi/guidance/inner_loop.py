@@ -2,12 +2,15 @@
 
 One denoising step, step 3 of docs/method.md: φ = the masked slots' logits, a fresh leaf and a fresh
 optimiser (Adam, or plain ascent φ += lr·∇R); M times the RM reads ê (the guidance rule, docs/method.md
-(6)) at masked slots and E_R[token] at committed ones, up to the first EOS; loss = −Σ rewards. A
-non-finite reward or gradient raises :class:`~entrgi.errors.NonFiniteError`. Cost: docs/performance.md.
+(6)) at masked slots and E_R[token] at committed ones, up to the first EOS; loss = −Σ rewards, plus
+λ·Σ_slots KL(softmax(φ/τ) ‖ softmax(φ₀/τ)) when ``kl_weight`` λ > 0 (its gradient added in closed form,
+:func:`~entrgi.guidance.mixing.add_kl_gradient_`). A non-finite reward or gradient raises
+:class:`~entrgi.errors.NonFiniteError`. Cost: docs/performance.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +21,7 @@ from ..config import ResolvedGuidance
 from ..errors import NonFiniteError, check_rewards
 from ..ops.logit_ops import upcast
 from ..ops.rng import RowStreams
-from .mixing import entropy_weight, reward_input_embeddings
+from .mixing import add_kl_gradient_, entropy_weight, reward_input_embeddings
 from .rules import get_guidance_rule
 from .schedules import inner_stop
 
@@ -55,6 +58,9 @@ class GuideResult:
     # fewer, and a row's values after its early stop are NaN in ``rewards`` / ``grad_norms``.
     forwards: int | None = None
     backwards: int | None = None
+    # with `kl_weight` > 0: (B, M) Σ over the row's guided slots of KL(softmax(φ/τ) ‖ softmax(φ₀/τ)) before each
+    # inner step's update (NaN after an `inner_tol` stop); None when the penalty is off
+    kl: torch.Tensor | None = None
 
 
 def response_attention(ids: torch.Tensor, masked: torch.Tensor, eos_ids: torch.Tensor,
@@ -108,6 +114,13 @@ def guide_logits(
     live = None if cfg.inner_tol is None else torch.ones(B, dtype=torch.bool)
     previous = None
     forwards = backwards = 0
+    kls: list[torch.Tensor] = []
+    if cfg.kl_weight > 0:  # φ₀: the prior logits of the guided slots, read back from `logits` per row chunk
+        slot_index = masked.reshape(-1).nonzero().squeeze(-1)  # (n,)
+        flat_logits = logits.reshape(-1, logits.shape[-1])
+
+        def prior(lo: int, hi: int) -> torch.Tensor:
+            return flat_logits[slot_index[lo:hi]]
 
     def rm_view(uniform_source: RowStreams, rows_live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         draw_at = masked if rows_live is None else masked & rows_live.to(device).unsqueeze(-1)
@@ -145,6 +158,10 @@ def guide_logits(
                 0, rows, torch.linalg.vector_norm(phi.grad, dim=-1).square())
             norms = sq.sqrt().detach().cpu()
             check_inner_step(r_now, norms, phi.grad, rows, cfg.method, k, cfg.inner_steps)
+            if cfg.kl_weight > 0:  # loss −R + λ·KL: add λ·∇KL to the gradient (grad_norms stay ‖∇R‖)
+                kl_slots = add_kl_gradient_(phi.grad, phi, prior, guidance.relaxation_temperature, cfg.kl_weight)
+                kl_rows = torch.zeros(B, device=device, dtype=kl_slots.dtype).index_add_(0, rows, kl_slots).cpu()
+                kls.append(kl_rows if live is None else torch.where(live, kl_rows, torch.full_like(kl_rows, math.nan)))
             if live is None:
                 rewards.append(r_now)
                 grad_norms.append(norms)
@@ -160,7 +177,10 @@ def guide_logits(
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
         check_rewards(rewards[-1], "the trace evaluation after the last inner step", cfg.method)
-    return guide_result(logits, masked, phi, rewards, grad_norms, forwards=forwards, backwards=backwards)
+    result = guide_result(logits, masked, phi, rewards, grad_norms, forwards=forwards, backwards=backwards)
+    if cfg.kl_weight > 0:
+        result.kl = torch.stack(kls, -1) if kls else torch.zeros(B, 0)
+    return result
 
 
 def check_inner_step(rewards: torch.Tensor, grad_norms: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor,
@@ -193,7 +213,7 @@ def guide_result(logits: torch.Tensor, masked: torch.Tensor, phi: torch.Tensor, 
 
 def mean_entropy_weight(logits: torch.Tensor, masked: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean EntRGi weight over each row's masked slots (B,), NaN for rows with none."""
-    w = torch.zeros(masked.shape, device=logits.device)
+    w = torch.zeros(masked.shape, device=logits.device, dtype=torch.promote_types(logits.dtype, torch.float32))
     if masked.any():
         w[masked] = entropy_weight(logits[masked], temperature)
     n = masked.sum(-1)

@@ -9,6 +9,7 @@ intermediates for backward (docs/performance.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,6 +71,40 @@ def entropy_chunked(logits: torch.Tensor, temperature: float = 1.0, chunk: int =
         t = t * alpha + e.mul_(z.clamp_min_(low)).sum(-1)
         m = m_new
     return (m + s.log() - t / s).nan_to_num_(0.0).clamp_min(0.0)  # a row with no finite logit: 0
+
+
+def kl_divergence(logits: torch.Tensor, prior_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(logits / τ) ‖ softmax(prior_logits / τ)) over the last dim (...,), differentiable w.r.t.
+    ``logits`` (dense; the reference for :func:`add_kl_gradient_`). Ids with q = 0 add nothing; an id with
+    q > 0 where the prior is −inf gives +inf."""
+    lq = scale(upcast(logits), temperature).log_softmax(-1)
+    lq0 = scale(upcast(prior_logits), temperature).log_softmax(-1)
+    q = lq.exp()
+    inside = q > 0
+    diff = torch.where(inside, lq, torch.zeros_like(lq)) - torch.where(inside, lq0, torch.zeros_like(lq0))
+    return (q * diff).sum(-1)
+
+
+@torch.no_grad()
+def add_kl_gradient_(grad: torch.Tensor, logits: torch.Tensor, prior_logits: Callable[[int, int], torch.Tensor],
+                     temperature: float, weight: float, chunk_rows: int = 256) -> torch.Tensor:
+    """Add ``weight`` · ∇_φ KL(softmax(φ/τ) ‖ softmax(φ₀/τ)) to ``grad`` (n, V) in place; returns the KL (n,).
+
+    Closed form, row chunk by row chunk (no autograd graph): with q = softmax(φ/τ), q₀ = softmax(φ₀/τ) and
+    a = log q − log q₀ (0 where q = 0), ∂KL/∂φ = q ⊙ (a − KL) / τ. ``logits`` is φ (n, V); ``prior_logits(lo, hi)``
+    returns φ₀ of rows lo..hi (so the caller need not hold an (n, V) copy)."""
+    n = logits.shape[0]
+    kl = torch.zeros(n, dtype=upcast(logits).dtype, device=logits.device)
+    for lo in range(0, n, chunk_rows):
+        hi = min(n, lo + chunk_rows)
+        lq = scale(upcast(logits[lo:hi].detach()), temperature).log_softmax(-1)
+        lq0 = scale(upcast(prior_logits(lo, hi)), temperature).log_softmax(-1)
+        q = lq.exp()
+        a = torch.where(q > 0, lq - lq0, torch.zeros_like(lq))  # (c, V)
+        k = (q * a).sum(-1)  # (c,)
+        kl[lo:hi] = k
+        grad[lo:hi] += (q * (a - k.unsqueeze(-1))).mul_(weight / temperature).to(grad.dtype)
+    return kl
 
 
 def soft_embeddings(probs: torch.Tensor, embedding_table: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ where it pays (``GuidanceConfig`` fields; the defaults guide every row at every 
 - ``guide_until`` f: only while less than a fraction f of the response is committed;
 - ``guide_min_weight`` w: only while the mean EntRGi weight of the row's masked slots (the normalised
   entropy of the prior logits at the entropy temperature) is at least w;
+- ``guide_carry``: the steps not guided reuse each row's last guided logit shift (guided − prior) on its
+  still-masked slots (:func:`carry_shift`), so guidance keeps steering between guided steps at no RM cost;
 - ``inner_tol`` ε: a row leaves the M inner steps once one of its inner steps raised its reward by
   less than ε (:func:`inner_stop`, used by :func:`entrgi.guidance.inner_loop.guide_logits`).
 
@@ -67,10 +69,26 @@ def inner_stop(previous: torch.Tensor, current: torch.Tensor, tol: float) -> tor
     return (current - previous) < tol
 
 
+def carry_shift(shift: torch.Tensor | None, prior: torch.Tensor, guided: torch.Tensor, masked: torch.Tensor,
+                guided_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``guide_carry``: the step's logits and the updated shift (both (B, L, V)).
+
+    Rows guided now store their shift ``guided − prior`` at their masked slots (0 elsewhere and at the ids
+    where the prior is −inf) and keep their guided logits; the other rows get ``prior + shift`` at their
+    masked slots, the shift of their last guided step (zero for a row never guided: its prior logits)."""
+    if shift is None:
+        shift = torch.zeros_like(prior)
+    now = guided_rows.to(prior.device).view(-1, 1, 1)
+    fresh = torch.where(torch.isfinite(prior) & masked.unsqueeze(-1), guided - prior, torch.zeros((), dtype=prior.dtype))
+    shift = torch.where(now, fresh, shift)
+    carried = torch.where(masked.unsqueeze(-1), prior + shift, prior)
+    return torch.where(now, guided, carried), shift
+
+
 def ran_values(values: torch.Tensor) -> list[float]:
     """A row's per-inner-step records (rewards or gradient norms, (k,)) without the NaN that mark the inner
     steps it did not run (after its ``inner_tol`` stop)."""
     return [v for v in values.tolist() if not math.isnan(v)]
 
 
-__all__ = ["guide_rows", "inner_stop", "is_full_guidance", "needs_entropy_weight", "ran_values"]
+__all__ = ["carry_shift", "guide_rows", "inner_stop", "is_full_guidance", "needs_entropy_weight", "ran_values"]

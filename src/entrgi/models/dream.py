@@ -19,6 +19,8 @@ MASK = "<|mask|>"
 EOS_ID = 151643  # <|endoftext|>: eos = pad
 IM_END = "<|im_end|>"  # 151645, ends the assistant turn
 BEGIN_OF_TEXT = "<|beginoftext|>"  # 151665, never a response token
+#: DiffuCoder-7B-Instruct/-cpGRPO: fixed-length SFT filled the response tail with this token, so it ends one.
+DLM_PAD = "<|dlm_pad|>"
 MODEL_TYPES = ("dream",)
 #: RoPE types implemented exactly (transformers' rotary embedding, as Dream's released code uses it).
 ROPE_TYPES = ("default", "linear")
@@ -31,6 +33,9 @@ def qwen2_config(raw: dict, attn_implementation: str | None = None) -> Qwen2Conf
     require_keys(raw, REQUIRED_KEYS, "Dream")
     if str(raw.get("model_type", "dream")).lower() not in MODEL_TYPES:
         raise ValueError(f"not a Dream config: model_type={raw.get('model_type')!r}.")
+    if raw.get("use_mrope"):
+        raise ValueError("Dream with `use_mrope` = true (multimodal rotary positions) is not supported; text "
+                         "checkpoints (Dream-v0, DiffuCoder, Dream-Coder) have `use_mrope` false or absent.")
     if raw.get("use_sliding_window"):
         raise ValueError("Dream with `use_sliding_window` = true is not supported (bidirectional layers use full "
                          "attention).")
@@ -83,8 +88,7 @@ class Dream(BidirectionalDLLM):
         eos = set(as_ids(config.get("eos_token_id"))) or {EOS_ID}
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
-        if IM_END in vocab:
-            eos.add(vocab[IM_END])
+        eos.update(vocab[t] for t in (IM_END, DLM_PAD) if t in vocab)
         invalid = {vocab[BEGIN_OF_TEXT]} if BEGIN_OF_TEXT in vocab else set()
         out = getattr(module, "lm_head", None)
         kwargs = dict(

@@ -21,6 +21,11 @@ MASK = "<|mdm_mask|>"
 EOS_ID = 126081  # <|endoftext|>: eos = pad
 EOT = "<|eot_id|>"  # 126348, ends the assistant turn
 MODEL_TYPES = ("llada",)
+#: LLaDA-MoE (``inclusionAI/LLaDA-MoE-7B-A1B-*``): its hub config.json says ``model_type`` "llada" too (the dllm
+#: trainer rewrites it to "lladamoe"), so it is told apart by these model types, architectures or MoE keys.
+MOE_MODEL_TYPES = ("lladamoe", "llada_moe")
+MOE_ARCHITECTURES = ("LLaDAMoEModel", "LLaDAMoEModelLM")
+MOE_KEYS = ("num_experts", "num_experts_per_tok", "expert_intermediate_size", "moe_layer_freq")
 REQUIRED_KEYS = ("d_model", "n_heads", "n_layers", "vocab_size")
 
 #: Defaults of the released ``ModelConfig`` for keys a config.json may omit.
@@ -70,8 +75,25 @@ def checkpoint_name(name: str) -> str:
     return f"model.transformer.blocks.{m.group(1)}.{inverse[m.group(2)]}.weight"
 
 
+def refuse_moe(raw: dict) -> None:
+    """``ValueError`` for a LLaDA-MoE config.json: its mixture-of-experts blocks are not implemented here."""
+    model_type = str(raw.get("model_type", "")).lower()
+    archs = [a for a in raw.get("architectures") or [] if a in MOE_ARCHITECTURES]
+    keys = [k for k in MOE_KEYS if k in raw]
+    if model_type in MOE_MODEL_TYPES or archs or keys:
+        raise ValueError(
+            f"LLaDA-MoE is not supported (model_type={raw.get('model_type')!r}, architectures="
+            f"{raw.get('architectures')}, num_experts={raw.get('num_experts')!r}, num_experts_per_tok="
+            f"{raw.get('num_experts_per_tok')!r}): the `llada` adapter implements the dense LLaDA-8B architecture, "
+            "not LLaDA-MoE's routed-expert feed-forward blocks and QK-norm attention, and its remote code is never "
+            "run. Use a dense LLaDA checkpoint (GSAI-ML/LLaDA-8B-Instruct, GSAI-ML/LLaDA-8B-Base, GSAI-ML/LLaDA-1.5) "
+            "or register an adapter of your own (docs/extending.md).")
+
+
 def llama_config(raw: dict, attn_implementation: str | None = None) -> LlamaConfig:
-    """The ``LlamaConfig`` of a LLaDA ``config.json``, after checking it uses only LLaDA-8B's options."""
+    """The ``LlamaConfig`` of a LLaDA ``config.json``, after checking it uses only LLaDA-8B's options
+    (LLaDA-MoE is refused by :func:`refuse_moe`)."""
+    refuse_moe(raw)
     require_keys(raw, REQUIRED_KEYS, "LLaDA")
     if str(raw.get("model_type", "llada")).lower() not in MODEL_TYPES:
         raise ValueError(f"not a LLaDA config: model_type={raw.get('model_type')!r}.")
@@ -110,6 +132,8 @@ class LLaDA(BidirectionalDLLM):
     """LLaDA as a :class:`~entrgi.models.base.DiffusionLM` (no shift)."""
 
     family = "llada"
+    #: Model types detected as this family only to be refused with :func:`refuse_moe`'s message.
+    MOE_MODEL_TYPES = MOE_MODEL_TYPES
     module_class = LLaDAModule
     config_from_json = staticmethod(llama_config)
     rename = staticmethod(module_name)  # OLMo-style checkpoint names -> LlamaModel names

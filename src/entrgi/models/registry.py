@@ -19,6 +19,7 @@ from .llada import LLaDA
 FAMILIES: dict[str, type[DiffusionLM]] = {"hf_mlm": HFMaskedLM, "dream": Dream, "llada": LLaDA}
 #: ``model_type`` (lower case) -> family.
 MODEL_TYPES: dict[str, str] = {"dream": "dream", "llada": "llada"}
+MODEL_TYPES.update(dict.fromkeys(LLaDA.MOE_MODEL_TYPES, "llada"))  # LLaDA-MoE: refused by the llada adapter
 ENCODER_MODEL_TYPES = ("bert", "roberta", "modernbert", "distilbert", "xlm-roberta", "electra", "deberta-v2")
 
 
@@ -30,6 +31,11 @@ def register_family(name: str, model_types: tuple[str, ...] = ()):
             MODEL_TYPES[t.lower()] = name
         return cls
     return wrap
+
+
+from .diffusion_gemma import MODEL_TYPES as DIFFUSION_GEMMA_TYPES, DiffusionGemma  # noqa: E402
+
+register_family("diffusion_gemma", model_types=DIFFUSION_GEMMA_TYPES)(DiffusionGemma)
 
 
 def family_class(name: str) -> type[DiffusionLM]:

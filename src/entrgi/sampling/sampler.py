@@ -19,7 +19,7 @@ from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
 from ..errors import NonFiniteError, check_rewards
 from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
 from ..guidance.mixing import upcast
-from ..guidance.schedules import guide_rows, needs_entropy_weight, ran_values
+from ..guidance.schedules import carry_shift, guide_rows, needs_entropy_weight, ran_values
 from ..models.base import DiffusionLM
 from ..ops.logit_ops import draw, sample_gumbel_max, sampling_logits
 from ..ops.rng import RowStreams, row_seed
@@ -219,7 +219,9 @@ class MaskedDiffusionSampler:
             logits = self.model_logits(state) if live is None else logits_of_rows(self.model_logits, state, live)
         forwarded = B if live is None else len(live)
         stats.dllm_forwards += forwarded
-        stats.dllm_tokens += forwarded * state.x.shape[1]  # rows × sequence length
+        kv = getattr(model, "kv_cache", None) if cfg.kv_cache != "none" else None
+        # rows × the positions the forward ran: the sequence, or the cached step's query window
+        stats.dllm_tokens += forwarded * (kv.query_tokens if kv is not None and kv.query_tokens else state.x.shape[1])
         # 2. Guidance: optimise a copy of the masked slots' logits ((4)–(9)).
         guided, result, w = logits, None, None
         if needs_entropy_weight(rg.config) and rg.config.guided:
@@ -235,11 +237,13 @@ class MaskedDiffusionSampler:
                     raise e.located(index, cfg.steps, state.row_ids) from None
             guided = result.logits
             self._count_guidance(state, int(guide_at.sum()), stats, result)
+        if rg.config.guide_carry and rg.config.guided:  # unguided rows reuse their last guided shift (schedules.py)
+            guided, state.guide_shift = carry_shift(state.guide_shift, logits, guided, masked, to_guide)
         # 3. Candidate tokens from the (guided) logits ((2)).
         with record_function("entrgi.draw"):
             x0 = self.draw(state, guided[candidates], candidates)  # (n,)
         # 4. Which candidates to commit ((3)).
-        anchored = cfg.confidence_from == "guided" or cfg.remasking == "anchored"
+        anchored = cfg.confidence_from == "guided"  # APS anchored remasking (the alias sets this)
         with record_function("entrgi.choose"):
             commit = self.choose(state, guided if anchored else logits, candidates, x0)
             if cfg.parallel_threshold is not None:  # parallel decoding: also every confident candidate
@@ -369,5 +373,9 @@ def generate(model: DiffusionLM, prompts: str | Sequence[str], reward: RewardMod
         callback: ``callback(step, output)`` after each step that ran, ``output`` a
             :class:`~entrgi.sampling.state.StepOutput`.
     """
+    if getattr(model, "sampling_loop", None) == "canvas" or not isinstance(sampler, (SamplerConfig, type(None))):
+        from .canvas import generate_canvas  # DiffusionGemma: the canvas loop (a CanvasConfig or a SamplerConfig)
+        return generate_canvas(model, prompts, reward, sampler=sampler, guidance=guidance, bridge=bridge,
+                               progress=progress, trace=trace, track_reward=track_reward, callback=callback)
     return MaskedDiffusionSampler(model, reward, bridge).generate(
         prompts, sampler, guidance, progress=progress, trace=trace, track_reward=track_reward, callback=callback)

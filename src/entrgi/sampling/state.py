@@ -59,6 +59,8 @@ class DenoisingState:
         reward_batch: the reward model's layout of the batch (guided runs, ``track_reward``).
         table: (V, d) the RM's input embeddings aligned to the DLLM's ids (zeros where unmapped).
         rm_mapped: (V,) True where the RM has a row for the DLLM id.
+        guide_shift: (B, L, V) each row's last guided logit shift (guided − prior, 0 at −inf ids), kept for
+            ``guide_carry``; None until a step is guided (or without ``guide_carry``).
     """
 
     rows: list[Row]
@@ -80,6 +82,7 @@ class DenoisingState:
     reward_batch: RewardBatch | None = None
     table: torch.Tensor | None = None
     rm_mapped: torch.Tensor | None = None
+    guide_shift: torch.Tensor | None = None
 
     # ---- the counters -------------------------------------------------------------------------------
     @property

@@ -1,0 +1,283 @@
+"""DiffusionGemma: the adapter (native transformers classes) and the guided canvas sampler.
+
+A tiny random ``DiffusionGemmaForBlockDiffusion`` is built from its config classes and saved with
+``save_pretrained`` + a word-level tokenizer. Unguided sampling must equal the native ``generate`` token for
+token (sampled with the same seed; greedy against the native loop with its draw replaced by the argmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+from argparse import Namespace
+
+import pytest
+import torch
+
+from entrgi import GuidanceConfig, SamplerConfig, generate
+from entrgi.cli.commands import canvas_sampler, main
+from entrgi.models import FAMILIES, detect_family, load_diffusion_lm
+from entrgi.models.diffusion_gemma import DiffusionGemma
+from entrgi.reward.base import left_pad
+from entrgi.sampling import canvas as canvas_module
+from entrgi.sampling.canvas import CanvasConfig
+from tests.support.tiny_checkpoints import write_reward_checkpoint
+from tests.support.tiny_models import CHAT_TEMPLATE, TokenPreferenceReward, tiny_mlm, word_tokenizer
+
+CANVAS = 4
+PROMPTS = ["the cat sat on the mat", "a dog ran"]  # different lengths: left padding and an attention mask
+
+
+def write_tiny_diffusion_gemma(folder, *, seed: int = 0, canvas_length: int = CANVAS, max_denoising_steps: int = 6):
+    """A random 2-layer DiffusionGemma (MoE text layers, a 1-layer vision tower) with a word tokenizer."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
+
+    tok = word_tokenizer()
+    V = len(tok)
+    text = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, global_head_dim=16, max_position_embeddings=256,
+                sliding_window=16, num_experts=2, top_k_experts=1, moe_intermediate_size=32,
+                layer_types=["sliding_attention", "full_attention"], pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id)
+    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64)
+    cfg = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=canvas_length,
+                               boi_token_id=V + 1, eoi_token_id=V + 2, image_token_id=V + 3)
+    torch.manual_seed(seed)
+    module = DiffusionGemmaForBlockDiffusion(cfg)
+    module.generation_config = DiffusionGemmaGenerationConfig(
+        eos_token_id=[tok.sep_token_id], pad_token_id=tok.pad_token_id, max_denoising_steps=max_denoising_steps)
+    module.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tiny_diffusion_gemma(tmp_path_factory.mktemp("diffusion_gemma"))
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    return load_diffusion_lm(folder, device="cpu")
+
+
+def native(model, prompts, num_samples: int, seed: int, **kwargs) -> list[list[int]]:
+    """The native ``generate`` on the left-padded rows (prompt-major), after ``torch.manual_seed(seed)``."""
+    ids, attn = left_pad([model.encode_prompt(p) for p in prompts for _ in range(num_samples)],
+                         model.pad_token_id, "cpu")
+    torch.manual_seed(seed)
+    out = model.module.generate(ids, attention_mask=attn, **kwargs)
+    return out.sequences[:, ids.shape[1]:].tolist()
+
+
+def ours(model, prompts, cfg: CanvasConfig, reward=None, method: str = "none", **guidance):
+    out = generate(model, prompts, reward, sampler=cfg, guidance=GuidanceConfig(method=method, **guidance),
+                   progress=False)
+    return out, [s.token_ids for group in out.samples for s in group]
+
+
+# ---- the adapter -------------------------------------------------------------------------------------
+def test_loads_with_family_mask_and_eos(folder, model):
+    tok = model.tokenizer
+    assert detect_family(folder) == "diffusion_gemma" and FAMILIES["diffusion_gemma"] is DiffusionGemma
+    assert isinstance(model, DiffusionGemma) and model.family == "diffusion_gemma"
+    assert type(model.module).__name__ == "DiffusionGemmaForBlockDiffusion"  # the native class, no remote code
+    assert model.eos_token_ids == (tok.sep_token_id,) == tuple(model.generation_config.eos_token_id)
+    assert model.mask_token_id == tok.mask_token_id  # in the vocabulary, never used by the uniform-noise canvas
+    assert model.pad_token_id == tok.pad_token_id
+    assert model.logit_width == len(tok) == model.module.config.text_config.vocab_size
+    assert model.canvas_length == CANVAS and model.sampling_loop == "canvas"
+    emb = model.get_input_embeddings()  # the encoder's, tied to the decoder's (and to the output layer)
+    assert emb.weight.data_ptr() == model.module.model.decoder.embed_tokens.weight.data_ptr()
+    assert model.encode_prompt("the cat") == [tok.cls_token_id, *tok.convert_tokens_to_ids(["the", "cat"])]
+
+
+def test_forward_is_the_first_denoising_step(model):
+    """``forward(prompt ⧺ canvas)`` = the decoder logits of the sampler's first step (its first random canvas)."""
+    seen = []
+    hook = model.module.register_forward_hook(lambda mod, args, kwargs_out: seen.append(kwargs_out.logits.clone()))
+    try:
+        ours(model, ["the cat sat"], CanvasConfig(max_new_tokens=CANVAS, seed=5, max_denoising_steps=2))
+    finally:
+        hook.remove()
+    prompt = torch.tensor([model.encode_prompt("the cat sat")])
+    torch.manual_seed(5)
+    canvas = torch.randint(0, model.logit_width, (1, CANVAS))  # the native loop's first random call
+    x = torch.cat([prompt, canvas], 1)
+    attn = torch.ones_like(x)
+    logits = model(x, attn, torch.arange(x.shape[1])[None])
+    assert len(seen) == 2 and logits.shape == (1, CANVAS, model.logit_width)
+    torch.testing.assert_close(logits, seen[0], atol=1e-5, rtol=1e-5)
+
+
+# ---- unguided = native --------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["default", "stopping", "batches", "eos"])
+def test_unguided_equals_native_generate_sampled(model, case):
+    cfg = CanvasConfig(max_new_tokens=3 * CANVAS - 1, num_samples=2, seed=11)  # 3 canvases, the last one whole
+    native_kw: dict = dict(max_new_tokens=cfg.max_new_tokens)
+    if case == "stopping":  # adaptive stopping fires: finished rows are frozen while the others run
+        cfg = dataclasses.replace(cfg, stability_threshold=0, confidence_threshold=3.5, entropy_bound=0.5,
+                                  t_min=0.1, t_max=0.3)
+        native_kw.update(stability_threshold=0, confidence_threshold=3.5, t_min=0.1, t_max=0.3)
+        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+        native_kw["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=0.5)
+    gc = model.module.generation_config
+    saved = gc.eos_token_id
+    if case == "eos":  # many EOS ids: rows finish at different canvases, tokens after the EOS become pad
+        gc.eos_token_id = list(range(5, 30))
+    rng = torch.get_rng_state()
+    try:
+        if case == "batches":  # two native batches, one after the other, continuing the random stream
+            cfg = dataclasses.replace(cfg, batch_size=2)
+            torch.manual_seed(cfg.seed)
+            want = []
+            for p in PROMPTS:
+                ids, attn = left_pad([model.encode_prompt(p)] * 2, model.pad_token_id, "cpu")
+                seqs = model.module.generate(ids, attention_mask=attn, **native_kw).sequences
+                want += seqs[:, ids.shape[1]:].tolist()
+        else:
+            want = native(model, PROMPTS, 2, cfg.seed, **native_kw)
+        torch.set_rng_state(rng)
+        out, got = ours(model, PROMPTS, cfg)
+        assert torch.equal(torch.get_rng_state(), rng)  # the global stream is left as it was
+    finally:
+        gc.eos_token_id = saved
+    assert got == want
+    assert len({tuple(t) for t in got}) == 4  # the rows differ: a real comparison
+    if case == "eos":
+        assert any(model.pad_token_id in t for t in got)
+    steps = [len(s.trace) for g in out.samples for s in g]
+    if case == "stopping":
+        assert min(steps) < 3 * 6 and len(set(steps)) > 1, steps  # rows stopped early, at different steps
+    if case == "default":
+        assert steps == [3 * 6] * 4 and out.stats.dllm_forwards == 4 * (3 + 3 * 6)
+        n_prompt = max(len(model.encode_prompt(p)) for p in PROMPTS)
+        assert out.stats.dllm_tokens == 4 * (n_prompt + 2 * CANVAS) + 4 * CANVAS * 3 * 6
+
+
+def test_unguided_greedy_equals_native_with_argmax_draws(model, monkeypatch):
+    cfg = CanvasConfig(max_new_tokens=2 * CANVAS, num_samples=2, seed=3, greedy=True)
+    _, sampled = ours(model, PROMPTS, dataclasses.replace(cfg, greedy=False))
+    _, got = ours(model, PROMPTS, cfg)
+    monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples: probs.argmax(-1, keepdim=True))
+    want = native(model, PROMPTS, 2, cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    assert got == want and got != sampled
+    # SamplerConfig(temperature=0) is the same greedy run
+    out = generate(model, PROMPTS, sampler=SamplerConfig(max_new_tokens=2 * CANVAS, num_samples=2, seed=3,
+                                                          temperature=0.0, steps=6),
+                   guidance=GuidanceConfig(method="none"), progress=False)
+    assert [s.token_ids for g in out.samples for s in g] == got
+
+
+# ---- guidance -----------------------------------------------------------------------------------------
+def test_guidance_raises_a_token_reward_and_counts_its_cost(model, monkeypatch):
+    rm = TokenPreferenceReward(model.tokenizer, ["happy"])
+    cfg = CanvasConfig(max_new_tokens=2 * CANVAS, num_samples=2, seed=0)
+    seen = []
+    real = canvas_module.guide_logits
+
+    def spy(logits, masked, *args, **kwargs):
+        result = real(logits, masked, *args, **kwargs)
+        seen.append((masked.clone(), logits.clone(), result.logits.clone()))
+        return result
+
+    monkeypatch.setattr(canvas_module, "guide_logits", spy)
+    plain, _ = ours(model, PROMPTS, cfg, rm, "none")
+    assert not seen
+    guided, _ = ours(model, PROMPTS, cfg, rm, "entrgi", inner_steps=3, lr=0.5)
+    assert sum(guided.avg()) / 2 > sum(plain.avg()) / 2 + 3  # 8 slots; none ≈ 0 "happy", guided most
+    # only the slots not accepted at the previous step are optimised; the accepted ones keep their logits
+    traces = [s.trace for g in guided.samples for s in g]
+    n = len(traces[0])
+    assert all(len(tr) == n for tr in traces)  # no adaptive stop here: every row runs every step
+    guided_steps = [i for i in range(n) if any(tr[i].guided for tr in traces)]
+    assert len(guided_steps) == len(seen) > n // 2
+    for i, (masked, prior, after) in zip(guided_steps, seen):
+        torch.testing.assert_close(after[~masked], prior[~masked], atol=0, rtol=0)
+        assert not torch.equal(after[masked], prior[masked])
+        for b, tr in enumerate(traces):
+            t, before = tr[i], tr[i - 1] if i else None
+            expected = torch.ones(CANVAS, dtype=torch.bool)
+            if before is not None and before.block == t.block:
+                expected[before.committed] = False
+            assert torch.equal(masked[b], expected) and t.masked == int(expected.sum())
+            assert t.guided == bool(expected.any())
+    stats, B, M = guided.stats, 4, 3
+    assert stats.rm_backwards == B * M * len(seen)
+    assert stats.rm_forwards == B * (M + 1) * len(seen) + B  # + the trace evaluation; + the final re-score
+    assert stats.dllm_forwards == plain.stats.dllm_forwards  # guidance adds no DLLM forward
+    assert all(len(t.rewards) == M + 1 and len(t.grad_norms) == M for tr in traces for t in tr if t.guided)
+
+
+def test_cli_entrgi_raises_the_reward_over_none(folder, tmp_path):
+    rm = write_reward_checkpoint(tmp_path / "rm", word_tokenizer(chat_template=CHAT_TEMPLATE))
+    means = {}
+    for method in ("none", "entrgi"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main(["generate", "--model", str(folder), "--reward", str(rm), "--method", method,
+                         "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--max-new-tokens", "8", "--num-samples",
+                         "2", "--seed", "0", "--inner-steps", "5", "--lr", "1.0", "--max-denoising-steps", "4",
+                         "--device", "cpu", "--json", "--quiet"])
+        assert code == 0
+        out = json.loads(buf.getvalue())
+        assert out["sampler"]["max_denoising_steps"] == 4 and out["guidance"]["method"] == method
+        rewards = [s["reward"] for g in out["samples"] for s in g]
+        means[method] = sum(rewards) / len(rewards)
+        assert (out["stats"]["rm_backwards"] > 0) == (method == "entrgi")
+    assert means["entrgi"] > means["none"] + 0.5, means
+
+
+# ---- options that do not apply ------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler, field", [
+    (SamplerConfig(kv_cache="prefix"), "kv_cache"),
+    (SamplerConfig(block_length=4, steps=32), "block_length"),
+    (SamplerConfig(parallel_threshold=0.9), "parallel_threshold"),
+    (SamplerConfig(remasking="maskgit_plus"), "remasking"),
+    (SamplerConfig(top_p=0.5), "top_p"),
+    (SamplerConfig(min_new_tokens=2), "min_new_tokens"),
+    (SamplerConfig(temperature=0.3), "temperature"),
+])
+def test_options_that_do_not_apply_raise(model, sampler, field):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        generate(model, "the cat", sampler=sampler, guidance=GuidanceConfig(method="none"), progress=False)
+
+
+def test_other_misuses_raise(model):
+    rm = TokenPreferenceReward(model.tokenizer, ["happy"])
+    with pytest.raises(ValueError, match="`guide_every`"):
+        generate(model, "the cat", rm, sampler=CanvasConfig(max_new_tokens=4),
+                 guidance=GuidanceConfig(guide_every=2), progress=False)
+    with pytest.raises(ValueError, match="`track_reward`"):
+        generate(model, "the cat", rm, sampler=CanvasConfig(max_new_tokens=4), track_reward=True, progress=False)
+    with pytest.raises(ValueError, match="`reward` is required"):
+        generate(model, "the cat", sampler=CanvasConfig(max_new_tokens=4), progress=False)
+    with pytest.raises(ValueError, match="disagree"):
+        CanvasConfig.from_sampler(SamplerConfig(steps=10), max_denoising_steps=12)
+    for bad in (dict(t_min=0.5, t_max=0.4), dict(entropy_bound=0.0), dict(max_denoising_steps=0),
+                dict(confidence_threshold=float("nan"))):
+        with pytest.raises(ValueError, match=f"`{next(iter(bad))}`|`t_max`"):
+            CanvasConfig(**bad)
+    with pytest.raises(ValueError, match="canvas"):  # a CanvasConfig for a masked diffusion LM
+        generate(tiny_mlm(), "the cat", sampler=CanvasConfig(), guidance=GuidanceConfig(method="none"),
+                 progress=False)
+    with pytest.raises(ValueError, match="--t-min"):  # a canvas flag with a masked diffusion LM
+        canvas_sampler(tiny_mlm(), SamplerConfig(), Namespace(t_min=0.1))
+
+
+def test_cli_refuses_an_option_that_does_not_apply(folder, capsys):
+    code = main(["generate", "--model", str(folder), "--method", "none", "--prompt", "the cat", "--remasking",
+                 "random", "--device", "cpu", "--quiet"])
+    assert code == 2
+    assert "`remasking` = 'random' (default 'entropy'): does not apply to the canvas sampler" in capsys.readouterr().err
+
+
+def test_cli_prints_a_canvas_run(folder, capsys):
+    code = main(["generate", "--model", str(folder), "--method", "none", "--prompt", "the cat", "--max-new-tokens",
+                 "4", "--max-denoising-steps", "2", "--t-min", "0.2", "--t-max", "0.5", "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "method=none" in out and "canvas T<=2" in out and "prompt 0: 'the cat'" in out
