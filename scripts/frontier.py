@@ -213,7 +213,7 @@ def plot(by: dict, seeds: list[int], order: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, key, label in ((axes[0], "top1", "Top@1 (RM reward)"), (axes[1], "avg", "Avg@K (RM reward)")):
         bons = sorted((n for n in by if n.startswith("bon@")), key=lambda n: int(n[4:]))
         stat = {n: (statistics.fmean(by[n][s]["flops_per_prompt"] for s in seeds) / 1e9,
@@ -224,19 +224,25 @@ def plot(by: dict, seeds: list[int], order: list[str], path: Path) -> None:
             for n in bons:
                 ax.annotate(n[4:], stat[n][:2], textcoords="offset points", xytext=(4, -10), fontsize=8,
                             color="0.35")
+        others = iter(["C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7"])
         for n in [n for n in order if n in by and not n.startswith("bon@")]:
             style = dict(marker="*", markersize=14, color="C3") if n == "fast" else \
                 dict(marker="s", color="C0") if n == "entrgi" else dict(marker="D", color="k") if n == "plain" else \
-                dict(marker="o")
+                dict(marker="o", color=next(others, "0.3"))
             x, y, e = stat[n]
             ax.errorbar([x], [y], yerr=[e], capsize=3, linestyle="none", label=n, **style)
         ax.set_xscale("log")
+        ticks = [t for t in (25, 50, 100, 200, 400, 800) if min(v[0] for v in stat.values()) * 0.8 <= t
+                 <= max(v[0] for v in stat.values()) * 1.25]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("cost: GFLOPs per prompt (deterministic count)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best", ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=7, frameon=False)
     fig.suptitle(f"Default pair, τ = 0.7, K = 4, L = 16, mean ± SEM over seeds {seeds}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

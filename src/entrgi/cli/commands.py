@@ -236,7 +236,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--family", help="Model family adapter (default: detected from the config).")
     g.add_argument("--reward", help="Reward: an HF sequence classifier's hub id or folder, text:MODULE:FUNCTION or "
                                     "text:FILE.py:FUNCTION (code on text: none/best_of_n only), likelihood:PATH_OR_ID, "
-                                    "or a registered KIND:TARGET (default: the embedded pair's).")
+                                    "a registered KIND:TARGET, or a weighted sum W*SPEC+W*SPEC (e.g. 0.7*PATH+0.3*likelihood:PATH) "
+                                    "(default: the embedded pair's).")
     g.add_argument("--reward-template", default="auto", choices=["auto", "chat", "plain", "response"],
                    help="How the RM sees (prompt, response) (default: auto = its chat template if any).")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
