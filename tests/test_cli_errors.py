@@ -358,7 +358,10 @@ def test_keyboard_interrupt_is_one_line_exit_130(ckpts, tmp_path):
                              "--prompt-sets", f"file:{prompts}", "--methods", "none", "--temperatures", "1.0",
                              "--seeds", *map(str, range(50)), "--max-new-tokens", "4", "--steps", "4",
                              "--num-samples", "1", "--prompts-per-batch", "1", "--no-perplexity", "--out", str(out),
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full,
+                            # a background job of a non-interactive shell inherits SIGINT ignored, and Python then
+                            # installs no KeyboardInterrupt handler: give the child the default disposition
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "results.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
