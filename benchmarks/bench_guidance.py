@@ -342,6 +342,19 @@ def fmt_s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
+def device_setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype] | None:
+    """The benchmarks' ``--device`` / ``--threads`` / ``--dtype`` (default: bf16 on CUDA, float32 on CPU); None
+    (after a message) when CUDA is asked for and absent."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available.", file=sys.stderr)
+        return None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    return device, {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="EntRGi and unguided only, no scaling tables, 1 repetition.")
@@ -361,14 +374,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Only the whole step (unguided, EntRGi M=3) on flat and/or peaked logits, optimised vs "
                         "the naive full-sort path (interleaved repetitions: --reps, default 3).")
     a = p.parse_args(argv)
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available.", file=sys.stderr)
+    setup = device_setup(a)
+    if setup is None:
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype or ("bfloat16" if device.type == "cuda"
-                                                                                  else "float32")]
+    device, dtype = setup
     scale = a.scale or "cpu"
     reps = a.reps or (1 if a.quick else 3 if a.case else 2)
     ckpt = a.rm_checkpointing if a.rm_checkpointing is not None else device.type == "cuda"

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_guidance import DREAM_WIDTH, PROMPT, SCALES, fmt_s, machine_line, sync  # also puts tests/ on the path
+# bench_guidance also puts tests/ on the path
+from bench_guidance import DREAM_WIDTH, PROMPT, SCALES, device_setup, fmt_s, machine_line, sync
 from support.tiny_checkpoints import dream_config, write_dream_tokenizer
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
@@ -188,14 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Prompts of the agreement run (default 4, quick 1; 0 = skip it).")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     a = p.parse_args(argv)
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available.", file=sys.stderr)
+    setup = device_setup(a)
+    if setup is None:
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype or ("bfloat16" if device.type == "cuda"
-                                                                                  else "float32")]
+    device, dtype = setup
     reps = a.reps or (3 if a.quick else 7)
     n_prompts = a.prompts if a.prompts is not None else (1 if a.quick else 4)
     t_start = time.perf_counter()

@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_guidance import SCALES, build_pair, fmt_s, lm_head_scaled, machine_line  # also puts tests/ on the path
+# bench_guidance also puts tests/ on the path
+from bench_guidance import SCALES, build_pair, device_setup, fmt_s, lm_head_scaled, machine_line
 from bench_kv_cache import prompt_of
 
 from entrgi import GuidanceConfig, SamplerConfig
@@ -205,14 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-factor", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     a = p.parse_args(argv)
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available.", file=sys.stderr)
+    setup = device_setup(a)
+    if setup is None:
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype or ("bfloat16" if device.type == "cuda"
-                                                                                  else "float32")]
+    device, dtype = setup
     L = a.length or (32 if a.quick else 64)
     if L % BLOCK:
         p.error(f"--length must be a multiple of {BLOCK}, got {L}")

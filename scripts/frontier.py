@@ -100,8 +100,8 @@ def run_one(model, reward, judge, prompts: list[str], seed: int, temperature: fl
     if setting["kind"] == "best_of_n":  # one run of max(ns) samples; a record per N
         ns = [int(n) for n in setting["ns"]]
         sampler = dataclasses.replace(sampler, num_samples=max(ns))
-        out = generate(model, prompts, reward, sampler=sampler, guidance=dataclasses.replace(guidance, method="best_of_n"),
-                       progress=False, trace=False)
+        bon = dataclasses.replace(guidance, method="best_of_n")
+        out = generate(model, prompts, reward, sampler=sampler, guidance=bon, progress=False, trace=False)
         vd = int(reward.embedding_table().numel())
         return {N: {**r, "rm_vd": vd} for N, r in
                 best_of_n_records(out, judge, prompts, ns, time.perf_counter() - start).items()}
@@ -188,7 +188,8 @@ def claims(by: dict, seeds: list[int], name: str = "fast") -> str:
            "sampling (T = L)"]
     for pair in PAPER_PAIRS:
         pc = lambda n: statistics.fmean(projected_flops(by[n][s], pair) for s in seeds)  # noqa: E731,B023
-        out.append(f"  priced at {pair}: {pc(name) / pc('entrgi'):.2f}× full EntRGi, {pc(name) / pc('plain'):.2f}× plain")
+        out.append(f"  priced at {pair}: {pc(name) / pc('entrgi'):.2f}× full EntRGi, "
+                   f"{pc(name) / pc('plain'):.2f}× plain")
     for key, label in (("top1", "Top@1"), ("avg", "Avg@K"), ("vader_top1", "VADER@1")):
         m, e = mean_sem([by[name][s][key] for s in seeds])
         mr, er = mean_sem([by["entrgi"][s][key] for s in seeds])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
+from support.tiny_checkpoints import write_mlm_and_reward
 
 from entrgi import GuidanceConfig, SamplerConfig, generate, get_guidance_rule, load_plugin
 from entrgi.cli.commands import main
@@ -101,13 +101,7 @@ def test_generate_feeds_the_rm_the_rules_mix(example, mlm, tok):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    tok = word_tokenizer(chat_template=CHAT_TEMPLATE)
-    tiny_mlm(tok).module.save_pretrained(d / "mlm")
-    tok.save_pretrained(d / "mlm")
-    tiny_qwen3_reward(tok, seed=1).model.save_pretrained(d / "rm")
-    tok.save_pretrained(d / "rm")
-    return d / "mlm", d / "rm"
+    return write_mlm_and_reward(tmp_path_factory.mktemp("ckpt"))
 
 
 SMALL = ["--max-new-tokens", "4", "--steps", "4", "--num-samples", "2", "--inner-steps", "1", "--quiet"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
+from support.tiny_checkpoints import write_mlm_and_reward
 
 from entrgi import GuidanceConfig, SamplerConfig
 from entrgi.cli.commands import main, read_eval_config
@@ -17,13 +17,7 @@ from entrgi.presets import PRESETS, expand_preset, get_preset
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    d = tmp_path_factory.mktemp("preset_ckpt")
-    tok = word_tokenizer(chat_template=CHAT_TEMPLATE)
-    tiny_mlm(tok).module.save_pretrained(d / "mlm")
-    tok.save_pretrained(d / "mlm")
-    tiny_qwen3_reward(tok, seed=1).model.save_pretrained(d / "rm")
-    tok.save_pretrained(d / "rm")
-    return d / "mlm", d / "rm"
+    return write_mlm_and_reward(tmp_path_factory.mktemp("preset_ckpt"))
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

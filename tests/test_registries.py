@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.tiny_models import CHAT_TEMPLATE, tiny_qwen3_reward, word_tokenizer
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from support.tiny_models import CHAT_TEMPLATE, tiny_qwen3_reward, word_tokenizer, write_tiny_qwen3_lm
 
 from entrgi import (
     GuidanceConfig,
@@ -293,12 +292,7 @@ def test_load_reward_reads_every_builtin_kind(tmp_path):
         want = HFRewardModel(rm.model, tok, template="plain").score_texts(prompts, responses)
         torch.testing.assert_close(loaded.score_texts(prompts, responses), want)
 
-    torch.manual_seed(0)
-    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=1, head_dim=8, intermediate_size=32,
-                                      pad_token_id=tok.pad_token_id, max_position_embeddings=64))
-    lm.save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+    lm = write_tiny_qwen3_lm(tok, tmp_path / "lm")
     loaded = load_reward(f"likelihood:{tmp_path / 'lm'}", dtype=torch.float64)
     assert isinstance(loaded, LikelihoodReward) and loaded.model.dtype == torch.float64
     want = LikelihoodReward(lm.double(), tok).score_texts(prompts, responses)

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.tiny_models import CHAT_TEMPLATE, tiny_qwen3_reward, word_tokenizer
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from support.tiny_models import CHAT_TEMPLATE, tiny_qwen3_reward, word_tokenizer, write_tiny_qwen3_lm
 
 from entrgi.pair import load_pair
 from entrgi.reward import CompositeReward, CompositeTextReward, HFRewardModel, LikelihoodReward, load_reward
@@ -69,12 +68,7 @@ def test_a_sum_of_an_hf_classifier_and_a_likelihood_reward_is_differentiable(tmp
     rm = tiny_qwen3_reward(tok, seed=3)
     rm.model.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
-    torch.manual_seed(0)
-    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=1, head_dim=8, intermediate_size=32,
-                                      pad_token_id=tok.pad_token_id, max_position_embeddings=64))
-    lm.save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+    write_tiny_qwen3_lm(tok, tmp_path / "lm")
     spec = f"0.7*{tmp_path / 'rm'}+0.3*likelihood:{tmp_path / 'lm'}"
     reward = load_reward(spec, dtype=torch.float64, template="plain", gradient_checkpointing=True)
     assert isinstance(reward, CompositeReward) and reward.weights == (0.7, 0.3)

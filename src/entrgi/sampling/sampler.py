@@ -16,7 +16,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
-from ..errors import NonFiniteError, check_rewards
+from ..errors import NonFiniteError
 from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
 from ..guidance.mixing import upcast
 from ..guidance.schedules import carry_shift, guide_rows, needs_entropy_weight, ran_values
@@ -25,7 +25,7 @@ from ..ops.logit_ops import draw, sample_gumbel_max, sampling_logits
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
 from ..reward.vocab import VocabBridge
-from .outputs import ComputeStats, GenerationOutput, Sample, StepTrace, cost_parameters, rescore_tokens, rm_call_tokens
+from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens
 from .parallel import logits_of_rows, parallel_commits, parallel_counts, rows_to_forward
 from .remasking import get_remasking_rule
 from .schedule import DEPRIORITISED, commit_counts, confidence, gumbel_keys, origin_reveal, select_top
@@ -113,7 +113,6 @@ class MaskedDiffusionSampler:
         guidance = guidance or GuidanceConfig()
         resolved = self.resolve(sampler, guidance, track_reward)
         rows = self.rows_for(prompts, sampler)
-        n_prompts = max(r.prompt_index for r in rows) + 1
         chunk = sampler.batch_size or len(rows)
         stats = ComputeStats()
         start = time.perf_counter()
@@ -134,20 +133,7 @@ class MaskedDiffusionSampler:
             traces += [t if trace else None for t in state.traces]
         bar.close()
         texts = [self.model.decode_response(t, sampler.match_released) for t in tokens]
-        rewards: list[float | None] = [None] * len(rows)
-        if self.reward is not None:
-            scores = self.reward.score_texts([r.prompt for r in rows], texts)
-            check_rewards(scores, "the re-score of the decoded samples", guidance.method,
-                          [(r.prompt_index, r.sample_index) for r in rows])
-            rewards = scores.tolist()
-            stats.rm_forwards += len(rows)
-            stats.rm_forward_tokens += rescore_tokens(self.reward, [r.prompt for r in rows], texts)
-        stats.flops = stats.estimate_flops(*cost_parameters(self.model, self.reward))
-        stats.wall_time_s = time.perf_counter() - start
-        samples: list[list[Sample]] = [[] for _ in range(n_prompts)]
-        for r, t, txt, rew, tr in zip(rows, tokens, texts, rewards, traces):
-            samples[r.prompt_index].append(Sample(r.prompt_index, r.sample_index, r.prompt, txt, t, rew, tr))
-        return GenerationOutput(samples, sampler, guidance, stats)
+        return collect_output(self.model, self.reward, rows, tokens, texts, traces, stats, sampler, guidance, start)
 
     def start(self, prompts: str | Sequence[str] | Sequence[Row], sampler: SamplerConfig | None = None,
               guidance: GuidanceConfig | ResolvedGuidance | None = None, *, trace: bool = True,
