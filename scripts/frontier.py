@@ -40,12 +40,16 @@ sys.path.insert(0, str(ROOT / "src"))
 from entrgi import GuidanceConfig, SamplerConfig, generate  # noqa: E402
 from entrgi.cli.demo import DEMO_GUIDANCE, DEMO_PROMPT_SET, DEMO_SAMPLER  # noqa: E402
 from entrgi.presets import get_preset  # noqa: E402
+from entrgi.sampling.outputs import ComputeStats  # noqa: E402
 
 CONFIG = ROOT / "configs" / "frontier.yaml"
-#: The paper's pair for the projected cost: (N_dllm, N_rm) non-embedding parameters and the RM's V·d, from the
-#: model cards (Qwen2.5-7B, the base of Dream-v0-Instruct-7B: 6.53B non-embedding, V = 152,064; Qwen3-0.6B /
-#: Qwen3-1.7B, the bases of Skywork-Reward-V2-Qwen3-0.6B / -1.7B: 0.44B / 1.4B non-embedding, d = 1024 / 2048).
-PAPER_PAIRS = {"7B+0.6B": (6.53e9, 0.44e9, 152064 * 1024), "7B+1.7B": (6.53e9, 1.4e9, 152064 * 2048)}
+#: The paper's pair for the projected cost: (N_dllm, N_rm) non-embedding parameters, the DLLM's output layer and
+#: the RM's V·d, from the model cards (Qwen2.5-7B, the base of Dream-v0-Instruct-7B: 6.53B non-embedding, an untied
+#: 152,064 × 3,584 lm_head, V = 152,064; Qwen3-0.6B / Qwen3-1.7B, the bases of Skywork-Reward-V2-Qwen3-0.6B / -1.7B:
+#: 0.44B / 1.4B non-embedding, d = 1024 / 2048).
+DREAM_HEAD = 152064 * 3584
+PAPER_PAIRS = {"7B+0.6B": (6.53e9, 0.44e9, DREAM_HEAD, 152064 * 1024),
+               "7B+1.7B": (6.53e9, 1.4e9, DREAM_HEAD, 152064 * 2048)}
 
 
 def load_settings(path: Path) -> tuple[dict, dict[str, dict]]:
@@ -58,7 +62,11 @@ def load_settings(path: Path) -> tuple[dict, dict[str, dict]]:
         if raw.get("preset"):
             preset = get_preset(raw["preset"])
             sampler, guidance = dict(preset.sampler), dict(preset.guidance)
-        settings[name] = {"kind": raw.get("kind", "sample"), "sampler": {**sampler, **(raw.get("sampler") or {})},
+        sampler = {**sampler, **(raw.get("sampler") or {})}
+        if raw.get("preset") and "steps" not in sampler and preset.steps_fraction is not None:  # T for the demo's L
+            fields = {**DEMO_SAMPLER, **sampler}
+            sampler["steps"] = preset.steps_for(fields["max_new_tokens"], fields.get("block_length"))
+        settings[name] = {"kind": raw.get("kind", "sample"), "sampler": sampler,
                           "guidance": {**guidance, **(raw.get("guidance") or {})},
                           "particles": dict(raw.get("particles") or {})}
         if settings[name]["kind"] == "best_of_n":
@@ -90,7 +98,7 @@ def best_of_n_records(out, judge, prompts: list[str], ns: list[int], wall_s: flo
     return recs
 
 
-COUNTS = ("dllm_tokens", "rm_forward_tokens", "rm_backward_tokens", "soft_embedding_macs")
+COUNTS = ("dllm_tokens", "dllm_logit_tokens", "rm_forward_tokens", "rm_backward_tokens", "soft_embedding_macs")
 
 
 def run_one(model, reward, judge, prompts: list[str], seed: int, temperature: float, setting: dict) -> dict:
@@ -129,10 +137,11 @@ def run_one(model, reward, judge, prompts: list[str], seed: int, temperature: fl
 def projected_flops(rec: dict, pair: str) -> float:
     """The record's counts priced at a paper pair's parameter counts (:data:`PAPER_PAIRS`): the same tokens
     through bigger models, the soft embeddings scaled by the ratio of the RMs' V·d (docs/fast-guidance.md)."""
-    n_dllm, n_rm, vd = PAPER_PAIRS[pair]
+    n_dllm, n_rm, n_head, vd = PAPER_PAIRS[pair]
     c = rec["counts_per_prompt"]
-    return (2 * n_dllm * c["dllm_tokens"] + 2 * n_rm * c["rm_forward_tokens"] + 4 * n_rm * c["rm_backward_tokens"]
-            + 2 * c["soft_embedding_macs"] * vd / rec["rm_vd"])
+    stats = ComputeStats(**{k: c[k] for k in COUNTS})
+    stats.soft_embedding_macs = c["soft_embedding_macs"] * vd / rec["rm_vd"]
+    return stats.estimate_flops(n_dllm, n_rm, n_head)
 
 
 def mean_sem(values: list[float]) -> tuple[float, float]:
@@ -225,9 +234,10 @@ def plot(by: dict, seeds: list[int], order: list[str], path: Path) -> None:
             for n in bons:
                 ax.annotate(n[4:], stat[n][:2], textcoords="offset points", xytext=(4, -10), fontsize=8,
                             color="0.35")
-        others = iter(["C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7"])
+        others = iter(["C1", "C4", "C5", "C6", "C8", "C9", "C7", "0.5"])
         for n in [n for n in order if n in by and not n.startswith("bon@")]:
             style = dict(marker="*", markersize=14, color="C3") if n == "fast" else \
+                dict(marker="P", markersize=11, color="C2") if n == "free" else \
                 dict(marker="s", color="C0") if n == "entrgi" else dict(marker="D", color="k") if n == "plain" else \
                 dict(marker="o", color=next(others, "0.3"))
             x, y, e = stat[n]
@@ -300,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
              for lab in ([f"{name}@{n}" for n in st["ns"]] if st["kind"] == "best_of_n" else [name])]
     print(table(by, seeds, order))
     print()
-    print(claims(by, seeds))
+    for name in ("fast", "free"):
+        print(claims(by, seeds, name))
     if args.plot:
         plot(by, seeds, order, Path(args.plot))
     return 0

@@ -50,10 +50,10 @@ def test_counts_per_sample(run):
     pair, _, P, results = run
     bench.check_deterministic(results)  # the repetitions agree in counts and tokens
     rows = {r["setting"]: r for r in bench.summary(results, ROWS)}
-    n_dllm, n_rm = cost_parameters(pair.dllm, pair.reward)
+    params = cost_parameters(pair.dllm, pair.reward)
     for name, runs in results.items():
         st = runs[0].stats
-        assert st.flops == st.estimate_flops(n_dllm, n_rm) > 0
+        assert st.flops == st.estimate_flops(*params) > 0
         assert rows[name]["dllm_forwards"] == T and runs[0].steps == T  # T = 4 steps, no threshold
         assert rows[name]["slots_per_step"] == L / T  # the linear schedule: 8, 8, 8, 8
         assert all(pair.dllm.mask_token_id not in t and len(t) == L for t in runs[0].tokens)

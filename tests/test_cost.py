@@ -1,5 +1,6 @@
 """The deterministic cost count (``ComputeStats`` tokens / MACs / FLOPs; docs/performance.md, "Cost count")
-against a hand count on tiny models."""
+against a hand count on tiny models, and against the matrix-multiply FLOPs torch's own counter
+(``torch.utils.flop_counter.FlopCounterMode``) sees the same runs execute."""
 
 import dataclasses
 import time
@@ -10,7 +11,8 @@ from support.tiny_checkpoints import dream_config
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.models.dream import DreamModule, qwen2_config
-from entrgi.sampling.outputs import ComputeStats, cost_parameters, non_embedding_parameters
+from entrgi.sampling.outputs import (ComputeStats, CostParameters, cost_parameters, non_embedding_parameters,
+                                    output_layer_parameters)
 
 PROMPT = "the cat sat"
 L, T, K = 4, 2, 2
@@ -40,11 +42,17 @@ def run(mlm, reward, method="entrgi", **kw):
     return generate(mlm, PROMPT, reward, sampler=sampler, guidance=guidance, progress=False, **g)
 
 
+def bert_head(cfg) -> int:
+    """The MLM's logit layer: the decoder matrix (tied to the word embeddings) and its bias."""
+    return cfg.vocab_size * cfg.hidden_size + cfg.vocab_size
+
+
 def test_parameter_counts(mlm, qwen_reward):
-    n_dllm, n_rm = cost_parameters(mlm, qwen_reward)
+    n_dllm, n_rm, n_head = cost_parameters(mlm, qwen_reward)
     assert n_dllm == bert_non_embedding(mlm.module.config)
     assert n_rm == qwen3_rm_non_embedding(qwen_reward.model.config)
-    assert cost_parameters(mlm) == (n_dllm, 0)
+    assert n_head == bert_head(mlm.module.config) == output_layer_parameters(mlm.module)
+    assert cost_parameters(mlm) == CostParameters(n_dllm, 0, n_head)
     # Dream's layout: the token embedding and lm_head (tied or not) are both excluded
     for tied in (False, True):
         cfg = qwen2_config({**dream_config(vocab_size=64), "tie_word_embeddings": tied})
@@ -66,17 +74,18 @@ def hand_count(mlm, reward, texts, *, prefix_cache=True, trace=False, guided=Tru
     calls = T * (1 + trace) if guided else 0  # M = 1 inner step (+ the trace's evaluation) per step
     fwd = (K * Pp if prefix_cache and guided else 0) + calls * call + final
     bwd = T * call if guided else 0
-    macs = sum(K * n * V * d for n in MASKED) * (3 + trace) if guided else 0  # forward + 2 × backward
+    macs = sum(K * n * V * d for n in MASKED) * (2 + trace) if guided else 0  # forward + backward (+ trace's)
+    logit = T * K * L  # the output layer runs on the response slots only
     n_dllm, n_rm = bert_non_embedding(mlm.module.config), qwen3_rm_non_embedding(reward.model.config)
-    flops = 2 * n_dllm * dllm + 2 * n_rm * fwd + 4 * n_rm * bwd + 2 * macs
-    return {"dllm_tokens": dllm, "rm_forward_tokens": fwd, "rm_backward_tokens": bwd, "soft_embedding_macs": macs,
-            "flops": flops}
+    flops = 2 * n_dllm * dllm + 2 * bert_head(mlm.module.config) * logit + 2 * n_rm * (fwd + bwd) + 2 * macs
+    return {"dllm_tokens": dllm, "dllm_logit_tokens": logit, "rm_forward_tokens": fwd, "rm_backward_tokens": bwd,
+            "soft_embedding_macs": macs, "flops": flops}
 
 
 def counts(out):
     d = dataclasses.asdict(out.stats)
-    return {k: d[k] for k in ("dllm_tokens", "rm_forward_tokens", "rm_backward_tokens", "soft_embedding_macs",
-                              "flops")}
+    return {k: d[k] for k in ("dllm_tokens", "dllm_logit_tokens", "rm_forward_tokens", "rm_backward_tokens",
+                              "soft_embedding_macs", "flops")}
 
 
 def texts(out):
@@ -107,7 +116,8 @@ def test_unguided_costs_less_and_counts_only_what_runs(mlm, qwen_reward):
     assert plain.stats.rm_backward_tokens == plain.stats.soft_embedding_macs == 0
     assert guided.stats.flops > plain.stats.flops > 0
     none = run(mlm, None, method="none")
-    assert none.stats.flops == 2 * bert_non_embedding(mlm.module.config) * none.stats.dllm_tokens
+    cfg = mlm.module.config
+    assert none.stats.flops == 2 * bert_non_embedding(cfg) * none.stats.dllm_tokens + 2 * bert_head(cfg) * T * K * L
 
 
 def test_costs_do_not_depend_on_wall_time(mlm, qwen_reward):
@@ -119,9 +129,21 @@ def test_costs_do_not_depend_on_wall_time(mlm, qwen_reward):
 
 
 def test_estimate_flops_formula():
-    s = ComputeStats(dllm_tokens=3, rm_forward_tokens=5, rm_backward_tokens=7, soft_embedding_macs=11)
-    assert s.estimate_flops(100, 10) == 2 * 100 * 3 + 2 * 10 * 5 + 4 * 10 * 7 + 2 * 11
+    s = ComputeStats(dllm_tokens=3, dllm_logit_tokens=2, rm_forward_tokens=5, rm_backward_tokens=7,
+                     soft_embedding_macs=11)
+    assert s.estimate_flops(100, 10, 1000) == 2 * 100 * 3 + 2 * 1000 * 2 + 2 * 10 * (5 + 7) + 2 * 11
+    assert s.estimate_flops(100, 10) == 2 * 100 * 3 + 2 * 10 * (5 + 7) + 2 * 11
     assert not hasattr(ComputeStats, "add")
+
+
+def test_count_inner_loop_adds_the_recomputed_forward():
+    """With RM gradient checkpointing every backward reruns the forward: one more forward per backward."""
+    plain, ckpt = ComputeStats(), ComputeStats()
+    plain.count_inner_loop(2, 10, 3, 50, 4, forwards=3, backwards=3)
+    ckpt.count_inner_loop(2, 10, 3, 50, 4, forwards=3, backwards=3, recompute=True)
+    assert (plain.rm_forwards, plain.rm_backwards, plain.rm_forward_tokens, plain.rm_backward_tokens) == (6, 6, 30, 30)
+    assert ckpt.rm_forward_tokens == 60 and ckpt.rm_backward_tokens == 30 and ckpt.rm_forwards == 6
+    assert plain.soft_embedding_macs == ckpt.soft_embedding_macs == 3 * 50 * 4 * 6
 
 
 def test_track_reward_estimates_are_counted(mlm, qwen_reward):
@@ -136,3 +158,29 @@ def test_track_reward_estimates_are_counted(mlm, qwen_reward):
     assert tracked.stats.rm_forward_tokens - final(tracked) == extra
     assert base.stats.rm_forward_tokens == final(base)
     assert tracked.stats.rm_backward_tokens == 0
+
+
+def torch_matmul_flops(fn) -> tuple[int, object]:
+    """(FLOPs of the matrix products ``fn()`` runs, forward and backward, attention scores left out, as
+    ``FlopCounterMode`` counts them; ``fn``'s result)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    ops = counter.get_flop_counts().get("Global", {})
+    return sum(n for op, n in ops.items() if "attention" not in str(op)), out
+
+
+@pytest.mark.parametrize("method", ["none", "entrgi"])
+def test_the_count_is_what_torch_counts(method):
+    """On the embedded default pair (MiniLM BERT DLLM, MiniLM reward; d = 384, V = 30,522) the count is within
+    3% of the matrix-multiply FLOPs torch counts for the same generation: the logit layer is priced, the frozen
+    RM's backward costs one forward (input gradients only), the soft embedding's backward one product. The
+    remainder is biases and norms, which the count prices as weights and torch does not."""
+    from entrgi.pair import load_pair
+    model, reward = load_pair(methods=("entrgi",))
+    sampler = SamplerConfig(max_new_tokens=8, steps=4, num_samples=2, temperature=0.7, seed=1)
+    guidance = GuidanceConfig(method=method, inner_steps=2, lr=1.0)
+    measured, out = torch_matmul_flops(lambda: generate(model, ["the movie was", "i think that"], reward,
+                                                        sampler=sampler, guidance=guidance, progress=False,
+                                                        trace=False))
+    assert abs(out.stats.flops - measured) <= 0.03 * measured, (out.stats.flops, measured)

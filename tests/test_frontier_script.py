@@ -51,8 +51,9 @@ def test_bon_at_cost_interpolates_in_log_cost(frontier):
 
 
 def test_projected_flops_prices_the_counts(frontier):
-    counts = {"dllm_tokens": 10, "rm_forward_tokens": 3, "rm_backward_tokens": 2, "soft_embedding_macs": 5}
+    counts = {"dllm_tokens": 10, "dllm_logit_tokens": 7, "rm_forward_tokens": 3, "rm_backward_tokens": 2,
+              "soft_embedding_macs": 5}
     rec = {"counts_per_prompt": counts, "rm_vd": 100}
-    n_dllm, n_rm, vd = frontier.PAPER_PAIRS["7B+0.6B"]
-    expected = 2 * n_dllm * 10 + 2 * n_rm * 3 + 4 * n_rm * 2 + 2 * 5 * vd / 100
+    n_dllm, n_rm, n_head, vd = frontier.PAPER_PAIRS["7B+0.6B"]
+    expected = 2 * n_dllm * 10 + 2 * n_head * 7 + 2 * n_rm * (3 + 2) + 2 * 5 * vd / 100
     assert math.isclose(frontier.projected_flops(rec, "7B+0.6B"), expected)

@@ -1,5 +1,6 @@
 """The DLLM KV cache for block decoding (``SamplerConfig.kv_cache``: prefix / dual; entrgi.models.cache) on
-tiny Dream and LLaDA checkpoints with their real layouts, left-padded batches.
+tiny Dream and LLaDA checkpoints with their real layouts and tiny random BERT / RoBERTa masked LMs (HFMaskedLM,
+no shift), left-padded batches.
 
 - mechanics: a cache rebuilt from the current canvas gives, through the window-only forward, the uncached
   logits of every response slot (Dream's right shift included); the window is the block (+ Dream's previous
@@ -9,7 +10,8 @@ tiny Dream and LLaDA checkpoints with their real layouts, left-padded batches.
   another tensor runs uncached;
 - generation: with the per-block cache every slot is committed with the same per-step counts as without,
   the greedy token agreement with the uncached sampler is computed (reported, sanity-checked only); with a
-  cache rebuilt before every step the samples are the uncached ones exactly.
+  cache rebuilt before every step the samples are the uncached ones exactly;
+- the masked LMs' split forward: the MLM head on the response slots only gives the whole module's logits.
 """
 
 from __future__ import annotations
@@ -19,16 +21,63 @@ import dataclasses
 import pytest
 import torch
 from support.tiny_checkpoints import write_dream_checkpoint, write_llada_checkpoint
-from support.tiny_models import tiny_mlm
+from support.tiny_models import tiny_mlm, word_tokenizer
+from transformers import DistilBertConfig, DistilBertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.models import Dream, LLaDA
+from entrgi.models.base import DiffusionLM
+from entrgi.models.hf_mlm import HFMaskedLM
 from entrgi.models.cache import BlockKVCache, kv_cache_agreement, token_agreement
 from entrgi.reward.base import left_pad, position_ids_from
 
 PROMPTS = ["the cat sat on the mat under the tree", "a dog"]  # different lengths: left padding
 L, BLOCK = 12, 4  # mechanics: three blocks (a middle one has blocks before and after it)
 GEN_L = 8  # generation: two blocks, T = GEN_L
+NAMES = ["dream", "llada", "bert", "roberta"]  # bert / roberta: HFMaskedLM (no shift)
+
+
+def tiny_roberta(tokenizer=None, *, hidden: int = 32, layers: int = 2, seed: int = 0,
+                 attn_implementation: str | None = None) -> HFMaskedLM:
+    """A random RoBERTa masked LM over the word tokenizer (its own position ids are the canvas's)."""
+    tokenizer = tokenizer or word_tokenizer()
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
+                        pad_token_id=tokenizer.pad_token_id, attn_implementation=attn_implementation)
+    return HFMaskedLM.from_module(RobertaForMaskedLM(cfg), tokenizer)
+
+
+def tiny_distilbert(tokenizer) -> HFMaskedLM:
+    """A random DistilBERT masked LM: a layout the adapter does not split (no KV cache)."""
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    return HFMaskedLM.from_module(DistilBertForMaskedLM(cfg), tokenizer)
+
+
+def build_mlm(name, attn_implementation=None):
+    """Tiny BERT / RoBERTa with weights of std 0.3 (BERT's 0.02 init makes attention nearly uniform, so
+    stale keys would barely move the logits)."""
+    mlm = tiny_roberta() if name == "roberta" else tiny_mlm(word_tokenizer())
+    if attn_implementation is not None:
+        mlm.module.set_attn_implementation(attn_implementation)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in mlm.module.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
+    return mlm
+
+
+def build(folders, name, dtype=None, attn_implementation=None):
+    if name in ("bert", "roberta"):
+        mlm = build_mlm(name, attn_implementation)
+        if dtype is not None:
+            mlm.module.to(dtype)
+        return mlm
+    cls = Dream if name == "dream" else LLaDA
+    return cls.from_pretrained(folders[name], dtype=dtype, attn_implementation=attn_implementation)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +89,12 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(folders):
-    return {"dream": Dream.from_pretrained(folders["dream"]), "llada": LLaDA.from_pretrained(folders["llada"])}
+    return {name: build(folders, name) for name in NAMES}
 
 
 @pytest.fixture(scope="module")
 def models64(folders):
-    return {"dream": Dream.from_pretrained(folders["dream"], dtype=torch.float64),
-            "llada": LLaDA.from_pretrained(folders["llada"], dtype=torch.float64)}
+    return {name: build(folders, name, dtype=torch.float64) for name in NAMES}
 
 
 def canvas(model, committed: int, seed: int = 0):
@@ -73,7 +121,7 @@ def fill_some(model, x, lo, hi, seed):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_a_refreshed_cache_gives_the_uncached_logits(models, name, mode):
     model = models[name]
     shift = int(name == "dream")
@@ -97,11 +145,11 @@ def test_a_refreshed_cache_gives_the_uncached_logits(models, name, mode):
             torch.testing.assert_close(got, uncached(model, x, attn, pos, P), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_eager_attention_gets_the_same_window_mask(folders, name):
     """The window's (B, 1, q, N) padding mask also in the eager kernel's additive form."""
-    cls = Dream if name == "dream" else LLaDA
-    model = cls.from_pretrained(folders[name], attn_implementation="eager")
+    model = build(folders, name, attn_implementation="eager")
+    assert model.module.config._attn_implementation == "eager"
     x, attn, pos, P = canvas(model, committed=BLOCK)
     model.begin_block("dual", x, P + BLOCK, P + 2 * BLOCK)
     model.response_logits(x, attn, pos, P)
@@ -114,7 +162,7 @@ def test_eager_attention_gets_the_same_window_mask(folders, name):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_stale_keys_come_from_the_build_canvas_only(models, name, mode):
     """The cached steps see the keys/values outside the window as of the block's first step (an
     approximation: the logits differ from the uncached ones), whatever was queried in between; the slots
@@ -146,7 +194,7 @@ def test_stale_keys_come_from_the_build_canvas_only(models, name, mode):
     torch.testing.assert_close(got[:, fresh_hi:], first[:, fresh_hi:], rtol=0, atol=0)  # dual: later blocks
 
 
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_a_change_outside_the_window_rebuilds_the_cache(models, name):
     model = models[name]
     x, attn, pos, P = canvas(model, committed=BLOCK)
@@ -196,7 +244,8 @@ def test_user_mistakes(models, tok):
         model.begin_block("both", x, P, P + BLOCK)
     with pytest.raises(ValueError, match="block"):
         BlockKVCache("dual", x, P + BLOCK, P, shift=1)
-    mlm = tiny_mlm(tok)
+    mlm = tiny_distilbert(tok)  # a masked LM whose layout has no KV cache
+    assert mlm.KV_CACHE_MODES == ("none",) and not mlm.splits_head
     with pytest.raises(ValueError, match=r"`kv_cache` = 'dual' is not available for the HFMaskedLM adapter"):
         generate(mlm, ["the cat"], sampler=SamplerConfig(max_new_tokens=4, steps=4, block_length=2, num_samples=1,
                                                          kv_cache="dual"), guidance=GuidanceConfig(method="none"),
@@ -224,7 +273,7 @@ def run(model, cfg, trace=True):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_generation_with_the_block_cache(models, name, mode):
     model = models[name]
     ref = run(model, sampler_cfg(name))
@@ -242,7 +291,7 @@ def test_generation_with_the_block_cache(models, name, mode):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_the_cost_count_counts_the_window_of_cached_steps(models, name, mode):
     """dllm_tokens: rows × the whole canvas at a block's first step, rows × the query window at its others."""
     model = models[name]
@@ -261,7 +310,7 @@ def test_the_cost_count_counts_the_window_of_cached_steps(models, name, mode):
     assert out.stats.dllm_forwards == ref.stats.dllm_forwards
 
 
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_kv_cache_agreement_reports_every_mode(models, name):
     model = models[name]
     got = kv_cache_agreement(model, PROMPTS, sampler_cfg(name))
@@ -270,7 +319,7 @@ def test_kv_cache_agreement_reports_every_mode(models, name):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("name", ["dream", "llada"])
+@pytest.mark.parametrize("name", NAMES)
 def test_a_cache_rebuilt_before_every_step_reproduces_the_uncached_samples(models64, name, mode, monkeypatch):
     """Every step: rebuild the cache from the current canvas, then take the logits from the window-only
     forward. Float64 weights; Dream greedy, LLaDA sampled (τ 0.7, Gumbel-max): the samples are the uncached
@@ -311,3 +360,73 @@ def test_threshold_decoding_with_the_cache_commits_every_slot(models, mode):
     kv = model.kv_cache  # the last block's
     assert kv.end - kv.start == BLOCK and kv.full_forwards == 1
     assert {t.block for t in out.samples[0][0].trace} == set(range(GEN_L // BLOCK))
+
+
+# ---- masked LMs: the split forward ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["bert", "roberta"])
+def test_mlm_response_logits_are_the_whole_modules_slice(models64, name):
+    """Encoder on all N positions, MLM head on the response slots only: exactly the whole module's logits."""
+    model = models64[name]
+    assert model.splits_head and model.KV_CACHE_MODES == ("none", "prefix", "dual")
+    x, attn, pos, P = canvas(model, committed=BLOCK)
+    got = model.response_logits(x, attn, pos, P)
+    ref = DiffusionLM.response_logits(model, x, attn, pos, P)  # the base path: module(...)[:, P:]
+    assert got.shape == (x.shape[0], L, model.logit_width) and got.dtype == torch.float64
+    assert torch.equal(got, ref)
+    full = model.module(input_ids=x, attention_mask=attn, position_ids=pos).logits
+    assert torch.equal(got, full[:, P:])
+
+
+def test_unsplit_mlm_runs_the_whole_module(tok):
+    mlm = tiny_distilbert(tok)
+    x, attn, pos, P = canvas(mlm, committed=0)
+    full = mlm.module(input_ids=x, attention_mask=attn, position_ids=pos).logits
+    assert torch.equal(mlm.response_logits(x, attn, pos, P), full[:, P:])
+    with pytest.raises(ValueError, match=r"`kv_cache` = 'prefix' is not available"):
+        mlm.begin_block("prefix", x, P, P + BLOCK)
+    mlm.begin_block("none", x, P, P + BLOCK)  # mode none: nothing to do
+    assert mlm.kv_cache is None
+
+
+@pytest.fixture(scope="module")
+def default_dllm():
+    from entrgi.default_pair import load_default_pair
+    return load_default_pair()[0]
+
+
+def test_the_default_pair_splits_its_head_and_caches(default_dllm):
+    """The embedded MiniLM BERT (30,522-id head): the split forward matches the whole module's logits, and a
+    refreshed dual cache the uncached ones."""
+    model = default_dllm
+    assert type(model.module).__name__ == "BertForMaskedLM" and model.splits_head
+    x, attn, pos, P = canvas(model, committed=BLOCK)
+    ref = DiffusionLM.response_logits(model, x, attn, pos, P)
+    got = model.response_logits(x, attn, pos, P)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)  # float32 GEMMs of other row counts
+    s, e = P + BLOCK, P + 2 * BLOCK
+    model.begin_block("dual", x, s, e)
+    try:
+        torch.testing.assert_close(model.response_logits(x, attn, pos, P), got, rtol=0, atol=0)
+        fill_some(model, x, s, e, seed=5)
+        model.invalidate_kv_cache()
+        model.response_logits(x, attn, pos, P)
+        cached = model.response_logits(x, attn, pos, P)
+        kv = model.kv_cache
+        assert kv.cached_forwards == 1 and kv.query_tokens == BLOCK and kv.logit_slots == BLOCK
+        torch.testing.assert_close(cached, uncached(model, x, attn, pos, P), rtol=1e-4, atol=1e-4)
+    finally:
+        model.begin_block("none", x, s, e)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_mlm_cache_counts_logit_slots(models, mode):
+    """``logit_slots``: N − start on the building forward, the window's response slots on a cached one."""
+    model = models["bert"]
+    x, attn, pos, P = canvas(model, committed=BLOCK)
+    N, s, e = x.shape[1], P + BLOCK, P + 2 * BLOCK
+    model.begin_block(mode, x, s, e)
+    model.response_logits(x, attn, pos, P)
+    kv = model.kv_cache
+    assert kv.query_tokens == N and kv.logit_slots == L
+    model.response_logits(x, attn, pos, P)
+    assert kv.query_tokens == kv.logit_slots == (BLOCK if mode == "dual" else N - s)

@@ -30,8 +30,20 @@ def test_every_preset_builds_valid_configs_and_leaves_the_grid_alone(name):
     for key, value in preset.guidance.items():
         assert getattr(guidance, key) == value
     assert not set(preset.sampler) & set(GRID_SET["sampler"]) and not set(preset.guidance) & set(GRID_SET["guidance"])
-    base = SamplerConfig(max_new_tokens=8, steps=4)
+    base = SamplerConfig(max_new_tokens=8, steps=8)
     assert preset.configs(base)[0].max_new_tokens == 8  # fields it does not name are kept
+    assert preset.configs(base)[0].steps == (8 if preset.steps_fraction is None else preset.steps_for(8))
+
+
+def test_free_sets_steps_from_the_length_and_the_blocks():
+    free = get_preset("free")
+    assert free.steps_for(16) == 5 and free.steps_for(128) == 40
+    assert free.steps_for(16, 4) == 4  # a multiple of the 4 blocks, at least one step each: round(1.25) * 4
+    assert free.steps_for(8, 1) == 8  # one block per slot: at least one step per block
+    assert free.steps_for(2) == 1  # at least one step
+    sampler, _ = free.configs(SamplerConfig(max_new_tokens=64, steps=64, block_length=16))
+    assert sampler.steps == 20 and sampler.block_length == 16  # 5/16 of 64, a multiple of the 4 blocks
+    assert get_preset("fast").steps_for(16) is None
 
 
 def test_fast_is_parallel_and_scheduled():
@@ -42,7 +54,7 @@ def test_fast_is_parallel_and_scheduled():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match=r"`preset` must be one of \['fast'\], got 'slow'"):
+    with pytest.raises(ValueError, match=r"`preset` must be one of \['fast', 'free'\], got 'slow'"):
         get_preset("slow")
     with pytest.raises(ValueError, match="`preset` must be one of"):
         expand_preset({"preset": "slow"})
@@ -57,6 +69,21 @@ def test_expand_preset_under_explicit_fields():
     assert out["guidance"] == dict(fast.guidance)
     assert expand_preset({"sampler": {"steps": 4}}) == {"sampler": {"steps": 4}}  # no preset: unchanged
     assert expand_preset({}, "fast")["sampler"] == dict(fast.sampler)  # the flag's name
+    free = get_preset("free")
+    assert expand_preset({"sampler": {"max_new_tokens": 16}}, "free")["sampler"] == {
+        **free.sampler, "max_new_tokens": 16, "steps": 5}
+    assert expand_preset({"sampler": {"max_new_tokens": 16, "steps": 9}}, "free")["sampler"]["steps"] == 9
+    assert expand_preset({}, "free")["sampler"]["steps"] == 40  # SamplerConfig's L = 128
+
+
+def test_generate_free_derives_steps_from_the_final_length(folders, capsys):
+    mlm, rm = folders
+    base = ["generate", "--model", str(mlm), "--reward", str(rm), "--prompt", "the cat", "--num-samples", "1",
+            "--temperature", "1.0", "--quiet", "--json", "--preset", "free"]
+    assert main([*base, "--max-new-tokens", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["sampler"]["steps"] == 5
+    assert main([*base, "--max-new-tokens", "8", "--steps", "8"]) == 0  # an explicit --steps wins
+    assert json.loads(capsys.readouterr().out)["sampler"]["steps"] == 8
 
 
 def test_generate_preset_shows_in_the_json_and_flags_override(folders, capsys):
@@ -104,7 +131,7 @@ def test_eval_yaml_preset(tmp_path, capsys):
     for key, value in fast.sampler.items():
         assert resolved[key] == value
     path.write_text(yaml.safe_dump({"preset": "slow"}))
-    with pytest.raises(ValueError, match=r"`--config` .*run.yaml.*`preset` must be one of \['fast'\]"):
+    with pytest.raises(ValueError, match=r"`--config` .*run.yaml.*`preset` must be one of \['fast', 'free'\]"):
         read_eval_config(str(path))
     assert main(["eval", "--config", str(path)]) == 2
     err = capsys.readouterr().err

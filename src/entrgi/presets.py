@@ -5,11 +5,12 @@ YAML) start from the preset's fields; fields given explicitly (flags, the YAML's
 sections) still override them, and the resolved config (``--json``, ``run.json``) shows the result.
 
 ``fast``: a guidance schedule that guides a quarter of the steps, with a larger step (lr 2.0: each guided
-step now steers four), and carries the guided logit shift over the others, plus parallel (threshold)
-decoding on the guided logits. The lr is tuned on the default pair (demo lr 1.0; the paper's Dream default
-is 0.5): with another pair, start from ``--preset fast`` and set ``--lr``. Chosen on the default pair (demo
-settings, L = T = 16, K = 4, τ = 0.7) with ``scripts/frontier.py``; the measured frontier is in
-docs/fast-guidance.md.
+step now steers four), and carries the guided logit shift over the others, the soft embedding over the 512
+most likely ids, plus parallel (threshold) decoding on the guided logits. ``free``: the same ideas with
+T = 5/16 · L, guidance on every 2nd step and lr 3.0, priced to cost no more than plain sampling (T = L).
+The lrs are tuned on the default pair (demo lr 1.0; the paper's Dream default is 0.5): with another pair,
+start from a preset and set ``--lr``. Chosen on the default pair (demo settings, L = T = 16, K = 4, τ = 0.7)
+with ``scripts/frontier.py``; the measured frontier is in docs/fast-guidance.md.
 """
 
 from __future__ import annotations
@@ -30,23 +31,49 @@ class Preset:
     description: str
     sampler: Mapping[str, Any] = field(default_factory=dict)
     guidance: Mapping[str, Any] = field(default_factory=dict)
+    #: T as a fraction of the response length L (None: keep ``steps``); see :meth:`steps_for`
+    steps_fraction: float | None = None
+
+    def steps_for(self, max_new_tokens: int, block_length: int | None = None) -> int | None:
+        """The preset's T for a response of ``max_new_tokens`` slots: ``steps_fraction`` × L rounded to a
+        multiple of the number of blocks, at least one step per block (None without ``steps_fraction``)."""
+        if self.steps_fraction is None:
+            return None
+        blocks = 1 if not block_length else max(1, max_new_tokens // block_length)
+        return max(blocks, round(self.steps_fraction * max_new_tokens / blocks) * blocks)
+
+    def with_steps(self, sampler: SamplerConfig) -> SamplerConfig:
+        """``sampler`` with ``steps`` = :meth:`steps_for` its length and blocks (unchanged without a fraction)."""
+        steps = self.steps_for(sampler.max_new_tokens, sampler.block_length)
+        return sampler if steps is None else dataclasses.replace(sampler, steps=steps)
 
     def configs(self, sampler: SamplerConfig | None = None,
                 guidance: GuidanceConfig | None = None) -> tuple[SamplerConfig, GuidanceConfig]:
-        """``sampler`` and ``guidance`` (default: the defaults) with this preset's fields set."""
-        return (dataclasses.replace(sampler or SamplerConfig(), **self.sampler),
+        """``sampler`` and ``guidance`` (default: the defaults) with this preset's fields set (and its
+        ``steps`` for the sampler's length)."""
+        return (self.with_steps(dataclasses.replace(sampler or SamplerConfig(), **self.sampler)),
                 dataclasses.replace(guidance or GuidanceConfig(), **self.guidance))
 
 
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         "fast",
-        "Guide every 4th step of a block with twice the demo's step size (lr 2.0) and carry the guided logit shift "
-        "over the steps between (guide_every=4, guide_carry), with parallel decoding on the guided logits (commit "
-        "every slot whose draw has probability > 0.9): about 0.3x full EntRGi's cost at its reward or above "
-        "(docs/fast-guidance.md).",
+        "Guide every 4th step of a block with twice the demo's step size (lr 2.0), carry the guided logit shift "
+        "over the steps between (guide_every=4, guide_carry), soft embeddings over the 512 most likely ids "
+        "(soft_top_k=512), parallel decoding on the guided logits (commit every slot whose draw has probability "
+        "> 0.9): about 0.3x full EntRGi's cost at its reward or above (docs/fast-guidance.md).",
         sampler={"parallel_threshold": 0.9, "confidence_from": "guided"},
-        guidance={"guide_every": 4, "guide_carry": True, "lr": 2.0},
+        guidance={"guide_every": 4, "guide_carry": True, "lr": 2.0, "soft_top_k": 512},
+    ),
+    "free": Preset(
+        "free",
+        "Reward guidance at the cost of plain sampling: T = 5/16 of the response length (3.2 slots per "
+        "step), guided every 2nd step with lr 3.0 and the carried shift, soft_top_k=512, parallel decoding on the "
+        "guided logits (threshold 0.9): no more FLOPs than unguided sampling with T = L, at full EntRGi's Top@1 "
+        "within one SEM on the default pair (docs/fast-guidance.md).",
+        sampler={"parallel_threshold": 0.9, "confidence_from": "guided"},
+        guidance={"guide_every": 2, "guide_carry": True, "lr": 3.0, "soft_top_k": 512},
+        steps_fraction=0.3125,
     ),
 }
 
@@ -86,6 +113,11 @@ def expand_preset(data: Mapping[str, Any], name: str | None = None) -> dict[str,
         if not isinstance(given, Mapping):
             raise ValueError(f"`{section}` must be a mapping of field: value, got {type(given).__name__}.")
         out[section] = {**fields, **given}
+    sampler = out["sampler"]
+    length = sampler.get("max_new_tokens", SamplerConfig.max_new_tokens)
+    if preset.steps_fraction is not None and "steps" not in sampler and isinstance(length, int):
+        block = sampler.get("block_length")
+        sampler["steps"] = preset.steps_for(length, block if isinstance(block, int) else None)
     return out
 
 

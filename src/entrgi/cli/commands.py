@@ -269,6 +269,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.preset:  # a named preset (entrgi.presets) on top of those; explicit flags still win
         base_sampler, base_guidance = get_preset(args.preset).configs(base_sampler, base_guidance)
     sampler = dataclass_from_args(SamplerConfig, args, base_sampler)
+    if args.preset and "steps" not in given_fields(SamplerConfig, args):  # the preset's T for the final L
+        sampler = get_preset(args.preset).with_steps(sampler)
     guidance = dataclass_from_args(GuidanceConfig, args, base_guidance)
     prompts = list(args.prompt or [])
     if args.prompts_file:

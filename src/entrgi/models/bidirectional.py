@@ -182,6 +182,7 @@ class BidirectionalDLLM(DiffusionLM):
             hidden = self.module.hidden_states(input_ids, attention_mask, position_ids, cache=kv)
             kv.query_tokens = n
             logits = self._logits_of(hidden, start, input_ids.device)
+            kv.logit_slots = logits.shape[1]
             kv.finish_recording(input_ids, attention_mask, position_ids, logits)
             return logits
         a, b = kv.window
@@ -189,6 +190,7 @@ class BidirectionalDLLM(DiffusionLM):
         kv.query_tokens = b - a
         kv.cached_forwards += 1
         slots, fresh = self._window_head(hidden, a, start, n)
+        kv.logit_slots = fresh.shape[1]
         out = kv.logits.clone()  # the block's first step at the slots whose source is outside the window
         out[:, slots] = fresh.to(out.device, out.dtype)
         return out

@@ -83,6 +83,7 @@ class BlockKVCache(Cache):
         self.full_forwards = 0  # forwards that (re)built the cache
         self.cached_forwards = 0  # forwards that ran only the window
         self.query_tokens = 0  # positions the last forward ran, per row
+        self.logit_slots = 0  # response slots the output layer ran on in the last forward, per row
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         while len(self.layers) <= layer_idx:

@@ -3,18 +3,46 @@
 An encoder MLM is bidirectional, predicts each position from its own hidden state (no shift), and
 uses its tokenizer's mask token. ``[SEP]``/``</s>`` and padding end a response; ``[CLS]``/``<s>``,
 ``[UNK]`` and the mask token are never sampled.
+
+For the layouts in :data:`SPLIT_LAYOUTS` (``BertForMaskedLM``, ``RobertaForMaskedLM``) the encoder and the
+MLM head run separately: the head (with its V-wide logit layer) only on the response slots, and the block-wise
+DLLM KV cache (``SamplerConfig.kv_cache`` = ``prefix`` / ``dual``, :mod:`entrgi.models.cache`; no logit shift)
+is available. Other architectures run the whole ``module(...)`` and have no KV cache.
 """
 
 from __future__ import annotations
 
-from transformers import AutoModelForMaskedLM
+import inspect
+
+import torch
+from transformers import AutoModelForMaskedLM, BertForMaskedLM, RobertaForMaskedLM
 
 from .base import DiffusionLM
+from .cache import KV_CACHE_MODES, BlockKVCache
 from .checkpoint import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
+
+#: ``*ForMaskedLM`` classes (exact types) whose forward is ``head(encoder(...).last_hidden_state)``, with the
+#: encoder's and the head's attribute names; their self-attention passes its keys/values through
+#: ``cache.update(key, value, layer_idx)`` and their mask is built from the (B, N) padding mask alone.
+SPLIT_LAYOUTS: dict[type, tuple[str, str]] = {
+    BertForMaskedLM: ("bert", "cls"),
+    RobertaForMaskedLM: ("roberta", "lm_head"),
+}
 
 
 class HFMaskedLM(DiffusionLM):
     family = "hf_mlm"
+
+    def __init__(self, module, tokenizer, **kwargs):
+        super().__init__(module, tokenizer, **kwargs)
+        split = SPLIT_LAYOUTS.get(type(module))
+        self._split = split
+        #: ``prefix`` / ``dual`` for the layouts of :data:`SPLIT_LAYOUTS`, else only ``none``
+        self.KV_CACHE_MODES = KV_CACHE_MODES if split is not None else ("none",)
+        self._kv: BlockKVCache | None = None
+        if split is not None:
+            params = inspect.signature(getattr(module, split[0]).forward).parameters
+            self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x spellings
 
     @classmethod
     def from_module(cls, module, tokenizer, **overrides) -> HFMaskedLM:
@@ -50,3 +78,89 @@ class HFMaskedLM(DiffusionLM):
         if device is not None and device_map is None:
             module = module.to(device)
         return cls.from_module(module, tokenizer, **overrides)
+
+    # ---- encoder / head split ---------------------------------------------------------------------
+    @property
+    def splits_head(self) -> bool:
+        """True when the encoder and the MLM head run separately (the layouts of :data:`SPLIT_LAYOUTS`)."""
+        return self._split is not None
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None, cache: BlockKVCache | None = None) -> torch.Tensor:
+        """The encoder's last hidden states (B, q, h) of ``input_ids`` (B, q); with ``cache`` every layer's
+        keys/values go through it (``attention_mask`` stays the whole (B, N) canvas's)."""
+        extra = {self._cache_kwarg: cache} if cache is not None else {}
+        out = getattr(self.module, self._split[0])(input_ids=input_ids, attention_mask=attention_mask,
+                                                   position_ids=position_ids, **extra)
+        return out.last_hidden_state
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module, self._split[1])(hidden)
+
+    def response_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                        start: int) -> torch.Tensor:
+        """Logits (B, N − start, V) of the slots ``start …``: the encoder on all N positions, the MLM head only
+        on those slots (the same values as the whole module's, sliced). With a block begun on this canvas
+        (:meth:`begin_block`) the DLLM KV cache is used: see :mod:`entrgi.models.cache`. Architectures outside
+        :data:`SPLIT_LAYOUTS` run the whole module."""
+        if self._split is None:
+            return super().response_logits(input_ids, attention_mask, position_ids, start)
+        kv = self._kv
+        if kv is not None and kv.owns(input_ids):
+            return self._cached_response_logits(kv, input_ids, attention_mask, position_ids, start)
+        return self._head(self._encode(input_ids, attention_mask, position_ids)[:, start:])
+
+    # ---- KV cache (block decoding) -----------------------------------------------------------------
+    def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
+        """Start block [start, end) of the canvas ``input_ids`` with the DLLM KV cache ``mode``
+        (:mod:`entrgi.models.cache`, shift 0): the next :meth:`response_logits` of this canvas runs it whole
+        and keeps every layer's keys/values, the later ones run only the query window against them. ``none``
+        drops any cache; the block already begun on this canvas keeps its cache. Architectures outside
+        :data:`SPLIT_LAYOUTS` accept only ``none``."""
+        super().begin_block(mode, input_ids, start, end)
+        kv = self._kv
+        if kv is not None and kv.owns(input_ids) and (kv.mode, kv.start, kv.end) == (mode, start, end):
+            return
+        self._kv = None if mode == "none" else BlockKVCache(mode, input_ids, start, end, 0)
+
+    def invalidate_kv_cache(self) -> None:
+        """Recompute the block's keys/values at the next forward (a full, exact one)."""
+        if self._kv is not None:
+            self._kv.begin_recording()
+
+    @property
+    def kv_cache(self) -> BlockKVCache | None:
+        """The current block's cache (None without one)."""
+        return self._kv
+
+    def _default_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The position ids the encoder uses when given none (RoBERTa: counted from its padding id)."""
+        emb = getattr(self.module, self._split[0]).embeddings
+        if hasattr(emb, "create_position_ids_from_input_ids"):
+            return emb.create_position_ids_from_input_ids(input_ids, emb.padding_idx)
+        B, N = input_ids.shape
+        return torch.arange(N, device=input_ids.device).expand(B, -1)
+
+    def _cached_response_logits(self, kv: BlockKVCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                position_ids: torch.Tensor | None, start: int) -> torch.Tensor:
+        n = input_ids.shape[1]
+        if not kv.usable(input_ids, attention_mask, position_ids):  # first step of the block, or a changed canvas
+            kv.begin_recording()
+            hidden = self._encode(input_ids, attention_mask, position_ids, cache=kv)
+            kv.query_tokens = n
+            logits = self._head(hidden[:, start:])
+            kv.logit_slots = logits.shape[1]
+            kv.finish_recording(input_ids, attention_mask, position_ids, logits)
+            return logits
+        a, b = kv.window
+        # the window's queries (own ids and positions) against all N keys; the mask is the canvas's (B, N) one
+        pos = position_ids if position_ids is not None else self._default_positions(input_ids)
+        hidden = self._encode(input_ids[:, a:b], attention_mask, pos[:, a:b], cache=kv)  # (B, b − a, h)
+        kv.query_tokens = b - a
+        kv.cached_forwards += 1
+        lo, hi = max(start, a), min(n, b)  # response slots whose hidden state is in the window
+        fresh = self._head(hidden[:, lo - a:hi - a])
+        kv.logit_slots = fresh.shape[1]
+        out = kv.logits.clone()  # the block's first step at the slots outside the window
+        out[:, lo - start:hi - start] = fresh.to(out.device, out.dtype)
+        return out

@@ -32,7 +32,7 @@ from ..models.base import DiffusionLM
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardBatch, RewardModel, left_pad
 from ..reward.vocab import VocabBridge
-from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens
+from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens, rm_recomputes_forward
 from .state import Row
 
 #: SamplerConfig fields the canvas sampler reads (``steps`` and ``temperature`` only when changed, see
@@ -294,6 +294,7 @@ class CanvasSampler:
                         decoder_position_ids=decoder_position_ids).logits
                 stats.dllm_forwards += B
                 stats.dllm_tokens += B * C
+                stats.dllm_logit_tokens += B * C
                 processed = logits_processor(input_ids, raw, cur_step=step_t)
                 active = ~(finished_denoising | finished_sequences)  # (B,)
                 unaccepted = ~accepted_before & active[:, None]
@@ -388,21 +389,15 @@ class CanvasSampler:
         self._count(g, result, int(masked.sum()), B, stats)
         return result.logits, result
 
-    @staticmethod
-    def _count(g: dict, result, n_masked: int, B: int, stats: ComputeStats) -> None:
+    def _count(self, g: dict, result, n_masked: int, B: int, stats: ComputeStats) -> None:
         """Cost of one inner loop (docs/performance.md, "Cost count"), as the masked sampler counts it."""
         config = g["rg"].config
-        extra = int(g["trace_streams"] is not None)
         F = config.inner_steps if result.forwards is None else result.forwards
         M = config.inner_steps if result.backwards is None else result.backwards
         V, d = g["table"].shape
         width = min(config.soft_top_k, V) if config.soft_top_k is not None else V
-        call = rm_call_tokens(g["batch"])
-        stats.rm_forwards += B * (F + extra)
-        stats.rm_backwards += B * M
-        stats.rm_forward_tokens += call * (F + extra)
-        stats.rm_backward_tokens += call * M
-        stats.soft_embedding_macs += n_masked * width * d * (F + 2 * M + extra)
+        stats.count_inner_loop(B, rm_call_tokens(g["batch"]), n_masked, width, d, F, M,
+                               extra=int(g["trace_streams"] is not None), recompute=rm_recomputes_forward(self.reward))
 
     @staticmethod
     def _trace(traces, active, unaccepted, accepted, w, result, step: int, canvas_index: int) -> None:

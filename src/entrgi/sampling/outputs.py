@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -74,14 +74,18 @@ class ComputeStats:
     on timing) and follow docs/performance.md, "Cost count".
 
     Attributes:
-        dllm_tokens: tokens through DLLM forwards (rows × sequence length, padding included, per forward).
+        dllm_tokens: tokens through DLLM forwards (rows × sequence length, padding included, per forward; the
+            query window on a KV-cached step).
+        dllm_logit_tokens: response slots the DLLM's output (logit) layer ran on (rows × L per uncached forward;
+            the window's slots on a cached step).
         rm_forward_tokens: tokens through RM forwards, as each call runs them: with the prefix cache the
             prefix once per batch plus ``[slots ; suffix]`` per inner step (else the whole row); the
-            ``track_reward`` estimates; the final re-score of the decoded texts (left-padded batches of 16).
-        rm_backward_tokens: tokens through RM backward passes (the inner steps).
-        soft_embedding_macs: multiply-adds of the soft embeddings q·E: n × V × d per soft embedding
-            (n masked slots, V ids, or ``soft_top_k``; d the RM width), its backward counted twice.
-        flops: :meth:`estimate_flops` of the counts with the models' :func:`non_embedding_parameters`.
+            ``track_reward`` estimates; the final re-score of the decoded texts (left-padded batches of 16);
+            with RM gradient checkpointing, the forward each backward recomputes.
+        rm_backward_tokens: tokens through RM backward passes (the inner steps; input gradients only).
+        soft_embedding_macs: multiply-adds of the soft embeddings q·E: n × V × d per soft embedding and per
+            backward of one (n masked slots, V ids, or ``soft_top_k``; d the RM width).
+        flops: :meth:`estimate_flops` of the counts with the models' :func:`cost_parameters`.
     """
 
     dllm_forwards: int = 0
@@ -93,12 +97,35 @@ class ComputeStats:
     rm_backward_tokens: int = 0
     soft_embedding_macs: int = 0
     flops: int = 0
+    dllm_logit_tokens: int = 0
 
-    def estimate_flops(self, n_dllm: int, n_rm: int) -> int:
-        """2·N_dllm·dllm_tokens + 2·N_rm·rm_forward_tokens + 4·N_rm·rm_backward_tokens + 2·soft_embedding_macs
-        (Kaplan et al.: 2N FLOPs per token forward, 4N backward; a multiply-add is 2 FLOPs)."""
-        return (2 * n_dllm * self.dllm_tokens + 2 * n_rm * self.rm_forward_tokens
-                + 4 * n_rm * self.rm_backward_tokens + 2 * self.soft_embedding_macs)
+    def estimate_flops(self, n_dllm: int, n_rm: int, n_dllm_head: int = 0) -> int:
+        """2·N_dllm·dllm_tokens + 2·N_head·dllm_logit_tokens + 2·N_rm·(rm_forward_tokens + rm_backward_tokens)
+        + 2·soft_embedding_macs: 2 FLOPs per weight and token for a forward, and for a backward that computes
+        input gradients only (the models are frozen); a multiply-add is 2 FLOPs (docs/performance.md)."""
+        return (2 * n_dllm * self.dllm_tokens + 2 * n_dllm_head * self.dllm_logit_tokens
+                + 2 * n_rm * (self.rm_forward_tokens + self.rm_backward_tokens) + 2 * self.soft_embedding_macs)
+
+    def count_inner_loop(self, rows: int, call_tokens: int, n_masked: int, width: int, d: int, forwards: int,
+                         backwards: int, extra: int = 0, recompute: bool = False) -> None:
+        """Add one denoising step's inner loop: ``forwards`` RM calls with gradient and ``backwards`` backward
+        passes over ``rows`` rows of ``call_tokens`` tokens in all (per call), ``extra`` no-grad evaluations (the
+        trace's), each call and each backward one soft embedding of ``n_masked`` slots over ``width`` ids of
+        width ``d``; ``recompute``: the RM's backward reruns its forward (gradient checkpointing)."""
+        calls = forwards + extra + (backwards if recompute else 0)
+        self.rm_forwards += rows * (forwards + extra)
+        self.rm_backwards += rows * backwards
+        self.rm_forward_tokens += call_tokens * calls
+        self.rm_backward_tokens += call_tokens * backwards
+        self.soft_embedding_macs += n_masked * width * d * (forwards + backwards + extra)
+
+
+class CostParameters(NamedTuple):
+    """The parameter counts :meth:`ComputeStats.estimate_flops` prices the token counts with."""
+
+    dllm: int  #: the DLLM's non-embedding parameters (:func:`non_embedding_parameters`)
+    rm: int  #: the RM's non-embedding parameters (0 without a reward model)
+    dllm_head: int = 0  #: the DLLM's output layer (:func:`output_layer_parameters`)
 
 
 def non_embedding_parameters(module: nn.Module | None) -> int:
@@ -126,10 +153,37 @@ def non_embedding_parameters(module: nn.Module | None) -> int:
     return sum(n for k, n in total.items() if k not in excluded)
 
 
-def cost_parameters(model: nn.Module, reward: nn.Module | None = None) -> tuple[int, int]:
-    """(N_dllm, N_rm): the :func:`non_embedding_parameters` of the DLLM and the RM that
-    :meth:`ComputeStats.estimate_flops` uses (N_rm = 0 without a reward model)."""
-    return non_embedding_parameters(model), non_embedding_parameters(reward)
+def output_layer_parameters(module: nn.Module | None) -> int:
+    """Parameters of the DLLM's output (logit) layer, run once per response slot: its
+    ``get_output_embeddings()`` (or ``lm_head``), weight and bias, tied or not; 0 when it has none."""
+    if not isinstance(module, nn.Module):
+        return 0
+    head = None
+    getter = getattr(module, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except (AttributeError, NotImplementedError):
+            head = None
+    if not isinstance(head, nn.Module):
+        head = getattr(module, "lm_head", None)
+    return sum(p.numel() for p in head.parameters()) if isinstance(head, nn.Module) else 0
+
+
+def cost_parameters(model, reward=None) -> CostParameters:
+    """The :class:`CostParameters` of a diffusion LM (its ``module`` when it is an adapter) and a reward."""
+    module = getattr(model, "module", model)
+    return CostParameters(non_embedding_parameters(module), non_embedding_parameters(reward),
+                          output_layer_parameters(module))
+
+
+def rm_recomputes_forward(reward) -> bool:
+    """True when the RM's backward reruns its forward (HF gradient checkpointing, ``--rm-checkpointing``)."""
+    module = getattr(reward, "model", None)
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers >= 5.x / older
+        if hasattr(type(module), name):
+            return bool(getattr(module, name))
+    return False
 
 
 def rm_call_tokens(reward_batch) -> int:

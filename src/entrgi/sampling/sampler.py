@@ -25,7 +25,7 @@ from ..ops.logit_ops import draw, sample_gumbel_max, sampling_logits
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardBatch, RewardModel, left_pad, position_ids_from
 from ..reward.vocab import VocabBridge
-from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens
+from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens, rm_recomputes_forward
 from .parallel import logits_of_rows, parallel_commits, parallel_counts, rows_to_forward
 from .remasking import get_remasking_rule
 from .schedule import DEPRIORITISED, commit_counts, confidence, gumbel_keys, origin_reveal, select_top
@@ -208,6 +208,8 @@ class MaskedDiffusionSampler:
         kv = getattr(model, "kv_cache", None) if cfg.kv_cache != "none" else None
         # rows × the positions the forward ran: the sequence, or the cached step's query window
         stats.dllm_tokens += forwarded * (kv.query_tokens if kv is not None and kv.query_tokens else state.x.shape[1])
+        stats.dllm_logit_tokens += forwarded * (kv.logit_slots if kv is not None and kv.query_tokens
+                                                else cfg.max_new_tokens)
         # 2. Guidance: optimise a copy of the masked slots' logits ((4)–(9)).
         guided, result, w = logits, None, None
         if needs_entropy_weight(rg.config) and rg.config.guided:
@@ -295,24 +297,19 @@ class MaskedDiffusionSampler:
         state.stats.rm_forward_tokens += rm_call_tokens(state.reward_batch)
         return state.reward_batch.score(state.table[x_hat], attn).float()
 
-    @staticmethod
-    def _count_guidance(state: DenoisingState, n_masked: int, stats: ComputeStats, result=None) -> None:
+    def _count_guidance(self, state: DenoisingState, n_masked: int, stats: ComputeStats, result=None) -> None:
         """The cost of one step's inner loop (docs/performance.md, "Cost count"): the RM forward and backward
         passes that ran (M each, fewer after an ``inner_tol`` stop: ``result.forwards`` / ``backwards``) over
-        what each call runs, the soft embeddings (forward once, backward twice) over the n guided slots,
-        and the trace's extra no-grad evaluation when traced."""
-        cfg, B = state.guidance.config, state.x.shape[0]
-        extra = int(state.trace_streams is not None)
+        what each call runs, the soft embeddings (one product per forward and per backward) over the n guided
+        slots, and the trace's extra no-grad evaluation when traced."""
+        cfg = state.guidance.config
         F = cfg.inner_steps if result is None or result.forwards is None else result.forwards
         M = cfg.inner_steps if result is None or result.backwards is None else result.backwards
         V, d = state.table.shape
         width = min(cfg.soft_top_k, V) if cfg.soft_top_k is not None else V
-        call = rm_call_tokens(state.reward_batch)
-        stats.rm_forwards += B * (F + extra)
-        stats.rm_backwards += B * M
-        stats.rm_forward_tokens += call * (F + extra)
-        stats.rm_backward_tokens += call * M
-        stats.soft_embedding_macs += n_masked * width * d * (F + 2 * M + extra)  # forward once, backward twice
+        stats.count_inner_loop(state.x.shape[0], rm_call_tokens(state.reward_batch), n_masked, width, d, F, M,
+                               extra=int(state.trace_streams is not None),
+                               recompute=rm_recomputes_forward(self.reward))
 
     def choose(self, state: DenoisingState, conf_logits: torch.Tensor, candidates: torch.Tensor,
                x0: torch.Tensor) -> torch.Tensor:
