@@ -126,7 +126,7 @@ class DiffusionLM(nn.Module):
         return next(self.module.parameters()).device
 
     # ---- DLLM KV cache (block decoding) -----------------------------------------------------------
-    #: ``SamplerConfig.kv_cache`` modes this adapter implements (Dream and LLaDA: also prefix and dual).
+    #: ``SamplerConfig.kv_cache`` modes this adapter implements (Dream, LLaDA, BERT/RoBERTa MLMs: also prefix, dual).
     KV_CACHE_MODES: tuple[str, ...] = ("none",)
 
     def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
@@ -134,8 +134,8 @@ class DiffusionLM(nn.Module):
         = ``mode``; adapters with a KV cache (:mod:`entrgi.models.cache`) override this."""
         if mode not in self.KV_CACHE_MODES:
             raise ValueError(f"`kv_cache` = {mode!r} is not available for the {type(self).__name__} adapter (it "
-                             f"supports {list(self.KV_CACHE_MODES)}; Dream and LLaDA have 'prefix' and 'dual'): set "
-                             "`kv_cache` to 'none'.")
+                             f"supports {list(self.KV_CACHE_MODES)}; Dream, LLaDA and BERT/RoBERTa MLMs have 'prefix' "
+                             "and 'dual'): set `kv_cache` to 'none'.")
 
     def invalidate_kv_cache(self) -> None:
         """Recompute the cached keys/values at the next forward (no cache here: nothing to do)."""
