@@ -63,9 +63,8 @@ def load_settings(path: Path) -> tuple[dict, dict[str, dict]]:
             preset = get_preset(raw["preset"])
             sampler, guidance = dict(preset.sampler), dict(preset.guidance)
         sampler = {**sampler, **(raw.get("sampler") or {})}
-        if raw.get("preset") and "steps" not in sampler and preset.steps_fraction is not None:  # T for the demo's L
-            fields = {**DEMO_SAMPLER, **sampler}
-            sampler["steps"] = preset.steps_for(fields["max_new_tokens"], fields.get("block_length"))
+        if raw.get("preset"):  # the preset's T for the demo's L (when it sets one and the setting does not)
+            sampler = preset.fill_steps(sampler, DEMO_SAMPLER["max_new_tokens"])
         settings[name] = {"kind": raw.get("kind", "sample"), "sampler": sampler,
                           "guidance": {**guidance, **(raw.get("guidance") or {})},
                           "particles": dict(raw.get("particles") or {})}

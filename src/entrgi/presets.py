@@ -42,6 +42,17 @@ class Preset:
         blocks = 1 if not block_length else max(1, max_new_tokens // block_length)
         return max(blocks, round(self.steps_fraction * max_new_tokens / blocks) * blocks)
 
+    def fill_steps(self, fields: Mapping[str, Any], default_length: int = SamplerConfig.max_new_tokens) -> dict:
+        """Sampler ``fields`` (a mapping of SamplerConfig fields) with ``steps`` = :meth:`steps_for` their
+        ``max_new_tokens`` (``default_length`` when absent) and ``block_length``, unless they give ``steps``
+        or the preset has no ``steps_fraction`` (values of the wrong type are left to SamplerConfig)."""
+        out = dict(fields)
+        length = out.get("max_new_tokens", default_length)
+        if self.steps_fraction is not None and "steps" not in out and isinstance(length, int):
+            block = out.get("block_length")
+            out["steps"] = self.steps_for(length, block if isinstance(block, int) else None)
+        return out
+
     def with_steps(self, sampler: SamplerConfig) -> SamplerConfig:
         """``sampler`` with ``steps`` = :meth:`steps_for` its length and blocks (unchanged without a fraction)."""
         steps = self.steps_for(sampler.max_new_tokens, sampler.block_length)
@@ -113,11 +124,7 @@ def expand_preset(data: Mapping[str, Any], name: str | None = None) -> dict[str,
         if not isinstance(given, Mapping):
             raise ValueError(f"`{section}` must be a mapping of field: value, got {type(given).__name__}.")
         out[section] = {**fields, **given}
-    sampler = out["sampler"]
-    length = sampler.get("max_new_tokens", SamplerConfig.max_new_tokens)
-    if preset.steps_fraction is not None and "steps" not in sampler and isinstance(length, int):
-        block = sampler.get("block_length")
-        sampler["steps"] = preset.steps_for(length, block if isinstance(block, int) else None)
+    out["sampler"] = preset.fill_steps(out["sampler"])
     return out
 
 

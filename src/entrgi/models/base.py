@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .cache import BlockKVCache
+
 #: The one EOS of the authors' released code (``SamplerConfig.match_released``).
 ENDOFTEXT = "<|endoftext|>"
 
@@ -128,17 +130,33 @@ class DiffusionLM(nn.Module):
     # ---- DLLM KV cache (block decoding) -----------------------------------------------------------
     #: ``SamplerConfig.kv_cache`` modes this adapter implements (Dream, LLaDA, BERT/RoBERTa MLMs: also prefix, dual).
     KV_CACHE_MODES: tuple[str, ...] = ("none",)
+    _kv: BlockKVCache | None = None
 
     def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
-        """The sampler starts block [start, end) of the canvas ``input_ids`` with ``SamplerConfig.kv_cache``
-        = ``mode``; adapters with a KV cache (:mod:`entrgi.models.cache`) override this."""
+        """Start block [start, end) of the canvas ``input_ids`` with ``SamplerConfig.kv_cache`` = ``mode``
+        (:mod:`entrgi.models.cache`): the next :meth:`response_logits` of this canvas runs it whole and keeps
+        every layer's keys/values, the later ones run only the block's query window against them (adapters
+        with a cache read :attr:`kv_cache` there). ``none`` drops any cache; the block already begun on this
+        canvas keeps its cache (so the sampler may call this before every forward). A mode outside
+        :attr:`KV_CACHE_MODES` is a ``ValueError``."""
         if mode not in self.KV_CACHE_MODES:
             raise ValueError(f"`kv_cache` = {mode!r} is not available for the {type(self).__name__} adapter (it "
                              f"supports {list(self.KV_CACHE_MODES)}; Dream, LLaDA and BERT/RoBERTa MLMs have 'prefix' "
                              "and 'dual'): set `kv_cache` to 'none'.")
+        kv = self._kv
+        if kv is not None and kv.owns(input_ids) and (kv.mode, kv.start, kv.end) == (mode, start, end):
+            return
+        self._kv = None if mode == "none" else BlockKVCache(mode, input_ids, start, end, int(self.shift_logits))
 
     def invalidate_kv_cache(self) -> None:
-        """Recompute the cached keys/values at the next forward (no cache here: nothing to do)."""
+        """Recompute the block's keys/values at the next forward (a full, exact one; nothing without a cache)."""
+        if self._kv is not None:
+            self._kv.begin_recording()
+
+    @property
+    def kv_cache(self) -> BlockKVCache | None:
+        """The current block's cache (None without one)."""
+        return self._kv
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

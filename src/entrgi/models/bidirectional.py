@@ -116,29 +116,6 @@ class BidirectionalDLLM(DiffusionLM):
 
     # ---- KV cache (block decoding) -----------------------------------------------------------------
     KV_CACHE_MODES = KV_CACHE_MODES
-    _kv: BlockKVCache | None = None
-
-    def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
-        """Start block [start, end) of the canvas ``input_ids`` with the DLLM KV cache ``mode``
-        (:mod:`entrgi.models.cache`): the next :meth:`response_logits` of this canvas runs it whole and keeps
-        every layer's keys/values, the later ones run only the block's query window against them.
-        ``none`` drops any cache; the block already begun on this canvas keeps its cache (so the sampler may
-        call this before every forward)."""
-        super().begin_block(mode, input_ids, start, end)
-        kv = self._kv
-        if kv is not None and kv.owns(input_ids) and (kv.mode, kv.start, kv.end) == (mode, start, end):
-            return
-        self._kv = None if mode == "none" else BlockKVCache(mode, input_ids, start, end, int(self.shift_logits))
-
-    def invalidate_kv_cache(self) -> None:
-        """Recompute the block's keys/values at the next forward (a full, exact one)."""
-        if self._kv is not None:
-            self._kv.begin_recording()
-
-    @property
-    def kv_cache(self) -> BlockKVCache | None:
-        """The current block's cache (None without one)."""
-        return self._kv
 
     def _window_head(self, hidden: torch.Tensor, offset: int, start: int, n: int) -> tuple[slice, torch.Tensor]:
         """Logits of the response slots ``start … n − 1`` whose source hidden state (slot j: j − 1 with the

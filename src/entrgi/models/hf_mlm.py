@@ -39,7 +39,6 @@ class HFMaskedLM(DiffusionLM):
         self._split = split
         #: ``prefix`` / ``dual`` for the layouts of :data:`SPLIT_LAYOUTS`, else only ``none``
         self.KV_CACHE_MODES = KV_CACHE_MODES if split is not None else ("none",)
-        self._kv: BlockKVCache | None = None
         if split is not None:
             params = inspect.signature(getattr(module, split[0]).forward).parameters
             self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x spellings
@@ -110,29 +109,7 @@ class HFMaskedLM(DiffusionLM):
             return self._cached_response_logits(kv, input_ids, attention_mask, position_ids, start)
         return self._head(self._encode(input_ids, attention_mask, position_ids)[:, start:])
 
-    # ---- KV cache (block decoding) -----------------------------------------------------------------
-    def begin_block(self, mode: str, input_ids: torch.Tensor, start: int, end: int) -> None:
-        """Start block [start, end) of the canvas ``input_ids`` with the DLLM KV cache ``mode``
-        (:mod:`entrgi.models.cache`, shift 0): the next :meth:`response_logits` of this canvas runs it whole
-        and keeps every layer's keys/values, the later ones run only the query window against them. ``none``
-        drops any cache; the block already begun on this canvas keeps its cache. Architectures outside
-        :data:`SPLIT_LAYOUTS` accept only ``none``."""
-        super().begin_block(mode, input_ids, start, end)
-        kv = self._kv
-        if kv is not None and kv.owns(input_ids) and (kv.mode, kv.start, kv.end) == (mode, start, end):
-            return
-        self._kv = None if mode == "none" else BlockKVCache(mode, input_ids, start, end, 0)
-
-    def invalidate_kv_cache(self) -> None:
-        """Recompute the block's keys/values at the next forward (a full, exact one)."""
-        if self._kv is not None:
-            self._kv.begin_recording()
-
-    @property
-    def kv_cache(self) -> BlockKVCache | None:
-        """The current block's cache (None without one)."""
-        return self._kv
-
+    # ---- KV cache (block decoding: DiffusionLM.begin_block / kv_cache; no logit shift) -------------
     def _default_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The position ids the encoder uses when given none (RoBERTa: counted from its padding id)."""
         emb = getattr(self.module, self._split[0]).embeddings

@@ -138,14 +138,7 @@ def non_embedding_parameters(module: nn.Module | None) -> int:
     excluded: dict[int, int] = {}
     for m in module.modules():
         heads = [m] if isinstance(m, nn.Embedding) else []
-        getter = getattr(m, "get_output_embeddings", None)
-        if callable(getter):
-            try:
-                heads.append(getter())
-            except (AttributeError, NotImplementedError):
-                pass
-        lm_head = getattr(m, "lm_head", None)
-        heads.append(lm_head)
+        heads += [output_embedding(m), getattr(m, "lm_head", None)]
         for h in heads:
             if isinstance(h, nn.Module):
                 excluded.update((id(p), p.numel()) for p in h.parameters())
@@ -153,20 +146,24 @@ def non_embedding_parameters(module: nn.Module | None) -> int:
     return sum(n for k, n in total.items() if k not in excluded)
 
 
+def output_embedding(module: nn.Module) -> nn.Module | None:
+    """``module.get_output_embeddings()`` (the logit layer of an HF model), or None where it has none."""
+    getter = getattr(module, "get_output_embeddings", None)
+    if not callable(getter):
+        return None
+    try:
+        head = getter()
+    except (AttributeError, NotImplementedError):
+        return None
+    return head if isinstance(head, nn.Module) else None
+
+
 def output_layer_parameters(module: nn.Module | None) -> int:
     """Parameters of the DLLM's output (logit) layer, run once per response slot: its
     ``get_output_embeddings()`` (or ``lm_head``), weight and bias, tied or not; 0 when it has none."""
     if not isinstance(module, nn.Module):
         return 0
-    head = None
-    getter = getattr(module, "get_output_embeddings", None)
-    if callable(getter):
-        try:
-            head = getter()
-        except (AttributeError, NotImplementedError):
-            head = None
-    if not isinstance(head, nn.Module):
-        head = getattr(module, "lm_head", None)
+    head = output_embedding(module) or getattr(module, "lm_head", None)
     return sum(p.numel() for p in head.parameters()) if isinstance(head, nn.Module) else 0
 
 
