@@ -229,14 +229,14 @@ def plot(by: dict, seeds: list[int], order: list[str], path: Path) -> None:
                     *mean_sem([by[n][s][key] for s in seeds])) for n in by}
         if bons:
             xs, ys, es = zip(*(stat[n] for n in bons))
-            ax.errorbar(xs, ys, yerr=es, marker="o", color="0.45", label="Best-of-N (N = 4 … 32)", capsize=3)
+            ax.errorbar(xs, ys, yerr=es, marker="o", color="0.45", capsize=3,
+                        label=f"Best-of-N (N = {bons[0][4:]} … {bons[-1][4:]})")
             for n in bons:
                 ax.annotate(n[4:], stat[n][:2], textcoords="offset points", xytext=(4, -10), fontsize=8,
                             color="0.35")
-        others = iter(["C1", "C4", "C5", "C6", "C8", "C9", "C7", "0.5"])
+        others = iter(["C1", "C2", "C4", "C5", "C6", "C8", "C9", "navy", "C7", "0.5"])
         for n in [n for n in order if n in by and not n.startswith("bon@")]:
             style = dict(marker="*", markersize=14, color="C3") if n == "fast" else \
-                dict(marker="P", markersize=11, color="C2") if n == "free" else \
                 dict(marker="s", color="C0") if n == "entrgi" else dict(marker="D", color="k") if n == "plain" else \
                 dict(marker="o", color=next(others, "0.3"))
             x, y, e = stat[n]
@@ -250,9 +250,9 @@ def plot(by: dict, seeds: list[int], order: list[str], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=7, frameon=False)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=6, frameon=False)
     fig.suptitle(f"Default pair, τ = 0.7, K = 4, L = 16, mean ± SEM over seeds {seeds}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
              for lab in ([f"{name}@{n}" for n in st["ns"]] if st["kind"] == "best_of_n" else [name])]
     print(table(by, seeds, order))
     print()
-    for name in ("fast", "free"):
-        print(claims(by, seeds, name))
+    print(claims(by, seeds, "fast"))
     if args.plot:
-        plot(by, seeds, order, Path(args.plot))
+        shown = data.get("plot")  # the config's `plot:` list of settings (default: all)
+        plot(by, seeds, [lab for lab in order if not shown or lab.split("@")[0] in shown], Path(args.plot))
     return 0
 
 

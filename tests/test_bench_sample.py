@@ -35,9 +35,9 @@ def run():
 def test_settings_are_the_parts_of_the_fast_preset():
     fast = get_preset("fast")
     s, g = bench.configs(BY_NAME["fast preset + dual cache"], 64, 64, 1)
-    assert s.kv_cache == "dual" and s.block_length == 32 and s.steps == 64
+    assert s.kv_cache == "dual" and s.block_length == 32 and s.steps == fast.steps_for(64, 32) == 16
     assert all(getattr(s, k) == v for k, v in fast.sampler.items())
-    assert all(getattr(g, k) == v for k, v in fast.guidance.items()) and g.method == "entrgi" and g.inner_steps == 3
+    assert all(getattr(g, k) == v for k, v in fast.guidance.items()) and g.method == "entrgi"
     s, g = bench.configs(BY_NAME["EntRGi + schedule"], 64, 64, 1)
     assert g.guide_until == 0.25 and s.parallel_threshold is None and s.kv_cache == "none"
     s, g = bench.configs(BY_NAME["unguided + threshold"], 64, 64, 1)

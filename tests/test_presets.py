@@ -12,7 +12,7 @@ from support.tiny_checkpoints import write_mlm_and_reward
 from entrgi import GuidanceConfig, SamplerConfig
 from entrgi.cli.commands import main, read_eval_config
 from entrgi.eval.config import GRID_SET, EvalConfig
-from entrgi.presets import PRESETS, expand_preset, get_preset
+from entrgi.presets import PRESETS, Preset, expand_preset, get_preset
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,15 @@ def test_every_preset_builds_valid_configs_and_leaves_the_grid_alone(name):
     assert preset.configs(base)[0].steps == (8 if preset.steps_fraction is None else preset.steps_for(8))
 
 
-def test_free_sets_steps_from_the_length_and_the_blocks():
-    free = get_preset("free")
-    assert free.steps_for(16) == 5 and free.steps_for(128) == 40
-    assert free.steps_for(16, 4) == 4  # a multiple of the 4 blocks, at least one step each: round(1.25) * 4
-    assert free.steps_for(8, 1) == 8  # one block per slot: at least one step per block
-    assert free.steps_for(2) == 1  # at least one step
-    sampler, _ = free.configs(SamplerConfig(max_new_tokens=64, steps=64, block_length=16))
-    assert sampler.steps == 20 and sampler.block_length == 16  # 5/16 of 64, a multiple of the 4 blocks
-    assert get_preset("fast").steps_for(16) is None
+def test_fast_sets_steps_from_the_length_and_the_blocks():
+    fast = get_preset("fast")
+    assert fast.steps_for(16) == 4 and fast.steps_for(128) == 32 and fast.steps_for(24) == 6
+    assert fast.steps_for(24, 3) == 8  # a multiple of the 8 blocks, at least one step each: round(0.75) * 8
+    assert fast.steps_for(8, 1) == 8  # one block per slot: at least one step per block
+    assert fast.steps_for(2) == 1  # at least one step
+    sampler, _ = fast.configs(SamplerConfig(max_new_tokens=24, steps=24, block_length=3))
+    assert sampler.steps == 8 and sampler.block_length == 3
+    assert Preset("plain-steps", "no fraction").steps_for(16) is None
 
 
 def test_fast_is_parallel_and_scheduled():
@@ -51,10 +51,11 @@ def test_fast_is_parallel_and_scheduled():
     assert sampler.parallel_threshold is not None and sampler.parallel_threshold < 1.0
     assert (guidance.guide_every, guidance.guide_until, guidance.guide_min_weight) != (1, 1.0, 0.0)
     assert guidance.guide_carry and sampler.confidence_from == "guided"
+    assert guidance.inner_steps == 5 and guidance.guide_every == 2 and get_preset("fast").steps_for(16) == 4
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match=r"`preset` must be one of \['fast', 'free'\], got 'slow'"):
+    with pytest.raises(ValueError, match=r"`preset` must be one of \['fast'\], got 'slow'"):
         get_preset("slow")
     with pytest.raises(ValueError, match="`preset` must be one of"):
         expand_preset({"preset": "slow"})
@@ -68,20 +69,18 @@ def test_expand_preset_under_explicit_fields():
     assert out["sampler"] == {**fast.sampler, key: "mine", "steps": 4}
     assert out["guidance"] == dict(fast.guidance)
     assert expand_preset({"sampler": {"steps": 4}}) == {"sampler": {"steps": 4}}  # no preset: unchanged
-    assert expand_preset({}, "fast")["sampler"] == dict(fast.sampler)  # the flag's name
-    free = get_preset("free")
-    assert expand_preset({"sampler": {"max_new_tokens": 16}}, "free")["sampler"] == {
-        **free.sampler, "max_new_tokens": 16, "steps": 5}
-    assert expand_preset({"sampler": {"max_new_tokens": 16, "steps": 9}}, "free")["sampler"]["steps"] == 9
-    assert expand_preset({}, "free")["sampler"]["steps"] == 40  # SamplerConfig's L = 128
+    assert expand_preset({}, "fast")["sampler"] == {**fast.sampler, "steps": 32}  # the flag's name; L = 128
+    assert expand_preset({"sampler": {"max_new_tokens": 16}}, "fast")["sampler"] == {
+        **fast.sampler, "max_new_tokens": 16, "steps": 4}
+    assert expand_preset({"sampler": {"max_new_tokens": 16, "steps": 9}}, "fast")["sampler"]["steps"] == 9
 
 
-def test_generate_free_derives_steps_from_the_final_length(folders, capsys):
+def test_generate_fast_derives_steps_from_the_final_length(folders, capsys):
     mlm, rm = folders
     base = ["generate", "--model", str(mlm), "--reward", str(rm), "--prompt", "the cat", "--num-samples", "1",
-            "--temperature", "1.0", "--quiet", "--json", "--preset", "free"]
+            "--temperature", "1.0", "--quiet", "--json", "--preset", "fast"]
     assert main([*base, "--max-new-tokens", "16"]) == 0
-    assert json.loads(capsys.readouterr().out)["sampler"]["steps"] == 5
+    assert json.loads(capsys.readouterr().out)["sampler"]["steps"] == 4
     assert main([*base, "--max-new-tokens", "8", "--steps", "8"]) == 0  # an explicit --steps wins
     assert json.loads(capsys.readouterr().out)["sampler"]["steps"] == 8
 
@@ -122,16 +121,17 @@ def test_eval_yaml_preset(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"preset": "fast", "out": str(tmp_path / "run"), "guidance": {"inner_steps": 1}}))
     data = read_eval_config(str(path))
     assert "preset" not in data
-    assert data["sampler"] == dict(fast.sampler) and data["guidance"] == {**fast.guidance, "inner_steps": 1}
+    assert data["sampler"] == {**fast.sampler, "steps": 32}  # L/4 of SamplerConfig's L = 128
+    assert data["guidance"] == {**fast.guidance, "inner_steps": 1}
     cfg = EvalConfig.from_dict(data)
-    assert cfg.guidance_config("entrgi").inner_steps == 1
+    assert cfg.guidance_config("entrgi").inner_steps == 1 != fast.guidance["inner_steps"]  # the YAML's field wins
     for key, value in fast.guidance.items():
-        assert getattr(cfg.guidance_config("entrgi"), key) == value
+        assert getattr(cfg.guidance_config("entrgi"), key) == (1 if key == "inner_steps" else value)
     resolved = cfg.identity()["sampler"]  # what run.json stores (the run's identity)
     for key, value in fast.sampler.items():
         assert resolved[key] == value
     path.write_text(yaml.safe_dump({"preset": "slow"}))
-    with pytest.raises(ValueError, match=r"`--config` .*run.yaml.*`preset` must be one of \['fast', 'free'\]"):
+    with pytest.raises(ValueError, match=r"`--config` .*run.yaml.*`preset` must be one of \['fast'\]"):
         read_eval_config(str(path))
     assert main(["eval", "--config", str(path)]) == 2
     err = capsys.readouterr().err
