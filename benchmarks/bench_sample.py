@@ -12,9 +12,9 @@ weights, real tokenizers and vocabularies, ``--scale`` shapes). Prompt: ``--prom
 of the DLLM's chat-template encoding (:func:`bench_kv_cache.prompt_of`). Each setting generates the same
 prompt with the same seed, ``--rows`` samples (K), response L = ``--length`` in blocks of 32, T = L steps (the
 fast preset: its own T = L/4; τ 0.7, top-p 0.95, entropy remasking; a maximum with the threshold), with the RM
-re-scoring the decoded texts as every setting does. Repetitions are interleaved over the settings after one short warm-up of every code path;
-min / median wall time per sample (a generation's wall time / rows). On a quiet 2-core CPU ``--quick`` takes
-2 min and the default 8 min (at load ~7, 27 min and over an hour).
+re-scoring the decoded texts as every setting does. Repetitions are interleaved over the settings after one
+short warm-up of every code path; min / median wall time per sample (a generation's wall time / rows). On a
+quiet 2-core CPU ``--quick`` takes 2 min and the default 8 min (at load ~7, 27 min and over an hour).
 
 Per sample, from ``GenerationOutput.stats`` divided by the rows: FLOPs (the cost count's formula,
 docs/performance.md "Cost count"), DLLM forwards and RM backward passes; "DLLM tokens run" counts the positions

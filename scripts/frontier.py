@@ -73,6 +73,23 @@ def load_settings(path: Path) -> tuple[dict, dict[str, dict]]:
     return data, settings
 
 
+def record_config(setting: dict, n_prompts: int, temperature: float) -> dict:
+    """What a record stores as its ``config``: a stored record counts only while this still matches."""
+    return {"setting": setting, "n_prompts": n_prompts, "temperature": temperature}
+
+
+def current_records(records: list[dict], settings: dict[str, dict], n_prompts: int, temperature: float) -> list[dict]:
+    """The records of the config's settings run with their current fields (stale ones left out)."""
+    return [r for r in records if r["setting"] in settings
+            and r["config"] == record_config(settings[r["setting"]], n_prompts, temperature)]
+
+
+def labels(settings: dict[str, dict]) -> list[str]:
+    """The table's rows in config order: a setting's name, or ``name@N`` for each N of a Best-of-N setting."""
+    return [lab for name, st in settings.items()
+            for lab in ([f"{name}@{n}" for n in st["ns"]] if st["kind"] == "best_of_n" else [name])]
+
+
 def best_of_n_records(out, judge, prompts: list[str], ns: list[int], wall_s: float) -> dict[int, dict]:
     """Best-of-N for every N in ``ns`` from one run of max(ns) samples per prompt: a prompt's first N samples
     are exactly those of a Best-of-N run (each (prompt, sample) row has its own random stream, independent of the
@@ -276,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--only: unknown settings {unknown}; the config has {list(settings)}")
     out = Path(args.out)
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
-    key = lambda name: {"setting": settings[name], "n_prompts": n_prompts, "temperature": tau}  # noqa: E731
+    key = lambda name: record_config(settings[name], n_prompts, tau)  # noqa: E731
     if not args.table:
         torch.set_num_threads(args.threads)
         from entrgi.default_pair import load_default_pair
@@ -303,10 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                         f.write(json.dumps(rec) + "\n")
                     print(f"{label} seed {seed}: Top@1 {rec['top1']:.2f} Avg@K {rec['avg']:.2f} "
                           f"GFLOPs/prompt {rec['flops_per_prompt'] / 1e9:.1f} ({rec['wall_s']:.0f} s)", flush=True)
-    current = [r for r in records if r["setting"] in settings and r["config"] == key(r["setting"])]
-    by = complete(current, seeds)
-    order = [lab for name, st in settings.items()
-             for lab in ([f"{name}@{n}" for n in st["ns"]] if st["kind"] == "best_of_n" else [name])]
+    by = complete(current_records(records, settings, n_prompts, tau), seeds)
+    order = labels(settings)
     print(table(by, seeds, order))
     print()
     print(claims(by, seeds, "fast"))

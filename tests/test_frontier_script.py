@@ -102,8 +102,7 @@ def test_stored_frontier_backs_the_documented_claims(frontier):
     data, settings = frontier.load_settings(root / "configs" / "frontier.yaml")
     seeds = list(data["seeds"])
     records = [json.loads(line) for line in (root / "docs" / "data" / "frontier.jsonl").read_text().splitlines()]
-    key = lambda n: {"setting": settings[n], "n_prompts": data["n_prompts"], "temperature": data["temperature"]}
-    current = [r for r in records if r["setting"] in settings and r["config"] == key(r["setting"])]
+    current = frontier.current_records(records, settings, data["n_prompts"], data["temperature"])
     assert len(current) == len(records)  # no stale record
     by = frontier.complete(current, seeds)
     assert {"fast", "entrgi", "plain", "bon@2", "bon@4"} <= set(by)
@@ -116,9 +115,8 @@ def test_stored_frontier_backs_the_documented_claims(frontier):
     diffs = [by["fast"][s]["top1"] - frontier.bon_at_cost(by, s, by["fast"][s]["flops_per_prompt"]) for s in seeds]
     d, e = frontier.mean_sem(diffs)
     assert d > 2 * e
-    order = [lab for name, st in settings.items()
-             for lab in ([f"{name}@{n}" for n in st["ns"]] if st["kind"] == "best_of_n" else [name])]
-    rows = [line for line in frontier.table(by, seeds, order).splitlines() if line.startswith("| ")]
+    rows = [line for line in frontier.table(by, seeds, frontier.labels(settings)).splitlines()
+            if line.startswith("| ")]
     doc = (root / "docs" / "fast-guidance.md").read_text()
     assert all(row in doc for row in rows)
 
@@ -133,7 +131,7 @@ def test_plot_draws_the_configs_plot_list(frontier, tmp_path, monkeypatch):
                                    "settings": {"plain": {"guidance": {"method": "none"}}, "entrgi": {},
                                                 "bon": {"kind": "best_of_n", "ns": [2, 4]}}}, sort_keys=False))
     _, settings = frontier.load_settings(cfg)
-    key = lambda n: {"setting": settings[n], "n_prompts": 2, "temperature": 0.7}
+    key = lambda n: frontier.record_config(settings[n], 2, 0.7)
     recs = [{"setting": "plain", "label": "plain", "seed": 1, "config": key("plain"), **_rec(10.0, 1, 0, 0)},
             {"setting": "entrgi", "label": "entrgi", "seed": 1, "config": key("entrgi"), **_rec(50.0, 3, 2, 1)},
             {"setting": "bon", "label": "bon@2", "seed": 1, "config": key("bon"), **_rec(5.0, 0.5, 0, 0)},
