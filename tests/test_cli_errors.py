@@ -18,7 +18,9 @@ import yaml
 from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
 from entrgi.cli import demo
+from entrgi import files
 from entrgi.cli import commands as cli
+from entrgi.cli.errors import user_error
 from entrgi.cli.commands import main
 from entrgi.eval.prompts import load_prompt_set
 
@@ -213,17 +215,17 @@ def test_generate_disk_full_is_one_line_naming_the_file(ckpts):
 
 def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "new" / "deeper" / "out.json"
-    cli.write_atomic(target, "first")
-    cli.write_atomic(target, "second")
+    files.write_atomic(target, "first")
+    files.write_atomic(target, "second")
     assert target.read_text() == "second" and os.listdir(target.parent) == ["out.json"]
 
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(cli.os, "replace", full)
+    monkeypatch.setattr(files.os, "replace", full)
     with pytest.raises(OSError) as exc:
-        cli.write_atomic(target, "third")
+        files.write_atomic(target, "third")
     assert target.read_text() == "second" and os.listdir(target.parent) == ["out.json"]  # old file whole, no temp
-    code, message = cli.user_error(exc.value)
+    code, message = user_error(exc.value)
     assert code == 1 and message.startswith(f"{str(target)!r}: No space left on device")
 
 
@@ -427,10 +429,10 @@ def test_user_error_map(tmp_path):
         (_torch_load_error(tmp_path), 1, ""),
     ]
     for exc, code, start in cases:
-        got = cli.user_error(exc)
+        got = user_error(exc)
         assert got is not None and got[0] == code and got[1].startswith(start) and "\n" not in got[1], (exc, got)
     for bug in (TypeError("unsupported operand"), KeyError("x"), AttributeError("y"), ZeroDivisionError()):
-        assert cli.user_error(bug) is None  # bugs keep their traceback
+        assert user_error(bug) is None  # bugs keep their traceback
 
 
 def test_unexpected_bugs_keep_their_traceback(monkeypatch):

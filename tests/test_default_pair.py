@@ -309,7 +309,7 @@ def test_model_card_config_reproduces_the_cards_samples(pair, tmp_path, monkeypa
     (prompt, sample) has its own random stream, so one prompt of the demo prompt file suffices)."""
     from entrgi.eval.config import EvalConfig
     from entrgi.eval.prompts import load_prompt_set, read_text_lines
-    from entrgi.eval.runner import EvalRunner, read_records
+    from entrgi.eval import EvalRunner, read_records
     monkeypatch.chdir(ROOT)  # the config's prompt file path is relative to the repository root
     cfg = EvalConfig.from_yaml(ROOT / "configs" / "model-card.yaml")
     heldout = read_text_lines((RECIPE_DIR / "heldout_prompts.txt").read_text())
@@ -329,7 +329,7 @@ def test_model_card_config_reproduces_the_cards_samples(pair, tmp_path, monkeypa
 def test_model_card_config_reproduces_the_cards_unguided_demo_line(pair, tmp_path, monkeypatch):
     """The card's demo-prompt line for method none (mean reward and mean VADER over 6 prompts x 4 samples)."""
     from entrgi.eval.config import EvalConfig
-    from entrgi.eval.runner import EvalRunner, read_records
+    from entrgi.eval import EvalRunner, read_records
     m = re.search(r"On the six demo prompts [^:]*: none\s+([\d.−-]+) reward / ([\d.−-]+) VADER", MODEL_CARD.read_text())
     assert m
     monkeypatch.chdir(ROOT)

@@ -22,15 +22,8 @@ from entrgi.eval import EvalConfig, Shard, distinct_n, load_prompt_set, mean_sem
 from entrgi.eval.judges import VaderJudge, weighted_digit_score
 from entrgi.eval.metrics import pseudo_perplexity
 from entrgi.eval.prompts import PromptSet
-from entrgi.eval.runner import (
-    check_run_dir,
-    cut_torn_tail,
-    load_results,
-    lock_path,
-    matched_n,
-    per_prompt,
-    results_lock,
-)
+from entrgi.eval.records import cut_torn_tail, load_results, lock_path, results_lock
+from entrgi.eval.runner import check_run_dir, matched_n, per_prompt
 from entrgi.sampling.outputs import ComputeStats
 
 WORKER = Path(__file__).with_name("eval_worker.py")

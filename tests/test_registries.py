@@ -337,7 +337,7 @@ def test_one_pair_rule_for_the_cli_and_the_eval_config():
 
 
 def test_an_eval_of_a_model_without_a_reward_runs_method_none(mlm, tmp_path):
-    from entrgi.eval.runner import EvalRunner, read_records
+    from entrgi.eval import EvalRunner, read_records
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("the cat\na dog\n")

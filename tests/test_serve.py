@@ -20,7 +20,7 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from entrgi import GuidanceConfig, SamplerConfig, generate  # noqa: E402
-from entrgi.cli.demo import DEMO_GUIDANCE, DEMO_SAMPLER  # noqa: E402
+from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE, SAMPLER_DEFAULTS as DEMO_SAMPLER  # noqa: E402
 from entrgi.cli.commands import main  # noqa: E402
 from entrgi.serve.app import BackgroundServer, create_app  # noqa: E402
 from entrgi.serve.engine import DEFAULT_PAIR_ID, ServerLimits, default_pair_engine  # noqa: E402

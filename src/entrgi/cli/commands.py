@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import os
-import pickle
 import sys
-import tempfile
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,90 +19,11 @@ import yaml
 
 from ..config import GuidanceConfig, SamplerConfig
 from ..dtypes import DTYPES
-from ..errors import NonFiniteError
+from ..files import check_writable, read_text_file, write_atomic
 from ..plugins import load_plugins
 from ..presets import add_preset_arg, expand_preset, get_preset
 from .args import add_dataclass_args, dataclass_from_args, given_fields
-
-
-# ---- one-line errors and warnings -------------------------------------------------------------------
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line too: ``entrgi <command>: error: <message> (see --help)``."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-_OS_HINTS = {errno.ENOSPC: "free some disk space or write elsewhere",
-             errno.EROFS: "the file system is read-only: write elsewhere",
-             errno.EACCES: "permission denied: choose a path you may write, or fix its permissions",
-             errno.EPERM: "operation not permitted: choose another path"}
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    what = getattr(exc, "problem", None) or getattr(exc, "context", None)
-    if mark is None or what is None:
-        return one_line(exc)
-    return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
-
-
-def user_error(exc: BaseException) -> tuple[int, str] | None:
-    """(exit code, one-line message) for a failure the user can act on; ``None`` for a bug (traceback).
-
-    2: a usage, configuration or input mistake (``ValueError``, bad YAML / JSON, a missing file);
-    1: a failure while running (disk full, read-only, no permission, unreadable checkpoint, device errors)."""
-    from safetensors import SafetensorError
-
-    if isinstance(exc, yaml.YAMLError):
-        return 2, f"invalid YAML: {_yaml_problem(exc)}."
-    if isinstance(exc, json.JSONDecodeError):
-        return 2, f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
-    if isinstance(exc, NonFiniteError):  # the reward model (or the run) produced inf/NaN: a runtime failure
-        return 1, one_line(exc)
-    if isinstance(exc, ValueError):
-        return 2, one_line(exc)
-    if isinstance(exc, OSError):
-        where = f"{str(exc.filename)!r}: " if exc.filename is not None else ""
-        hint = _OS_HINTS.get(exc.errno)
-        code = 2 if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else 1
-        return code, one_line(f"{where}{exc.strerror or exc}" + (f"; {hint}." if hint else ""))
-    if isinstance(exc, SafetensorError):
-        return 1, one_line(f"cannot read a safetensors checkpoint: {exc}")
-    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
-        return 1, one_line(f"cannot read a checkpoint: {exc}")
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return 1, one_line(f"{exc} Try a smaller `--batch-size` (rows per forward pass) or `--num-samples`.")
-    if isinstance(exc, (RuntimeError, ImportError)):
-        return 1, one_line(f"{exc} (`entrgi --debug ...` shows the traceback)")
-    return None
-
-
-def run_command(verb: str, func: Callable[[], int], debug: bool = False) -> int:
-    """``func()`` with one-line warnings and user errors (``debug``: errors keep their traceback)."""
-    def show_warning(message, category, filename, lineno, file=None, line=None):
-        print(f"entrgi {verb}: warning: {one_line(message)}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning
-        try:
-            return func()
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            resume = " (run the same command again to resume)" if verb == "eval" else ""
-            print(f"entrgi {verb}: interrupted{resume}.", file=sys.stderr)
-            return 130
-        except Exception as exc:
-            found = None if debug else user_error(exc)
-            if found is None:
-                raise
-            print(f"entrgi {verb}: error: {found[1]}", file=sys.stderr)
-            return found[0]
+from .errors import Parser, run_command, yaml_problem
 
 
 # ---- checks before any model work -------------------------------------------------------------------
@@ -131,65 +47,6 @@ def check_device(device: str | None, flag: str = "--device") -> None:
         raise ValueError(f"`{flag}` {device!r}: no {dev.type} device is available here; use `{flag} cpu`.")
 
 
-def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> Path:
-    """``path`` if it can be written (a file path that is not a folder; with ``folder``, a folder path),
-    checked now, before any model work: its nearest existing ancestor must be a folder we may write in."""
-    p = Path(path)
-    if folder and p.exists() and not p.is_dir():
-        raise ValueError(f"`{flag}` {str(p)!r} is a file, not a folder: give a folder path.")
-    if not folder and p.is_dir():
-        raise ValueError(f"`{flag}` {str(p)!r} is a folder: give a file path, e.g. {str(p / 'output.json')!r}.")
-    base = p if p.is_dir() else p.parent
-    while not base.exists() and base != base.parent:  # missing folders are created when writing
-        base = base.parent
-    if not base.is_dir():
-        raise ValueError(f"`{flag}` {str(p)!r}: {str(base)!r} is a file, not a folder; choose another path.")
-    try:
-        fd, probe = tempfile.mkstemp(dir=base, prefix=".entrgi-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"`{flag}` {str(p)!r}: cannot write in {str(base)!r} ({e.strerror}); "
-                         "choose another path.") from None
-    return p
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder and ``os.replace`` (a failure leaves any old
-    file whole); a device or pipe (``/dev/stdout``) is written directly. OSErrors name ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.exists() and not path.is_file():
-            path.write_text(text)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with tmp.open("x") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-
-
-def read_text_file(path: str, flag: str) -> str:
-    """The UTF-8 text of the file that ``flag`` names, or a ``ValueError`` naming both."""
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"`{flag}` {path!r}: no such file.")
-    if p.is_dir():
-        raise ValueError(f"`{flag}` {path!r} is a folder, not a file.")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"`{flag}` {path!r} is not UTF-8 text.") from None
-
-
 def read_eval_config(path: str) -> dict:
     """The fields of an ``--config`` YAML file, validated as an :class:`EvalConfig` (errors name the file)."""
     from ..eval.config import EvalConfig
@@ -197,7 +54,7 @@ def read_eval_config(path: str) -> dict:
     try:
         data = yaml.safe_load(read_text_file(path, "--config"))
     except yaml.YAMLError as e:
-        raise ValueError(f"`--config` {path!r} is not valid YAML: {_yaml_problem(e)}.") from None
+        raise ValueError(f"`--config` {path!r} is not valid YAML: {yaml_problem(e)}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -262,8 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..sampling.sampler import generate
 
     if args.model is None:  # the embedded default pair: its own recommended settings
-        from .demo import DEMO_GUIDANCE, DEMO_SAMPLER
-        base_sampler, base_guidance = SamplerConfig(**DEMO_SAMPLER), GuidanceConfig(**DEMO_GUIDANCE)
+        from ..default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS
+        base_sampler, base_guidance = SamplerConfig(**SAMPLER_DEFAULTS), GuidanceConfig(**GUIDANCE_DEFAULTS)
     else:  # the paper's settings
         base_sampler, base_guidance = SamplerConfig(), GuidanceConfig()
     if args.preset:  # a named preset (entrgi.presets) on top of those; explicit flags still win

@@ -18,15 +18,17 @@ import textwrap
 from pathlib import Path
 
 from ..config import check_float, check_int
+from ..default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS
 from ..eval.config import EvalConfig
 from ..eval.plots import plot_curve
 from ..eval.prompts import load_prompt_set
+from ..eval.records import read_records
 from ..eval.report import aggregate, method_label
-from ..eval.runner import EvalRunner, read_records
+from ..eval.runner import EvalRunner
 
-#: The demo's settings (measured on the default pair: see the README and the model card).
-DEMO_SAMPLER = {"max_new_tokens": 16, "steps": 16, "num_samples": 4, "top_p": 0.95}
-DEMO_GUIDANCE = {"inner_steps": 3, "lr": 1.0}
+#: The demo's settings: the default pair's own (measured: see the README and the model card).
+DEMO_SAMPLER = SAMPLER_DEFAULTS
+DEMO_GUIDANCE = GUIDANCE_DEFAULTS
 DEMO_METHODS = ("none", "best_of_n_matched", "expectation", "aps", "entrgi")
 DEMO_PROMPT_SET = "continuations"
 #: The marker file of a demo folder, and the files a demo run writes there.

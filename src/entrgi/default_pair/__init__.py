@@ -46,9 +46,13 @@ CONFIG_FILE = "default_pair.json"
 METRICS_FILE = "metrics.json"
 #: Where the training recipe lives (in the repository, not in the package).
 RECIPE = "recipes/default_pair/train.py"
+#: The pair's own sampler and guidance settings (SamplerConfig / GuidanceConfig fields; the rest keep their
+#: defaults): one sentence of L = T = 16 slots, K = 4, EntRGi M = 3 with Adam lr 1.0 (measured: MODEL_CARD.md).
+SAMPLER_DEFAULTS = {"max_new_tokens": 16, "steps": 16, "num_samples": 4, "top_p": 0.95}
+GUIDANCE_DEFAULTS = {"inner_steps": 3, "lr": 1.0}
 
-__all__ = ["ASSET_DIR", "CONFIG_FILE", "DLLM_FILE", "DTYPES", "FORMAT_VERSION", "HEAD_FILE", "METRICS_FILE",
-           "MINILM_FIX", "MiniLMSentimentReward", "MiniLMUnavailableError", "load_default_pair", "vader_compound"]
+__all__ = ["ASSET_DIR", "CONFIG_FILE", "DLLM_FILE", "DTYPES", "FORMAT_VERSION", "GUIDANCE_DEFAULTS", "HEAD_FILE",
+           "METRICS_FILE", "MINILM_FIX", "SAMPLER_DEFAULTS", "MiniLMSentimentReward", "MiniLMUnavailableError", "load_default_pair", "vader_compound"]
 
 
 def pair_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

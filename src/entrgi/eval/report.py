@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .config import MATCHED_BON
-from .runner import DataProblem, load_results
+from .records import DataProblem, load_results
 from .tables import (
     METHOD_LABELS,
     METHOD_ORDER,
@@ -80,7 +80,7 @@ def _gflop(flops: float) -> str:
 
 
 def data_problems(results) -> list[DataProblem]:
-    """The lines of :func:`~entrgi.eval.runner.load_results` it could not use, then every record's non-finite
+    """The lines of :func:`~entrgi.eval.records.load_results` it could not use, then every record's non-finite
     (or missing) metrics, in file order."""
     problems = list(results.problems)
     names = metric_names(results.records)

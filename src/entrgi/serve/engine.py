@@ -85,13 +85,12 @@ class Engine:
 
 
 def default_pair_engine(device: str = "cpu", limits: ServerLimits | None = None) -> Engine:
-    """The embedded default pair with the demo's settings (``entrgi.cli.demo``) as the defaults, n = 1."""
-    from ..cli.demo import DEMO_GUIDANCE, DEMO_SAMPLER
-    from ..default_pair import load_default_pair
+    """The embedded default pair with its own settings (``entrgi.default_pair``) as the defaults, n = 1."""
+    from ..default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS, load_default_pair
 
     model, reward = load_default_pair(device=device)
-    return Engine(model, reward, DEFAULT_PAIR_ID, SamplerConfig(**{**DEMO_SAMPLER, "num_samples": 1}),
-                  GuidanceConfig(**DEMO_GUIDANCE), limits or ServerLimits(), reward_id="entrgi-default-pair-rm")
+    return Engine(model, reward, DEFAULT_PAIR_ID, SamplerConfig(**{**SAMPLER_DEFAULTS, "num_samples": 1}),
+                  GuidanceConfig(**GUIDANCE_DEFAULTS), limits or ServerLimits(), reward_id="entrgi-default-pair-rm")
 
 
 def load_engine(model: str | None = None, reward: str | None = None, *, family: str | None = None,
