@@ -14,7 +14,7 @@ rows, the real Qwen3 tokenizer and chat template), random weights, scaled down f
 real pair's ratios: DLLM ≈ 4× the RM in non-embedding parameters, the same depth, hidden 512 / 320
 (real 3584 / 2048), vocabulary ≈ 152k, prompt ≈ 100 tokens, response L = 128, K = 4 samples.
 
-A *step* is :meth:`MaskedDiffusionSampler.step` from a state with half the slots still masked (the
+A *step* is :meth:`DiffusionSampler.step` from a state with half the slots still masked (the
 average over a T = L trajectory): one DLLM forward, M inner steps (guided), the draw and the commit. The
 *naive* reference is :class:`support.naive_reference.NaiveSampler`: straight from the algorithm (logits for the
 whole sequence, the RM over [prefix ; response ; suffix] at every inner step, a dense soft embedding,
@@ -48,9 +48,10 @@ from support.tiny_checkpoints import dream_config, write_dream_tokenizer, write_
 
 from entrgi import GuidanceConfig, SamplerConfig
 from entrgi.models.dream import Dream, DreamModule, qwen2_config
+from entrgi.ops.rng import RowStreams
 from entrgi.reward.hf import HFRewardModel
 from entrgi.reward.vocab import VocabBridge
-from entrgi.sampling.sampler import MaskedDiffusionSampler, bridge_for
+from entrgi.sampling.sampler import DiffusionSampler, bridge_for
 from entrgi.sampling.state import DenoisingState
 
 #: (DLLM hidden, layers, heads, kv heads, intermediate), (RM hidden, layers, heads, kv heads, head_dim, intermediate)
@@ -178,8 +179,8 @@ class Case:
     overrides: tuple = ()
 
 
-def sampler_for(pair: Pair, naive: bool) -> MaskedDiffusionSampler:
-    cls = NaiveSampler if naive else MaskedDiffusionSampler
+def sampler_for(pair: Pair, naive: bool) -> DiffusionSampler:
+    cls = NaiveSampler if naive else DiffusionSampler
     return cls(pair.dllm, pair.reward, pair.bridge)
 
 
@@ -189,8 +190,7 @@ def make_state(pair: Pair, case: Case, rows: int, L: int, masked_fraction: float
     k = min(rows, 4)
     prompts = [PROMPT if i == 0 else f"{PROMPT} (variant {i})" for i in range(max(1, rows // k))]
     cfg = SamplerConfig(max_new_tokens=L, steps=L, num_samples=k, seed=seed)
-    g = GuidanceConfig(method=case.method if case.method != "none" else "none", inner_steps=case.inner_steps,
-                       **dict(case.overrides))
+    g = GuidanceConfig(rule=case.method, inner_steps=case.inner_steps, **dict(case.overrides))
     state = s.start(prompts, cfg, g, trace=False)
     state.step = L // 2  # the middle of a T = L trajectory
     resp = state.response
@@ -202,8 +202,8 @@ def make_state(pair: Pair, case: Case, rows: int, L: int, masked_fraction: float
     return s, state
 
 
-def run_step(s: MaskedDiffusionSampler, state: DenoisingState, device) -> dict:
-    """One timed :meth:`~MaskedDiffusionSampler.step` from ``state`` (restored afterwards); returns time, memory,
+def run_step(s: DiffusionSampler, state: DenoisingState, device) -> dict:
+    """One timed :meth:`~DiffusionSampler.step` from ``state`` (restored afterwards); returns time, memory,
     the committed tokens, the masked count and the step's :class:`StepOutput`."""
     x0, step0 = state.x.clone(), state.step
     info: dict = {}
@@ -239,8 +239,7 @@ def guided_step(pair: Pair, case: Case, rows: int, L: int, device, trace: bool =
     """One step from the standard state; returns (committed tokens, the GuideResult, seconds)."""
     s, state = make_state(pair, case, rows, L)
     if trace:  # the extra evaluation after the last inner step (its reward ends GuideResult.rewards)
-        from entrgi.ops.rng import RowStreams
-        state.trace_streams = RowStreams([r.trace_seed for r in state.rows], state.x.device)
+        state.guide.trace_streams = RowStreams([r.trace_seed for r in state.rows], state.x.device)
     info = run_step(s, state, device)
     return info["tokens"].cpu(), info["output"].guide, info["s"]
 
@@ -263,7 +262,7 @@ def component_times(pair: Pair, rows: int, L: int, reps: int, device) -> dict:
     s, state = make_state(pair, Case("entrgi", 3), rows, L)
     masked = state.response == pair.dllm.mask_token_id
     ctx = [pair.reward.context(r.prompt) for r in state.rows]
-    table = state.table
+    table = state.reward_view.table
     d = table.shape[1]
 
     def timed(fn):
@@ -279,8 +278,8 @@ def component_times(pair: Pair, rows: int, L: int, reps: int, device) -> dict:
 
     out = {}
     with torch.no_grad():
-        out["dllm"] = timed(lambda: s.model_logits(state))
-        logits = s.model_logits(state)
+        out["dllm"] = timed(lambda: state.transition.logits(state))
+        logits = state.transition.logits(state)
     phi = logits[masked].float()
     emb = table[torch.randint(0, 150000, masked.shape, device=masked.device)]
     attn = torch.ones(masked.shape, dtype=torch.bool, device=masked.device)
@@ -588,7 +587,7 @@ def draw_costs(pair: Pair, B: int, L: int, reps: int, device) -> None:
 FLAT_STEP_LOGIT_STD = 0.2
 
 
-class SortDrawSampler(MaskedDiffusionSampler):
+class SortDrawSampler(DiffusionSampler):
     """The optimised sampler with only its draw hook replaced by the naive full-sort draw
     (:func:`support.naive_reference.naive_draw`): isolates the top-p search of the step's draw (the guidance's
     hard samples keep the optimised draw)."""
@@ -631,7 +630,7 @@ def nucleus_share(phi: torch.Tensor, tau: float = 0.7, top_p: float = 0.95) -> t
     return kept / phi.shape[0] / valid, settled
 
 
-STEP_PATHS = {"optimised": MaskedDiffusionSampler, "sort-draw": SortDrawSampler, "naive": NaiveSampler}
+STEP_PATHS = {"optimised": DiffusionSampler, "sort-draw": SortDrawSampler, "naive": NaiveSampler}
 
 
 def step_logit_cases(pair: Pair, B: int, L: int, reps: int, device, which=("flat", "peaked")) -> dict:

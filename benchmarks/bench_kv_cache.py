@@ -40,9 +40,9 @@ from bench_guidance import DREAM_WIDTH, PROMPT, SCALES, device_setup, fmt_s, mac
 from support.tiny_checkpoints import dream_config, write_dream_tokenizer
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.models.cache import token_agreement
 from entrgi.models.dream import Dream, DreamModule, qwen2_config
 from entrgi.reward.base import position_ids_from
+from entrgi.sampling.agreement import token_agreement
 
 MODES = ("none", "prefix", "dual")
 PROMPT_TOKENS, L, BLOCK = 256, 128, 32
@@ -163,7 +163,7 @@ def agreement(model: Dream, prompts: list[str], rows_per_prompt: int) -> dict:
     for m in MODES:
         t0 = time.perf_counter()
         res = generate(model, prompts, sampler=SamplerConfig(**{**cfg.to_dict(), "kv_cache": m}),
-                       guidance=GuidanceConfig(method="none"), progress=False, trace=False)
+                       guidance=GuidanceConfig(rule="none"), progress=False, trace=False)
         out[m] = (res, time.perf_counter() - t0)
         print(f"  .. generated with kv_cache={m}: {out[m][1]:.0f} s", file=sys.stderr, flush=True)
     return out

@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_guidance import SCALES, build_pair, device_setup, fmt_s, lm_head_scaled, machine_line
 from bench_kv_cache import prompt_of
 
-from entrgi import GuidanceConfig, SamplerConfig
+from entrgi import GuidanceConfig, SamplerConfig, resolve_settings
 from entrgi.presets import get_preset
 from entrgi.sampling.outputs import ComputeStats
-from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi.sampling.sampler import DiffusionSampler
 
 BLOCK = 32
 #: The threshold part: the ``fast`` preset's sampler fields (parallel_threshold, confidence_from).
@@ -85,12 +85,14 @@ SETTINGS = (
 
 def configs(setting: Setting, L: int, T: int, rows: int, block: int = BLOCK, seed: int = 0,
             inner_steps: int = 3) -> tuple[SamplerConfig, GuidanceConfig]:
-    """The setting's (SamplerConfig, GuidanceConfig): L slots in blocks of ``block``, T steps, ``rows`` samples."""
-    s = SamplerConfig(max_new_tokens=L, steps=T, num_samples=rows, block_length=block, seed=seed)
-    g = GuidanceConfig(method="entrgi", inner_steps=inner_steps) if setting.guided else GuidanceConfig(method="none")
-    if setting.preset:
-        s, g = get_preset("fast").configs(s, g)
-    return dataclasses.replace(s, **setting.sampler), dataclasses.replace(g, **setting.guidance)
+    """The setting's (SamplerConfig, GuidanceConfig), resolved as every entry point does
+    (:func:`entrgi.resolve_settings`): L slots in blocks of ``block``, T steps, ``rows`` samples, then the ``fast``
+    preset (its T from L) when the setting asks, then the setting's fields."""
+    base = {"sampler": {"max_new_tokens": L, "steps": T, "num_samples": rows, "block_length": block, "seed": seed},
+            "guidance": {"rule": "entrgi", "inner_steps": inner_steps} if setting.guided else {"rule": "none"}}
+    own = {"sampler": setting.sampler, "guidance": setting.guidance, **({"preset": "fast"} if setting.preset else {})}
+    s = resolve_settings(model_defaults=base, overrides=own, overrides_source=f"setting {setting.name!r}")
+    return s.sampler, s.guidance
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Run:
     tokens: list[list[int]]
 
 
-def generate_once(sampler: MaskedDiffusionSampler, prompt: str, scfg: SamplerConfig, gcfg: GuidanceConfig) -> Run:
+def generate_once(sampler: DiffusionSampler, prompt: str, scfg: SamplerConfig, gcfg: GuidanceConfig) -> Run:
     """One timed ``generate`` (no trace, no progress bar) with the per-step bookkeeping."""
     model = sampler.model
     steps = 0
@@ -131,7 +133,7 @@ def generate_once(sampler: MaskedDiffusionSampler, prompt: str, scfg: SamplerCon
     return Run(seconds, res.stats, steps, per_step, run_tokens, [s.token_ids for g in res.samples for s in g])
 
 
-def measure(sampler: MaskedDiffusionSampler, prompt: str, settings, L: int, T: int, rows: int, reps: int,
+def measure(sampler: DiffusionSampler, prompt: str, settings, L: int, T: int, rows: int, reps: int,
             warmup: bool = True, log=None) -> dict[str, list[Run]]:
     """{setting name: [Run per repetition]}, repetitions interleaved over the settings. The warm-up runs every
     setting once on one block with T = 2 (first calls, allocator, the KV-cache path)."""
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     print(machine_line(device))
     pair = build_pair(a.scale, device, dtype, rm_checkpointing=device.type == "cuda")
-    sampler = MaskedDiffusionSampler(pair.dllm, pair.reward, pair.bridge)
+    sampler = DiffusionSampler(pair.dllm, pair.reward, pair.bridge)
     prompt = prompt_of(pair.dllm, a.prompt_tokens or (128 if a.quick else 256))
     P = len(pair.dllm.encode_prompt(prompt))
     print(f"models ({a.scale}, {str(dtype).removeprefix('torch.')}): DLLM {pair.dllm_params / 1e6:.0f}M params "
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     with lm_head_scaled(pair, factor):
         with torch.no_grad():
             s0 = sampler.start([prompt], SamplerConfig(max_new_tokens=L, steps=T, num_samples=1),
-                               GuidanceConfig(method="none"), trace=False)
+                               GuidanceConfig(rule="none"), trace=False)
             phi = sampler.model_logits(s0)
             phi = phi[torch.isfinite(phi)]
             top = sampler.model_logits(s0).div(0.7).softmax(-1).amax(-1)

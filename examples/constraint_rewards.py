@@ -91,7 +91,7 @@ def main(k: int = 8) -> None:
     prompts = [p.text for p in load_prompt_set("continuations").prompts[:6]]
     out = generate(dllm, prompts, None, progress=False, trace=False,
                    sampler=SamplerConfig(max_new_tokens=20, steps=20, num_samples=k, temperature=0.8, seed=0),
-                   guidance=GuidanceConfig(method="none"))
+                   guidance=GuidanceConfig(rule="none"))
     chosen = {"plain (sample 0)": [], f"best-of-{k}": []}
     for group in out.samples:
         scores = reward.score_list([s.prompt for s in group], [s.text for s in group])

@@ -26,6 +26,6 @@ if __name__ == "__main__":
     sampler = SamplerConfig(max_new_tokens=16, steps=16, num_samples=4)
     prompts = ["she was", "the weather"]
     for method in ("entrgi", "max_prob", "half"):
-        out = generate(model, prompts, reward, sampler=sampler, guidance=GuidanceConfig(method=method), progress=False)
+        out = generate(model, prompts, reward, sampler=sampler, guidance=GuidanceConfig(rule=method), progress=False)
         best = [out.best(i) for i in range(len(prompts))]
         print(f"{method:>9}: best rewards {[round(b.reward, 2) for b in best]}  e.g. {best[0].text!r}")

@@ -4,10 +4,11 @@
     python scripts/frontier.py --only plain entrgi fast --seeds 1
     python scripts/frontier.py --table --plot docs/images/frontier.png   # only report what is stored
 
-Each setting runs the demo's settings (``entrgi.cli.demo``: L = T = 16, K = 4, τ = 0.7, top-p 0.95, EntRGi M = 3,
-Adam lr 1.0) with the overrides of ``configs/frontier.yaml``, on the ``continuations`` prompts (each seed its own
-16, the eval's ``paper`` subsampling), without trace and without ``track_reward``, so that the cost is the
-method's own: ``ComputeStats.flops`` per prompt (deterministic, docs/performance.md "Cost count"; all samples and
+Each setting is resolved as every entry point resolves settings (:func:`entrgi.settings.resolve_settings`): the
+default pair's own settings (L = T = 16, K = 4, top-p 0.95, EntRGi M = 3, Adam lr 1.0), then the setting's preset,
+method and sections from ``configs/frontier.yaml``, then τ and the seed; it runs on the ``continuations`` prompts
+(each seed its own 16, the eval's ``paper`` subsampling), without trace and without ``track_reward`` (their cost is
+counted apart anyway), so that the cost is the method's own: ``ComputeStats.flops`` per prompt (deterministic, docs/performance.md "Cost count"; all samples and
 the final re-score included). Reported per setting: Top@1 and Avg@K of the guiding RM (Best-of-N@N: the best of
 its N samples, and the mean over them), VADER of the Top@1 sample, mean ± SEM over seeds, the cost relative to
 plain sampling (``plain``: unguided, T = L) and to full EntRGi, and the DLLM forwards / RM backward passes per
@@ -23,7 +24,6 @@ not rerun, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -37,10 +37,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from entrgi import GuidanceConfig, SamplerConfig, generate  # noqa: E402
-from entrgi.cli.demo import DEMO_GUIDANCE, DEMO_PROMPT_SET, DEMO_SAMPLER  # noqa: E402
-from entrgi.presets import get_preset  # noqa: E402
+from entrgi import generate  # noqa: E402
 from entrgi.sampling.outputs import ComputeStats  # noqa: E402
+from entrgi.settings import RunSettings, model_defaults, resolve_settings  # noqa: E402
+
+PROMPT_SET = "continuations"
 
 CONFIG = ROOT / "configs" / "frontier.yaml"
 #: The paper's pair for the projected cost: (N_dllm, N_rm) non-embedding parameters, the DLLM's output layer and
@@ -53,29 +54,36 @@ PAPER_PAIRS = {"7B+0.6B": (6.53e9, 0.44e9, DREAM_HEAD, 152064 * 1024),
 
 
 def load_settings(path: Path) -> tuple[dict, dict[str, dict]]:
-    """The YAML's run fields and its settings, each resolved to {kind, sampler, guidance, particles}."""
+    """The YAML's run fields and its settings: ``kind`` (``sample``, or ``best_of_n`` with its ``ns``) and the
+    setting's fields as a settings layer (``preset``, ``method``, ``sampler``, ``guidance``, ``search``)."""
     data = yaml.safe_load(path.read_text())
     settings = {}
     for name, raw in (data.get("settings") or {}).items():
         raw = dict(raw or {})
-        sampler, guidance = {}, {}
-        if raw.get("preset"):
-            preset = get_preset(raw["preset"])
-            sampler, guidance = dict(preset.sampler), dict(preset.guidance)
-        sampler = {**sampler, **(raw.get("sampler") or {})}
-        if raw.get("preset"):  # the preset's T for the demo's L (when it sets one and the setting does not)
-            sampler = preset.fill_steps(sampler, DEMO_SAMPLER["max_new_tokens"])
-        settings[name] = {"kind": raw.get("kind", "sample"), "sampler": sampler,
-                          "guidance": {**guidance, **(raw.get("guidance") or {})},
-                          "particles": dict(raw.get("particles") or {})}
-        if settings[name]["kind"] == "best_of_n":
-            settings[name]["ns"] = list(raw.get("ns") or [4, 8, 16, 32])
+        kind = raw.pop("kind", "sample")
+        ns = [int(n) for n in raw.pop("ns", [4, 8, 16, 32])]
+        settings[name] = {"kind": kind, "layer": raw, **({"ns": ns} if kind == "best_of_n" else {})}
     return data, settings
 
 
+def resolved(setting: dict, temperature: float, seed: int | None = None) -> RunSettings:
+    """A setting's run settings on the default pair at ``temperature`` (and ``seed``); Best-of-N with max(ns)
+    samples."""
+    layer = {k: dict(v) if isinstance(v, dict) else v for k, v in setting["layer"].items()}
+    sampler = {**layer.get("sampler", {}), "temperature": temperature, **({} if seed is None else {"seed": seed})}
+    if setting["kind"] == "best_of_n":
+        layer["method"] = "best_of_n"
+        sampler["num_samples"] = max(setting["ns"])
+    layer["sampler"] = sampler
+    return resolve_settings(model_defaults=model_defaults(None), overrides=layer, overrides_source="the setting")
+
+
 def record_config(setting: dict, n_prompts: int, temperature: float) -> dict:
-    """What a record stores as its ``config``: a stored record counts only while this still matches."""
-    return {"setting": setting, "n_prompts": n_prompts, "temperature": temperature}
+    """What a record stores as its ``config``: the resolved settings (seed aside); a stored record counts only while
+    this still matches."""
+    settings = resolved(setting, temperature).to_dict()
+    settings["sampler"].pop("seed")
+    return {"settings": settings, "kind": setting["kind"], "n_prompts": n_prompts}
 
 
 def current_records(records: list[dict], settings: dict[str, dict], n_prompts: int, temperature: float) -> list[dict]:
@@ -118,25 +126,16 @@ COUNTS = ("dllm_tokens", "dllm_logit_tokens", "rm_forward_tokens", "rm_backward_
 
 
 def run_one(model, reward, judge, prompts: list[str], seed: int, temperature: float, setting: dict) -> dict:
-    sampler = SamplerConfig(**{**DEMO_SAMPLER, "temperature": temperature, "seed": seed, **setting["sampler"]})
-    guidance = GuidanceConfig(**{**DEMO_GUIDANCE, **setting["guidance"]})
+    s = resolved(setting, temperature, seed)
     start = time.perf_counter()
+    out = generate(model, prompts, reward, sampler=s.sampler, guidance=s.guidance, search=s.search, progress=False,
+                   trace=False)
     if setting["kind"] == "best_of_n":  # one run of max(ns) samples; a record per N
-        ns = [int(n) for n in setting["ns"]]
-        sampler = dataclasses.replace(sampler, num_samples=max(ns))
-        bon = dataclasses.replace(guidance, method="best_of_n")
-        out = generate(model, prompts, reward, sampler=sampler, guidance=bon, progress=False, trace=False)
         vd = int(reward.embedding_table().numel())
         return {N: {**r, "rm_vd": vd} for N, r in
-                best_of_n_records(out, judge, prompts, ns, time.perf_counter() - start).items()}
-    if setting["kind"] == "particles":
-        from entrgi.sampling.particles import ParticleConfig, generate_particles
-        out = generate_particles(model, prompts, reward, sampler=sampler, guidance=guidance,
-                                 particles=ParticleConfig(**setting["particles"]), progress=False, trace=False)
-    else:
-        out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, progress=False, trace=False)
+                best_of_n_records(out, judge, prompts, setting["ns"], time.perf_counter() - start).items()}
     best = [out.best(i) for i in range(len(prompts))]
-    rows = len(prompts) * sampler.num_samples
+    rows = len(prompts) * s.sampler.num_samples
     st, n = out.stats, len(prompts)
     return {
         "counts_per_prompt": {k: getattr(st, k) / n for k in COUNTS},
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model, reward = load_default_pair()
         judge = load_judge("vader")
-        prompt_set = load_prompt_set(DEMO_PROMPT_SET)
+        prompt_set = load_prompt_set(PROMPT_SET)
         done = {(r["setting"], r["seed"], json.dumps(r["config"], sort_keys=True)) for r in records}
         out.parent.mkdir(parents=True, exist_ok=True)
         for name in args.only or list(settings):

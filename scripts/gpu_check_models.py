@@ -69,7 +69,7 @@ def run_family(name: str, root: Path, args, device: torch.device, dtype: torch.d
         rm_tok = AutoTokenizer.from_pretrained(write_qwen3_tokenizer(root / "qwen3_tokenizer"))
         sampler = Dream.recommended_sampler(max_new_tokens=args.max_new_tokens, steps=args.steps,
                                             num_samples=args.num_samples, seed=args.seed)
-        guidance = GuidanceConfig(method="entrgi", inner_steps=args.inner_steps)
+        guidance = GuidanceConfig(rule="entrgi", inner_steps=args.inner_steps)
     else:
         model_dir = write_llada_checkpoint(root / "llada", llada_style_tokenizer(), seed=args.seed, dtype=dtype,
                                            **sizes["llada"])
@@ -77,7 +77,7 @@ def run_family(name: str, root: Path, args, device: torch.device, dtype: torch.d
         sampler = LLaDA.recommended_sampler(max_new_tokens=args.max_new_tokens, steps=args.steps,
                                             block_length=args.max_new_tokens // 2, num_samples=args.num_samples,
                                             seed=args.seed)
-        guidance = GuidanceConfig(method="entrgi", inner_steps=args.inner_steps, relaxation_temperature=1.0)
+        guidance = GuidanceConfig(rule="entrgi", inner_steps=args.inner_steps, relaxation_temperature=1.0)
     rm_dir = write_reward_checkpoint(root / f"{name}_rm", rm_tok, seed=args.seed + 1, **sizes["rm"])
 
     if device.type == "cuda":

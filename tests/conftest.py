@@ -1,8 +1,14 @@
 """Shared tiny models: a word-level tokenizer, a random BERT DLLM, rewards with known optima, and a fake DLLM
 whose logits are a fixed table indexed by position (so tests can choose every probability)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))  # the reference sampler, the examples
+
 from support.tiny_checkpoints import write_dream_tokenizer, write_qwen3_tokenizer
 from support.tiny_models import CHAT_TEMPLATE, TokenPreferenceReward, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 from torch import nn

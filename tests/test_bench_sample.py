@@ -14,7 +14,7 @@ from bench_guidance import build_pair, lm_head_scaled  # noqa: E402
 
 from entrgi.presets import get_preset  # noqa: E402
 from entrgi.sampling.outputs import cost_parameters  # noqa: E402
-from entrgi.sampling.sampler import MaskedDiffusionSampler  # noqa: E402
+from entrgi.sampling.sampler import DiffusionSampler  # noqa: E402
 from entrgi.sampling.schedule import commit_counts  # noqa: E402
 
 L, T, ROWS, M = 32, 4, 2, 3
@@ -25,7 +25,7 @@ BY_NAME = {s.name: s for s in bench.SETTINGS}
 def run():
     torch.manual_seed(0)
     pair = build_pair("toy", torch.device("cpu"), torch.float32, width=2048)
-    sampler = MaskedDiffusionSampler(pair.dllm, pair.reward, pair.bridge)
+    sampler = DiffusionSampler(pair.dllm, pair.reward, pair.bridge)
     prompt = bench.prompt_of(pair.dllm, 24)
     names = ("unguided", "unguided + dual cache", "EntRGi M=3", "EntRGi + schedule")
     results = bench.measure(sampler, prompt, [BY_NAME[n] for n in names], L, T, ROWS, reps=2, warmup=False)
@@ -37,11 +37,11 @@ def test_settings_are_the_parts_of_the_fast_preset():
     s, g = bench.configs(BY_NAME["fast preset + dual cache"], 64, 64, 1)
     assert s.kv_cache == "dual" and s.block_length == 32 and s.steps == fast.steps_for(64, 32) == 16
     assert all(getattr(s, k) == v for k, v in fast.sampler.items())
-    assert all(getattr(g, k) == v for k, v in fast.guidance.items()) and g.method == "entrgi"
+    assert all(getattr(g, k) == v for k, v in fast.guidance.items()) and g.rule == "entrgi"
     s, g = bench.configs(BY_NAME["EntRGi + schedule"], 64, 64, 1)
     assert g.guide_until == 0.25 and s.parallel_threshold is None and s.kv_cache == "none"
     s, g = bench.configs(BY_NAME["unguided + threshold"], 64, 64, 1)
-    assert g.method == "none" and s.parallel_threshold == fast.sampler["parallel_threshold"]
+    assert g.rule == "none" and s.parallel_threshold == fast.sampler["parallel_threshold"]
     s, g = bench.configs(BY_NAME["EntRGi M=3"], 64, 64, 1)
     assert s.parallel_threshold is None and s.kv_cache == "none" and g.guide_until == 1.0
 

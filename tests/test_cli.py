@@ -39,7 +39,7 @@ def test_generate_json_and_trace_file(folders, capsys, tmp_path):
                  "--steps", "4", "--num-samples", "2", "--method", "aps", "--inner-steps", "2", "--lr", "1.0",
                  "--json", "--output", str(trace), "--quiet"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["guidance"]["method"] == "aps" and data["guidance"]["inner_steps"] == 2
+    assert data["guidance"]["rule"] == "aps" and data["guidance"]["inner_steps"] == 2
     assert data["sampler"]["max_new_tokens"] == 4
     sample = data["samples"][0][0]
     assert isinstance(sample["reward"], float) and "trace" not in sample

@@ -17,11 +17,11 @@ import torch
 import yaml
 from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, tiny_qwen3_reward, word_tokenizer
 
-from entrgi.cli import demo
 from entrgi import files
 from entrgi.cli import commands as cli
-from entrgi.cli.errors import user_error
+from entrgi.cli import demo
 from entrgi.cli.commands import main
+from entrgi.cli.errors import user_error
 from entrgi.eval.prompts import load_prompt_set
 
 ENTRGI = Path(sys.executable).with_name("entrgi")  # the installed console script of this venv

@@ -6,7 +6,7 @@ import typing
 
 import pytest
 
-from entrgi import GuidanceConfig, ParticleConfig, SamplerConfig
+from entrgi import GuidanceConfig, SamplerConfig, SearchConfig
 from entrgi.config import check_float
 
 BAD_SAMPLER = [
@@ -39,7 +39,9 @@ def test_sampler_field_errors(field, value, message):
 
 
 BAD_GUIDANCE = [
-    ("method", "dps", r"`method` must be one of \['none', 'best_of_n', 'expectation', 'aps', 'entrgi'\]"),
+    ("rule", "dps", r"`rule` must be one of \['none', 'expectation', 'aps', 'entrgi'\]"),
+    ("rule_params", {"p": 1.0}, r"Unknown parameter of guidance rule 'entrgi' \(`rule_params`\) 'p'"),
+    ("optimizer_params", {"betas": 1}, r"Unknown parameter of optimizer 'adam'"),
     ("inner_steps", -1, r"`inner_steps` must be an integer >= 0"),
     ("optimizer", "sgd", r"`optimizer`"),
     ("lr", 0.0, r"`lr` must be > 0.0, got 0.0"),
@@ -75,10 +77,10 @@ def test_replace_revalidates():
 
 def test_greedy_sampling_needs_a_relaxation_temperature_for_guidance():
     with pytest.raises(ValueError, match="relaxation_temperature"):
-        GuidanceConfig(method="entrgi").resolve(SamplerConfig(temperature=0.0))
-    r = GuidanceConfig(method="entrgi", relaxation_temperature=1.0).resolve(SamplerConfig(temperature=0.0))
+        GuidanceConfig(rule="entrgi").resolve(SamplerConfig(temperature=0.0))
+    r = GuidanceConfig(rule="entrgi", relaxation_temperature=1.0).resolve(SamplerConfig(temperature=0.0))
     assert r.relaxation_temperature == 1.0
-    GuidanceConfig(method="none").resolve(SamplerConfig(temperature=0.0))  # unguided greedy is fine
+    GuidanceConfig(rule="none").resolve(SamplerConfig(temperature=0.0))  # unguided greedy is fine
 
 
 def test_resolve_fills_defaults_from_the_sampler():
@@ -91,14 +93,14 @@ def test_resolve_fills_defaults_from_the_sampler():
 
 def test_zero_inner_steps_warns():
     with pytest.warns(UserWarning, match="inner_steps"):
-        GuidanceConfig(method="aps", inner_steps=0).resolve(SamplerConfig())
+        GuidanceConfig(rule="aps", inner_steps=0).resolve(SamplerConfig())
 
 
 def test_defaults_are_the_papers():
     s, g = SamplerConfig(), GuidanceConfig()
     assert (s.max_new_tokens, s.steps, s.num_samples, s.temperature, s.top_p, s.remasking) == (
         128, 128, 4, 0.7, 0.95, "entropy")
-    assert (g.method, g.inner_steps, g.optimizer, g.lr, g.entropy_temperature) == ("entrgi", 3, "adam", 0.5, 1.0)
+    assert (g.rule, g.inner_steps, g.optimizer, g.lr, g.entropy_temperature) == ("entrgi", 3, "adam", 0.5, 1.0)
 
 
 def test_cost_switches_default_to_exact_and_fast():
@@ -115,13 +117,14 @@ def float_fields(cls):
 
 
 def test_float_fields_are_the_expected_ones():  # the derivation below is not vacuous
-    assert float_fields(SamplerConfig) == ["temperature", "top_p", "remasking_temperature", "eps", "parallel_threshold"]
+    assert float_fields(SamplerConfig) == ["temperature", "top_p", "remasking_temperature", "eps", "parallel_threshold",
+                                           "entropy_bound", "t_min", "t_max", "confidence_threshold"]
     assert float_fields(GuidanceConfig) == ["lr", "entropy_temperature", "relaxation_temperature", "hard_top_p",
                                             "guide_until", "guide_min_weight", "inner_tol", "kl_weight"]
-    assert float_fields(ParticleConfig) == ["lam", "ess_threshold"]
+    assert float_fields(SearchConfig) == ["lam", "ess_threshold"]
 
 
-@pytest.mark.parametrize("cls,field", [(c, f) for c in (SamplerConfig, GuidanceConfig, ParticleConfig)
+@pytest.mark.parametrize("cls,field", [(c, f) for c in (SamplerConfig, GuidanceConfig, SearchConfig)
                                        for f in float_fields(c)])
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 def test_every_float_field_refuses_inf_and_nan(cls, field, value):
@@ -134,7 +137,7 @@ def test_every_float_field_refuses_inf_and_nan(cls, field, value):
 def test_large_finite_values_are_still_accepted():
     assert GuidanceConfig(lr=1e30, entropy_temperature=1e30, relaxation_temperature=1e30).lr == 1e30
     assert SamplerConfig(temperature=1e30, remasking_temperature=1e30).temperature == 1e30
-    assert ParticleConfig(lam=1e30).lam == 1e30
+    assert SearchConfig(lam=1e30).lam == 1e30
 
 
 def test_check_float_allows_inf_only_when_asked():

@@ -9,11 +9,9 @@ their order, ``batch_size``); the samples are deterministic per seed.
 import pytest
 import torch
 from conftest import table_model
-from support.reference import reference_generate
+from reference_sampler import reference_generate
 
-from entrgi import GuidanceConfig, SamplerConfig
-from entrgi.sampling.particles import ParticleConfig, ParticleSampler
-from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi import DiffusionSampler, GuidanceConfig, SamplerConfig, SearchConfig
 
 PROMPTS = ["the cat sat", "a dog", "it was a very big day and the sun"]
 CONFIGS = {  # check_over_configs: the invariants hold for each
@@ -55,7 +53,7 @@ def invalid_heavy_model(tok):
 class SamplerContract:
     """The shared checks; a subclass says how to run its implementation (:meth:`run`) and with which guidance."""
 
-    guidance = GuidanceConfig(method="none")
+    guidance = GuidanceConfig(rule="none")
     rows_alone = True  # a row may run alone (particles resample a prompt's K rows together: batches of K)
 
     def run(self, model, prompts, reward, sampler: SamplerConfig, callback=None):
@@ -112,33 +110,34 @@ class SamplerContract:
         assert a == b != c
 
 
-class TestMaskedDiffusionSampler(SamplerContract):
-    guidance = GuidanceConfig(method="entrgi", lr=2.0)
+class TestDiffusionSampler(SamplerContract):
+    guidance = GuidanceConfig(rule="entrgi", lr=2.0)
 
     def run(self, model, prompts, reward, sampler, callback=None):
-        return MaskedDiffusionSampler(model, reward).generate(prompts, sampler, self.guidance, progress=False,
-                                                              callback=callback)
+        return DiffusionSampler(model, reward).generate(prompts, sampler, self.guidance, progress=False,
+                                                        callback=callback)
 
 
-class TestUnguidedMaskedDiffusionSampler(TestMaskedDiffusionSampler):
-    guidance = GuidanceConfig(method="none")
+class TestUnguidedDiffusionSampler(TestDiffusionSampler):
+    guidance = GuidanceConfig(rule="none")
 
 
 class TestReference(SamplerContract):
-    guidance = GuidanceConfig(method="entrgi", lr=2.0)
+    guidance = GuidanceConfig(rule="entrgi", lr=2.0)
 
     def run(self, model, prompts, reward, sampler, callback=None):
         return reference_generate(model, prompts, reward, sampler, self.guidance, callback=callback)
 
 
-class TestParticleSampler(SamplerContract):
-    particles = ParticleConfig(lam=0.0, resample_every=2)
+class TestParticles(SamplerContract):
+    guidance = GuidanceConfig(rule="none")
+    particles = SearchConfig("particles", lam=0.0, resample_every=2)
     rows_alone = False
 
     def run(self, model, prompts, reward, sampler, callback=None):
-        return ParticleSampler(model, reward, self.particles).generate(prompts, sampler, progress=False,
-                                                                       callback=callback)
+        return DiffusionSampler(model, reward).generate(prompts, sampler, self.guidance, self.particles,
+                                                        progress=False, callback=callback)
 
 
-class TestGuidedParticleSampler(TestParticleSampler):
-    particles = ParticleConfig(lam=0.0, resample_every=2, guided=True)
+class TestGuidedParticles(TestParticles):
+    guidance = GuidanceConfig(rule="entrgi")

@@ -11,8 +11,13 @@ from support.tiny_checkpoints import dream_config
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.models.dream import DreamModule, qwen2_config
-from entrgi.sampling.outputs import (ComputeStats, CostParameters, cost_parameters, non_embedding_parameters,
-                                    output_layer_parameters)
+from entrgi.sampling.outputs import (
+    ComputeStats,
+    CostParameters,
+    cost_parameters,
+    non_embedding_parameters,
+    output_layer_parameters,
+)
 
 PROMPT = "the cat sat"
 L, T, K = 4, 2, 2
@@ -38,8 +43,9 @@ def qwen3_rm_non_embedding(cfg) -> int:
 def run(mlm, reward, method="entrgi", **kw):
     g = {"trace": kw.pop("trace", False), "callback": kw.pop("callback", None)}
     sampler = SamplerConfig(max_new_tokens=L, steps=T, num_samples=K, temperature=1.0)
-    guidance = GuidanceConfig(method=method, inner_steps=1, lr=1.0, **kw)
-    return generate(mlm, PROMPT, reward, sampler=sampler, guidance=guidance, progress=False, **g)
+    rule, search = ("none", "best_of_n") if method == "best_of_n" else (method, "sample")
+    guidance = GuidanceConfig(rule=rule, inner_steps=1, lr=1.0, **kw)
+    return generate(mlm, PROMPT, reward, sampler=sampler, guidance=guidance, search=search, progress=False, **g)
 
 
 def bert_head(cfg) -> int:
@@ -95,7 +101,12 @@ def texts(out):
 @pytest.mark.parametrize("prefix_cache,trace", [(True, False), (True, True), (False, False)])
 def test_two_step_run_matches_a_hand_count(mlm, qwen_reward, prefix_cache, trace):
     out = run(mlm, qwen_reward, prefix_cache=prefix_cache, trace=trace)
-    assert counts(out) == hand_count(mlm, qwen_reward, texts(out), prefix_cache=prefix_cache, trace=trace)
+    method = hand_count(mlm, qwen_reward, texts(out), prefix_cache=prefix_cache)
+    assert counts(out) == method  # the method's cost: tracing adds nothing to it
+    watched = hand_count(mlm, qwen_reward, texts(out), prefix_cache=prefix_cache, trace=trace)
+    extra = {k: watched[k] - method[k] for k in ("rm_forward_tokens", "soft_embedding_macs", "flops")}
+    assert {k: getattr(out.observer_stats, k) for k in extra} == extra  # the trace's evaluation, counted apart
+    assert (extra["rm_forward_tokens"] > 0) == trace
     assert out.stats.dllm_forwards == T * K and out.stats.rm_backwards == T * K
     if trace:
         assert [t.masked for t in out.samples[0][0].trace] == list(MASKED)
@@ -151,13 +162,14 @@ def test_track_reward_estimates_are_counted(mlm, qwen_reward):
     base = run(mlm, qwen_reward, method="best_of_n")
     tracked = generate(mlm, PROMPT, qwen_reward, sampler=SamplerConfig(max_new_tokens=L, steps=T, num_samples=K,
                                                                        temperature=1.0),
-                       guidance=GuidanceConfig(method="best_of_n"), progress=False, trace=False, track_reward=True)
+                       guidance=GuidanceConfig(rule="none"), search="best_of_n", progress=False, trace=False, track_reward=True)
     S, Pp = len(qwen_reward.context(PROMPT).suffix_ids), len(qwen_reward.context(PROMPT).prefix_ids)
-    extra = K * Pp + T * K * (L + S)
+    extra = K * Pp + T * K * (L + S)  # the tracker's: the prefix once, then one call per step
     final = lambda o: hand_count(mlm, qwen_reward, texts(o), guided=False)["rm_forward_tokens"]  # noqa: E731
-    assert tracked.stats.rm_forward_tokens - final(tracked) == extra
+    assert tracked.observer_stats.rm_forward_tokens == extra and tracked.observer_stats.rm_forwards == T * K
+    assert tracked.stats.rm_forward_tokens == final(tracked)  # the method's cost: the final re-score only
     assert base.stats.rm_forward_tokens == final(base)
-    assert tracked.stats.rm_backward_tokens == 0
+    assert tracked.stats.rm_backward_tokens == tracked.observer_stats.rm_backward_tokens == 0
 
 
 def torch_matmul_flops(fn) -> tuple[int, object]:
@@ -179,7 +191,7 @@ def test_the_count_is_what_torch_counts(method):
     from entrgi.pair import load_pair
     model, reward = load_pair(methods=("entrgi",))
     sampler = SamplerConfig(max_new_tokens=8, steps=4, num_samples=2, temperature=0.7, seed=1)
-    guidance = GuidanceConfig(method=method, inner_steps=2, lr=1.0)
+    guidance = GuidanceConfig(rule=method, inner_steps=2, lr=1.0)
     measured, out = torch_matmul_flops(lambda: generate(model, ["the movie was", "i think that"], reward,
                                                         sampler=sampler, guidance=guidance, progress=False,
                                                         trace=False))

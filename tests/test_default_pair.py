@@ -107,7 +107,7 @@ def test_dllm_never_samples_invalid_ids(pair):
     out = entrgi.generate(dllm, PROMPTS + ["mr. darcy said that"], None, progress=False, trace=False,
                           sampler=SamplerConfig(max_new_tokens=12, steps=6, num_samples=3, temperature=1.5,
                                                 top_p=1.0, seed=3),
-                          guidance=GuidanceConfig(method="none"),
+                          guidance=GuidanceConfig(rule="none"),
                           callback=lambda step, st: seen.append(st["proposal"][st["candidates"]].clone()))
     invalid = torch.tensor(dllm.invalid_token_ids)
     drawn = torch.cat(seen)
@@ -165,10 +165,10 @@ def test_reward_has_gradients_through_soft_embeddings(pair):
 def test_guidance_raises_reward(pair):
     dllm, reward = pair
     sampler = SamplerConfig(max_new_tokens=8, steps=8, num_samples=2, temperature=0.8, top_p=0.95, seed=0)
-    base = entrgi.generate(dllm, PROMPTS, reward, sampler=sampler, guidance=GuidanceConfig(method="none"),
+    base = entrgi.generate(dllm, PROMPTS, reward, sampler=sampler, guidance=GuidanceConfig(rule="none"),
                            progress=False, trace=False)
     guided = entrgi.generate(dllm, PROMPTS, reward, sampler=sampler, progress=False, trace=False,
-                             guidance=GuidanceConfig(method="entrgi", inner_steps=2, lr=1.0))
+                             guidance=GuidanceConfig(rule="entrgi", inner_steps=2, lr=1.0))
     mean = lambda out: sum(s.reward for g in out.samples for s in g) / sum(len(g) for g in out.samples)  # noqa: E731
     assert mean(guided) > mean(base) + 1.0
 
@@ -188,7 +188,7 @@ def test_dtype_applies_to_both_models(dtype, pair):
     assert (scores - ref).abs().max() <= tol
     out = entrgi.generate(dllm, ["she was"], reward, progress=False, trace=False,
                           sampler=SamplerConfig(max_new_tokens=6, steps=3, num_samples=2, seed=0),
-                          guidance=GuidanceConfig(method="entrgi", inner_steps=1))
+                          guidance=GuidanceConfig(rule="entrgi", inner_steps=1))
     assert all(s.text and s.reward is not None and torch.isfinite(torch.tensor(s.reward)) for s in out.samples[0])
 
 
@@ -307,9 +307,9 @@ def _card_sample(prompt: str) -> tuple[float, float, str]:
 def test_model_card_config_reproduces_the_cards_samples(pair, tmp_path, monkeypatch):
     """``configs/model-card.yaml`` through the eval harness gives the card's unguided "she was" sample (each
     (prompt, sample) has its own random stream, so one prompt of the demo prompt file suffices)."""
+    from entrgi.eval import EvalRunner, read_records
     from entrgi.eval.config import EvalConfig
     from entrgi.eval.prompts import load_prompt_set, read_text_lines
-    from entrgi.eval import EvalRunner, read_records
     monkeypatch.chdir(ROOT)  # the config's prompt file path is relative to the repository root
     cfg = EvalConfig.from_yaml(ROOT / "configs" / "model-card.yaml")
     heldout = read_text_lines((RECIPE_DIR / "heldout_prompts.txt").read_text())
@@ -328,8 +328,8 @@ def test_model_card_config_reproduces_the_cards_samples(pair, tmp_path, monkeypa
 @pytest.mark.slow  # ~20-40 s: 24 unguided samples of 20 steps
 def test_model_card_config_reproduces_the_cards_unguided_demo_line(pair, tmp_path, monkeypatch):
     """The card's demo-prompt line for method none (mean reward and mean VADER over 6 prompts x 4 samples)."""
-    from entrgi.eval.config import EvalConfig
     from entrgi.eval import EvalRunner, read_records
+    from entrgi.eval.config import EvalConfig
     m = re.search(r"On the six demo prompts [^:]*: none\s+([\d.−-]+) reward / ([\d.−-]+) VADER", MODEL_CARD.read_text())
     assert m
     monkeypatch.chdir(ROOT)
@@ -363,7 +363,7 @@ def test_recipe_runs_end_to_end(tmp_path):
     dllm, reward = dp.load_default_pair(asset_dir=tmp_path / "pair")
     out = entrgi.generate(dllm, ["she was"], reward, progress=False,
                           sampler=SamplerConfig(max_new_tokens=8, steps=4, num_samples=2),
-                          guidance=GuidanceConfig(method="entrgi", inner_steps=1))
+                          guidance=GuidanceConfig(rule="entrgi", inner_steps=1))
     assert all(s.reward is not None for s in out.samples[0])
 
 

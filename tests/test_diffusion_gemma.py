@@ -1,8 +1,9 @@
-"""DiffusionGemma: the adapter (native transformers classes) and the guided canvas sampler.
+"""DiffusionGemma: the adapter (native transformers classes) and its canvas transition inside the common step.
 
 A tiny random ``DiffusionGemmaForBlockDiffusion`` is built from its config classes and saved with
 ``save_pretrained`` + a word-level tokenizer. Unguided sampling must equal the native ``generate`` token for
-token (sampled with the same seed; greedy against the native loop with its draw replaced by the argmax).
+token (sampled with the same seed; greedy against the native loop with its draw replaced by the argmax). The family
+runs through ``generate``, the step API, ``entrgi eval`` and ``entrgi serve`` like every other.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import contextlib
 import dataclasses
 import io
 import json
-from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from packaging.specifiers import SpecifierSet
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationMixin
 
-from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.cli.commands import canvas_sampler, main
-from entrgi.models import FAMILIES, detect_family, load_diffusion_lm
-from entrgi.models.diffusion_gemma import DiffusionGemma
+import entrgi
+from entrgi import DiffusionSampler, GuidanceConfig, SamplerConfig, generate, resolve_settings
+from entrgi.cli.commands import main
+from entrgi.eval import EvalConfig, EvalRunner, read_records
+from entrgi.models import detect_family, get_family, load_diffusion_lm
+from entrgi.models.diffusion_gemma import CHECKED_TRANSFORMERS, PRIVATE_METHODS, DiffusionGemma
 from entrgi.reward.base import left_pad
-from entrgi.sampling import canvas as canvas_module
-from entrgi.sampling.canvas import CanvasConfig
+from entrgi.settings import model_defaults
 from tests.support.tiny_checkpoints import write_reward_checkpoint
 from tests.support.tiny_models import CHAT_TEMPLATE, TokenPreferenceReward, tiny_mlm, word_tokenizer
 
@@ -74,23 +79,30 @@ def native(model, prompts, num_samples: int, seed: int, **kwargs) -> list[list[i
     return out.sequences[:, ids.shape[1]:].tolist()
 
 
-def ours(model, prompts, cfg: CanvasConfig, reward=None, method: str = "none", **guidance):
-    out = generate(model, prompts, reward, sampler=cfg, guidance=GuidanceConfig(method=method, **guidance),
-                   progress=False)
+def canvas(model, **fields) -> SamplerConfig:
+    """The sampler as every entry point resolves it: the model's own defaults (its generation config's denoising
+    steps, 6 here), then ``fields``."""
+    return resolve_settings(model_defaults=model_defaults(model), overrides={"sampler": fields}).sampler
+
+
+def ours(model, prompts, cfg: SamplerConfig, reward=None, method: str = "none", callback=None, **guidance):
+    out = generate(model, prompts, reward, sampler=cfg, guidance=GuidanceConfig(rule=method, **guidance),
+                   progress=False, callback=callback)
     return out, [s.token_ids for group in out.samples for s in group]
 
 
 # ---- the adapter -------------------------------------------------------------------------------------
 def test_loads_with_family_mask_and_eos(folder, model):
     tok = model.tokenizer
-    assert detect_family(folder) == "diffusion_gemma" and FAMILIES["diffusion_gemma"] is DiffusionGemma
+    assert detect_family(folder) == "diffusion_gemma" and get_family("diffusion_gemma") is DiffusionGemma
     assert isinstance(model, DiffusionGemma) and model.family == "diffusion_gemma"
     assert type(model.module).__name__ == "DiffusionGemmaForBlockDiffusion"  # the native class, no remote code
     assert model.eos_token_ids == (tok.sep_token_id,) == tuple(model.generation_config.eos_token_id)
     assert model.mask_token_id == tok.mask_token_id  # in the vocabulary, never used by the uniform-noise canvas
     assert model.pad_token_id == tok.pad_token_id
     assert model.logit_width == len(tok) == model.module.config.text_config.vocab_size
-    assert model.canvas_length == CANVAS and model.sampling_loop == "canvas"
+    assert model.canvas_length == CANVAS and model.transition == "canvas"
+    assert model_defaults(model)["sampler"]["steps"] == 6 == model_defaults(str(folder))["sampler"]["steps"]
     emb = model.get_input_embeddings()  # the encoder's, tied to the decoder's (and to the output layer)
     assert emb.weight.data_ptr() == model.module.model.decoder.embed_tokens.weight.data_ptr()
     assert model.encode_prompt("the cat") == [tok.cls_token_id, *tok.convert_tokens_to_ids(["the", "cat"])]
@@ -101,13 +113,13 @@ def test_forward_is_the_first_denoising_step(model):
     seen = []
     hook = model.module.register_forward_hook(lambda mod, args, kwargs_out: seen.append(kwargs_out.logits.clone()))
     try:
-        ours(model, ["the cat sat"], CanvasConfig(max_new_tokens=CANVAS, seed=5, max_denoising_steps=2))
+        ours(model, ["the cat sat"], canvas(model, max_new_tokens=CANVAS, seed=5, steps=2))
     finally:
         hook.remove()
     prompt = torch.tensor([model.encode_prompt("the cat sat")])
     torch.manual_seed(5)
-    canvas = torch.randint(0, model.logit_width, (1, CANVAS))  # the native loop's first random call
-    x = torch.cat([prompt, canvas], 1)
+    start = torch.randint(0, model.logit_width, (1, CANVAS))  # the native loop's first random call
+    x = torch.cat([prompt, start], 1)
     attn = torch.ones_like(x)
     logits = model(x, attn, torch.arange(x.shape[1])[None])
     assert len(seen) == 2 and logits.shape == (1, CANVAS, model.logit_width)
@@ -117,7 +129,7 @@ def test_forward_is_the_first_denoising_step(model):
 # ---- unguided = native --------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["default", "stopping", "batches", "eos"])
 def test_unguided_equals_native_generate_sampled(model, case):
-    cfg = CanvasConfig(max_new_tokens=3 * CANVAS - 1, num_samples=2, seed=11)  # 3 canvases, the last one whole
+    cfg = canvas(model, max_new_tokens=3 * CANVAS - 1, num_samples=2, seed=11)  # 3 canvases, the last one whole
     native_kw: dict = dict(max_new_tokens=cfg.max_new_tokens)
     if case == "stopping":  # adaptive stopping fires: finished rows are frozen while the others run
         cfg = dataclasses.replace(cfg, stability_threshold=0, confidence_threshold=3.5, entropy_bound=0.5,
@@ -160,35 +172,27 @@ def test_unguided_equals_native_generate_sampled(model, case):
 
 
 def test_unguided_greedy_equals_native_with_argmax_draws(model, monkeypatch):
-    cfg = CanvasConfig(max_new_tokens=2 * CANVAS, num_samples=2, seed=3, greedy=True)
-    _, sampled = ours(model, PROMPTS, dataclasses.replace(cfg, greedy=False))
+    cfg = canvas(model, max_new_tokens=2 * CANVAS, num_samples=2, seed=3, temperature=0.0)
+    _, sampled = ours(model, PROMPTS, dataclasses.replace(cfg, temperature=0.7))
     _, got = ours(model, PROMPTS, cfg)
     monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples: probs.argmax(-1, keepdim=True))
     want = native(model, PROMPTS, 2, cfg.seed, max_new_tokens=cfg.max_new_tokens)
     assert got == want and got != sampled
-    # SamplerConfig(temperature=0) is the same greedy run
-    out = generate(model, PROMPTS, sampler=SamplerConfig(max_new_tokens=2 * CANVAS, num_samples=2, seed=3,
-                                                          temperature=0.0, steps=6),
-                   guidance=GuidanceConfig(method="none"), progress=False)
-    assert [s.token_ids for g in out.samples for s in g] == got
 
 
 # ---- guidance -----------------------------------------------------------------------------------------
-def test_guidance_raises_a_token_reward_and_counts_its_cost(model, monkeypatch):
+def test_guidance_raises_a_token_reward_and_counts_its_cost(model):
     rm = TokenPreferenceReward(model.tokenizer, ["happy"])
-    cfg = CanvasConfig(max_new_tokens=2 * CANVAS, num_samples=2, seed=0)
+    cfg = canvas(model, max_new_tokens=2 * CANVAS, num_samples=2, seed=0)
     seen = []
-    real = canvas_module.guide_logits
 
-    def spy(logits, masked, *args, **kwargs):
-        result = real(logits, masked, *args, **kwargs)
-        seen.append((masked.clone(), logits.clone(), result.logits.clone()))
-        return result
+    def spy(step, out):  # the common step's output: the open slots, the prior and the guided logits
+        if out.guide is not None:
+            seen.append((out.masked.clone(), out.logits.clone(), out.guided_logits.clone()))
 
-    monkeypatch.setattr(canvas_module, "guide_logits", spy)
-    plain, _ = ours(model, PROMPTS, cfg, rm, "none")
+    plain, _ = ours(model, PROMPTS, cfg, rm, "none", callback=spy)
     assert not seen
-    guided, _ = ours(model, PROMPTS, cfg, rm, "entrgi", inner_steps=3, lr=0.5)
+    guided, _ = ours(model, PROMPTS, cfg, rm, "entrgi", callback=spy, inner_steps=3, lr=0.5)
     assert sum(guided.avg()) / 2 > sum(plain.avg()) / 2 + 3  # 8 slots; none ≈ 0 "happy", guided most
     # only the slots not accepted at the previous step are optimised; the accepted ones keep their logits
     traces = [s.trace for g in guided.samples for s in g]
@@ -208,9 +212,25 @@ def test_guidance_raises_a_token_reward_and_counts_its_cost(model, monkeypatch):
             assert t.guided == bool(expected.any())
     stats, B, M = guided.stats, 4, 3
     assert stats.rm_backwards == B * M * len(seen)
-    assert stats.rm_forwards == B * (M + 1) * len(seen) + B  # + the trace evaluation; + the final re-score
+    assert stats.rm_forwards == B * M * len(seen) + B  # the inner steps + the final re-score
+    assert guided.observer_stats.rm_forwards == B * len(seen)  # the trace's evaluation, counted apart
     assert stats.dllm_forwards == plain.stats.dllm_forwards  # guidance adds no DLLM forward
     assert all(len(t.rewards) == M + 1 and len(t.grad_norms) == M for tr in traces for t in tr if t.guided)
+
+
+def test_the_step_api_is_the_loop_of_generate(model):
+    rm = TokenPreferenceReward(model.tokenizer, ["happy"])
+    cfg, g = canvas(model, max_new_tokens=2 * CANVAS, num_samples=2, seed=4), GuidanceConfig(lr=0.5)
+    ref, want = ours(model, PROMPTS, cfg, rm, "entrgi", lr=0.5)
+    sampler = DiffusionSampler(model, rm)
+    state = sampler.start(PROMPTS, cfg, g)
+    blocks = []
+    while not state.done:
+        out = sampler.step(state)
+        blocks.append(out.block)
+        assert out.logits.shape == (4, CANVAS, model.logit_width) and out.window.stop - out.window.start == CANVAS
+    assert state.transition.tokens(state) == want
+    assert blocks == sorted(blocks) and set(blocks) == {0, 1} and len(blocks) == 2 * 6
 
 
 def test_cli_entrgi_raises_the_reward_over_none(folder, tmp_path):
@@ -221,11 +241,11 @@ def test_cli_entrgi_raises_the_reward_over_none(folder, tmp_path):
         with contextlib.redirect_stdout(buf):
             code = main(["generate", "--model", str(folder), "--reward", str(rm), "--method", method,
                          "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--max-new-tokens", "8", "--num-samples",
-                         "2", "--seed", "0", "--inner-steps", "5", "--lr", "1.0", "--max-denoising-steps", "4",
+                         "2", "--seed", "0", "--inner-steps", "5", "--lr", "1.0", "--steps", "4",
                          "--device", "cpu", "--json", "--quiet"])
         assert code == 0
         out = json.loads(buf.getvalue())
-        assert out["sampler"]["max_denoising_steps"] == 4 and out["guidance"]["method"] == method
+        assert out["sampler"]["steps"] == 4 and out["guidance"]["rule"] == method
         rewards = [s["reward"] for g in out["samples"] for s in g]
         means[method] = sum(rewards) / len(rewards)
         assert (out["stats"]["rm_backwards"] > 0) == (method == "entrgi")
@@ -244,29 +264,56 @@ def test_cli_entrgi_raises_the_reward_over_none(folder, tmp_path):
 ])
 def test_options_that_do_not_apply_raise(model, sampler, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
-        generate(model, "the cat", sampler=sampler, guidance=GuidanceConfig(method="none"), progress=False)
+        generate(model, "the cat", sampler=sampler, guidance=GuidanceConfig(rule="none"), progress=False)
 
 
 def test_other_misuses_raise(model):
     rm = TokenPreferenceReward(model.tokenizer, ["happy"])
+    cfg = canvas(model, max_new_tokens=4)
     with pytest.raises(ValueError, match="`guide_every`"):
-        generate(model, "the cat", rm, sampler=CanvasConfig(max_new_tokens=4),
-                 guidance=GuidanceConfig(guide_every=2), progress=False)
+        generate(model, "the cat", rm, sampler=cfg, guidance=GuidanceConfig(guide_every=2), progress=False)
     with pytest.raises(ValueError, match="`track_reward`"):
-        generate(model, "the cat", rm, sampler=CanvasConfig(max_new_tokens=4), track_reward=True, progress=False)
+        generate(model, "the cat", rm, sampler=cfg, track_reward=True, progress=False)
+    with pytest.raises(ValueError, match="search 'particles' does not apply"):
+        generate(model, "the cat", rm, sampler=cfg, search="particles", progress=False)
     with pytest.raises(ValueError, match="`reward` is required"):
-        generate(model, "the cat", sampler=CanvasConfig(max_new_tokens=4), progress=False)
-    with pytest.raises(ValueError, match="disagree"):
-        CanvasConfig.from_sampler(SamplerConfig(steps=10), max_denoising_steps=12)
-    for bad in (dict(t_min=0.5, t_max=0.4), dict(entropy_bound=0.0), dict(max_denoising_steps=0),
+        generate(model, "the cat", sampler=cfg, progress=False)
+    for bad in (dict(t_min=0.5, t_max=0.4), dict(entropy_bound=0.0), dict(stability_threshold=-1),
                 dict(confidence_threshold=float("nan"))):
         with pytest.raises(ValueError, match=f"`{next(iter(bad))}`|`t_max`"):
-            CanvasConfig(**bad)
-    with pytest.raises(ValueError, match="canvas"):  # a CanvasConfig for a masked diffusion LM
-        generate(tiny_mlm(), "the cat", sampler=CanvasConfig(), guidance=GuidanceConfig(method="none"),
+            SamplerConfig(**bad)
+    with pytest.raises(ValueError, match="`t_min` applies to canvas .* only"):  # a canvas field, a masked DLLM
+        generate(tiny_mlm(), "the cat", sampler=SamplerConfig(t_min=0.1), guidance=GuidanceConfig(rule="none"),
                  progress=False)
-    with pytest.raises(ValueError, match="--t-min"):  # a canvas flag with a masked diffusion LM
-        canvas_sampler(tiny_mlm(), SamplerConfig(), Namespace(t_min=0.1))
+
+
+def test_the_private_seam_is_checked_on_this_transformers():
+    """The adapter's seam (NativeCanvasLoop) is the one place transformers' private generation methods are called;
+    they exist on the version range it names, which the installed transformers is in."""
+    assert transformers.__version__ in SpecifierSet(",".join(CHECKED_TRANSFORMERS))
+    assert all(callable(getattr(DiffusionGemmaGenerationMixin, name, None)) for name in PRIVATE_METHODS)
+    package = Path(entrgi.__file__).parent
+    calls = [f for f in package.rglob("*.py") if f.name != "diffusion_gemma.py"
+             and any(f".{name}(" in f.read_text() for name in PRIVATE_METHODS)]
+    assert not calls, calls  # nowhere else
+    seam = (package / "models" / "diffusion_gemma.py").read_text()
+    assert all(f".{name}(" in seam for name in PRIVATE_METHODS)  # the list is the seam's calls
+
+
+def test_eval_runs_diffusion_gemma_from_yaml(folder, tmp_path):
+    rm = write_reward_checkpoint(tmp_path / "rm", word_tokenizer(chat_template=CHAT_TEMPLATE))
+    cfg = EvalConfig.from_dict({"out": str(tmp_path / "run"), "model": str(folder), "reward": str(rm),
+                                "prompt_sets": ["continuations"], "n_prompts": 2, "subsample": "fixed",
+                                "methods": ["none", "entrgi"], "temperatures": [0.7], "seeds": [0],
+                                "sampler": {"max_new_tokens": CANVAS, "num_samples": 2}, "guidance": {"lr": 1.0},
+                                "perplexity": False, "track_reward": False, "judges": ["vader"]})
+    EvalRunner(cfg, progress=False).run()
+    recs = read_records(tmp_path / "run")
+    assert sorted({r["method"] for r in recs}) == ["entrgi", "none"] and len(recs) == 4
+    steps = {r["settings"]["sampler"]["steps"] for r in recs}
+    assert steps == {6}  # the checkpoint's own max_denoising_steps: the model's layer of the settings
+    assert all(r["compute"]["dllm_forwards"] > 0 for r in recs)
+    assert sum(r["compute"]["rm_backwards"] for r in recs if r["method"] == "entrgi") > 0
 
 
 def test_cli_refuses_an_option_that_does_not_apply(folder, capsys):
@@ -278,6 +325,6 @@ def test_cli_refuses_an_option_that_does_not_apply(folder, capsys):
 
 def test_cli_prints_a_canvas_run(folder, capsys):
     code = main(["generate", "--model", str(folder), "--method", "none", "--prompt", "the cat", "--max-new-tokens",
-                 "4", "--max-denoising-steps", "2", "--t-min", "0.2", "--t-max", "0.5", "--device", "cpu", "--quiet"])
+                 "4", "--steps", "2", "--t-min", "0.2", "--t-max", "0.5", "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
-    assert code == 0 and "method=none" in out and "canvas T<=2" in out and "prompt 0: 'the cat'" in out
+    assert code == 0 and "method=none" in out and "T=2" in out and "prompt 0: 'the cat'" in out

@@ -142,7 +142,7 @@ def test_config_validation():
         EvalConfig(sampler={"temperature": 0.3})
     with pytest.raises(ValueError, match="top_p"):
         EvalConfig(sampler={"top_p": 2.0})
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match=r"`guidance.learning_rate` \(the run's sections\) is not a GuidanceConfig field"):
         EvalConfig(guidance={"learning_rate": 1.0})
     with pytest.raises(ValueError, match="unknown eval config keys"):
         EvalConfig.from_dict({"method": "entrgi"})
@@ -365,20 +365,15 @@ def test_report_lists_corrupted_duplicate_non_finite_and_torn_lines(tmp_path):
         assert "Data problems" not in write_report(tmp_path, plots=False).read_text()
 
 
-def test_identity_compares_resolved_values_and_reads_old_run_files(tmp_path):
-    a, b = EvalConfig(sampler={}), EvalConfig(sampler={"top_p": 0.95}, guidance={"lr": 0.5})
-    assert a.identity() == b.identity() and a.identity_hash() == b.identity_hash()
+def test_identity_compares_resolved_values(tmp_path):
+    a, b = EvalConfig(sampler={}), EvalConfig(sampler={"top_p": 0.95}, guidance={"lr": 1.0})
+    assert a.identity() == b.identity() and a.identity_hash() == b.identity_hash()  # the default pair's lr is 1.0
     assert a.identity()["sampler"]["top_p"] == 0.95 and "temperature" not in a.identity()["sampler"]
     assert EvalConfig(sampler={"top_p": 0.9}).identity_hash() != a.identity_hash()
-    # a run.json of an older version: the overrides only, its own hash (its records are keyed with it)
     cfg = EvalConfig(out=str(tmp_path), sampler={"steps": 8, "max_new_tokens": 8})
-    old = {k: dataclasses.asdict(cfg)[k] for k in ("model", "family", "reward", "reward_template", "dtype",
-                                                   "subsample", "subset_seed", "sampler", "guidance", "particles",
-                                                   "judges", "distinct_n", "perplexity", "track_reward")}
-    (tmp_path / "run.json").write_text(json.dumps({"identity": old, "identity_hash": "0123456789abcdef"},
-                                                  default=list))
-    same_cfg = EvalConfig(out=str(tmp_path), sampler={"steps": 8, "max_new_tokens": 8, "top_p": 0.95})
-    assert check_run_dir(same_cfg, tmp_path) == "0123456789abcdef"
+    stored = check_run_dir(cfg, tmp_path)
+    same = EvalConfig(out=str(tmp_path), sampler={"steps": 8, "max_new_tokens": 8, "top_p": 0.95})
+    assert check_run_dir(same, tmp_path) == stored == cfg.identity_hash()
     with pytest.raises(ValueError, match=r"differs in \['sampler'\]\): sampler.top_p: 0.9 here, 0.95 in the run"):
         check_run_dir(EvalConfig(out=str(tmp_path), sampler={"steps": 8, "max_new_tokens": 8, "top_p": 0.9}),
                       tmp_path)

@@ -10,7 +10,6 @@ from support.tiny_models import CHAT_TEMPLATE, tiny_mlm, word_tokenizer
 
 from entrgi.cli.commands import read_eval_config
 from entrgi.eval import EvalConfig, EvalRunner, VaderJudge, read_records
-from entrgi.eval.config import resolve_identity
 from entrgi.eval.runner import check_run_dir
 from entrgi.reward.text import TextReward
 
@@ -66,13 +65,10 @@ def test_the_text_reward_is_in_the_identity(tmp_path):
     a, b = small_cfg(tmp_path), small_cfg(tmp_path, text_reward=spec)
     assert a.identity()["text_reward"] is None and b.identity()["text_reward"] == spec
     assert a.identity_hash() != b.identity_hash()
-    old = a.identity()
-    del old["text_reward"]  # a run.json written before the field existed resolves to the default
-    assert resolve_identity(old) == a.identity()
     check_run_dir(a, Path(a.out))
     with pytest.raises(ValueError, match="text_reward"):
         check_run_dir(b, Path(a.out))
-    pc = small_cfg(tmp_path, particles={"potential_reward": spec}).identity()["particles"]
+    pc = small_cfg(tmp_path, particles={"potential_reward": spec}).identity()["search"]
     assert pc["potential_reward"] == spec
     with pytest.raises(ValueError, match="`text_reward`.*Unknown reward kind"):
         small_cfg(tmp_path, text_reward="txt:a:b")

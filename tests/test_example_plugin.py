@@ -81,7 +81,7 @@ def first_rm_input(mlm, tok, method):
 
     reward = CallableReward(fn, table, tok, template="response")
     generate(mlm, ["the cat"], reward, sampler=SamplerConfig(max_new_tokens=4, steps=2, num_samples=2, top_p=1.0),
-             guidance=GuidanceConfig(method=method, inner_steps=1), progress=False, callback=callback)
+             guidance=GuidanceConfig(rule=method, inner_steps=1), progress=False, callback=callback)
     start = len(reward.context("the cat").prefix_ids)  # [template prefix ; the L slots ; suffix]
     return seen[0][:, start:start + 4], prior[0]
 
@@ -115,7 +115,7 @@ def test_entrgi_generate_with_the_plugin(clean, folders, capsys):
     assert exc.value.code == 2 and "invalid choice: 'max_prob'" in capsys.readouterr().err
     assert main([*base, "--plugin", str(EXAMPLE), "--method", "max_prob", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["guidance"]["method"] == "max_prob" and len(out["samples"][0]) == 2
+    assert out["guidance"]["rule"] == "max_prob" and len(out["samples"][0]) == 2
     assert all(isinstance(s["reward"], float) for s in out["samples"][0])
     with pytest.raises(SystemExit):
         main(["generate", f"--plugin={EXAMPLE}", "--help"])

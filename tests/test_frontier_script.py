@@ -30,7 +30,7 @@ class LengthJudge:
 
 
 def test_best_of_n_from_one_run_is_a_best_of_n_run(frontier, mlm, qwen_reward):
-    bon = GuidanceConfig(method="best_of_n")
+    bon = GuidanceConfig(rule="best_of_n")
     big = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4), guidance=bon, progress=False, trace=False)
     recs = frontier.best_of_n_records(big, LengthJudge(), PROMPTS, [2, 4], wall_s=1.0)
     two = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=2), guidance=bon, progress=False, trace=False)

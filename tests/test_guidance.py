@@ -6,7 +6,7 @@ import pytest
 import torch
 from support.naive_reference import NaiveSampler
 
-from entrgi import GuidanceConfig, MaskedDiffusionSampler, ParticleConfig, ParticleSampler, SamplerConfig, generate
+from entrgi import DiffusionSampler, GuidanceConfig, SamplerConfig, SearchConfig, generate
 from entrgi.errors import NonFiniteError
 from entrgi.guidance.inner_loop import check_inner_step
 from entrgi.guidance.mixing import entropy, entropy_weight, reward_input_embeddings, soft_embeddings
@@ -234,7 +234,7 @@ def bad_reward(tok, value=NAN, *, row=1, on_call=None, when="always", gradient=F
     return CallableReward(fn, table, tok, template="response")
 
 
-SAMPLERS = {"optimised": MaskedDiffusionSampler, "naive": NaiveSampler}
+SAMPLERS = {"optimised": DiffusionSampler, "naive": NaiveSampler}
 
 
 @pytest.mark.parametrize("impl", list(SAMPLERS))
@@ -243,7 +243,7 @@ SAMPLERS = {"optimised": MaskedDiffusionSampler, "naive": NaiveSampler}
 def test_non_finite_reward_in_the_inner_loop_names_method_steps_and_rows(mlm, tok, impl, method, value):
     reward = bad_reward(tok, value, on_call=1)  # the 2nd RM call: inner step 2 of the first denoising step
     with pytest.raises(NonFiniteError) as info:
-        SAMPLERS[impl](mlm, reward).generate(NF_PROMPT, nf_sampler(), GuidanceConfig(method=method), progress=False)
+        SAMPLERS[impl](mlm, reward).generate(NF_PROMPT, nf_sampler(), GuidanceConfig(rule=method), progress=False)
     e = info.value
     assert isinstance(e, ValueError)
     assert (e.what, e.rows, e.samples, e.step, e.steps, e.method) == ("reward", [1], [(0, 1)], 0, 2, method)
@@ -258,7 +258,7 @@ def test_non_finite_gradient_in_the_inner_loop(mlm, tok, impl, method):
     reward = bad_reward(tok, NAN, row=2, gradient=True, on_call=4)  # 3 inner + 1 trace call per step
     with pytest.raises(NonFiniteError, match=r"non-finite gradient of the guided logits φ for \(prompt, sample\) "
                                              r"\(0, 2\) at denoising step 2 of 2, inner step 1 of 3 ") as info:
-        SAMPLERS[impl](mlm, reward).generate(NF_PROMPT, nf_sampler(), GuidanceConfig(method=method), progress=False)
+        SAMPLERS[impl](mlm, reward).generate(NF_PROMPT, nf_sampler(), GuidanceConfig(rule=method), progress=False)
     assert (info.value.what, info.value.rows) == ("gradient", [2])
 
 
@@ -266,10 +266,10 @@ def test_the_trace_evaluation_and_the_final_rescore_are_checked(mlm, tok):
     reward = bad_reward(tok, NAN, row=None, when="no_grad")  # finite while guiding, NaN without autograd
     with pytest.raises(NonFiniteError, match=r"\(0, 0\), \(0, 1\), \(0, 2\) at denoising step 1 of 2, the trace "
                                              r"evaluation after the last inner step \(method 'aps'\)"):
-        generate(mlm, NF_PROMPT, reward, sampler=nf_sampler(), guidance=GuidanceConfig(method="aps"), progress=False)
+        generate(mlm, NF_PROMPT, reward, sampler=nf_sampler(), guidance=GuidanceConfig(rule="aps"), progress=False)
     with pytest.raises(NonFiniteError, match=r"non-finite reward \(nan, nan, nan\) for \(prompt, sample\) \(0, 0\), "
                                              r"\(0, 1\), \(0, 2\) at the re-score of the decoded samples"):
-        generate(mlm, NF_PROMPT, reward, sampler=nf_sampler(), guidance=GuidanceConfig(method="aps"), progress=False,
+        generate(mlm, NF_PROMPT, reward, sampler=nf_sampler(), guidance=GuidanceConfig(rule="aps"), progress=False,
                  trace=False)
 
 
@@ -277,16 +277,17 @@ def test_the_trace_evaluation_and_the_final_rescore_are_checked(mlm, tok):
 def test_best_of_n_refuses_a_non_finite_score(mlm, tok, value):
     with pytest.raises(NonFiniteError) as info:
         generate(mlm, [NF_PROMPT, "a dog"], bad_reward(tok, value, row=4), sampler=nf_sampler(),
-                 guidance=GuidanceConfig(method="best_of_n"), progress=False)
+                 guidance=GuidanceConfig(rule="none"), search="best_of_n", progress=False)
     e = info.value  # row 4 of the 6 = prompt 1, sample 1
     assert (e.rows, e.samples, e.step, e.method) == ([4], [(1, 1)], None, "best_of_n")
     assert f"non-finite reward ({value}) for (prompt, sample) (1, 1) at the re-score of the decoded samples" in str(e)
 
 
 def test_particle_weights_refuse_a_non_finite_estimate(mlm, tok):
-    sampler = ParticleSampler(mlm, bad_reward(tok, NAN, row=0, when="no_grad"), ParticleConfig(resample_every=2))
+    sampler = DiffusionSampler(mlm, bad_reward(tok, NAN, row=0, when="no_grad"))
     with pytest.raises(NonFiniteError, match=r"\(0, 0\) at denoising step 2 of 4, the particle weighting"):
-        sampler.generate(NF_PROMPT, nf_sampler(steps=4), progress=False)
+        sampler.generate(NF_PROMPT, nf_sampler(steps=4), GuidanceConfig(rule="none"),
+                         SearchConfig("particles", resample_every=2), progress=False)
 
 
 def test_finite_rewards_pass_and_huge_finite_gradients_are_not_errors(mlm, tok):

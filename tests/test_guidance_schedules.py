@@ -19,17 +19,16 @@ import pytest
 import torch
 from test_sampler import PROMPTS, record, small, tokens_by_prompt
 
-from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.guidance.inner_loop import guide_logits
-from entrgi.guidance.schedules import carry_shift, guide_rows, inner_stop, is_full_guidance, needs_entropy_weight, ran_values
+from entrgi import DiffusionSampler, GuidanceConfig, SamplerConfig, SearchConfig, generate
+from entrgi.guidance.inner_loop import guide_logits, inner_stop
+from entrgi.guidance.schedules import carry_shift, guide_rows, is_full_guidance, needs_entropy_weight, ran_values
 from entrgi.ops.rng import RowStreams
-from entrgi.sampling.particles import ParticleConfig, generate_particles
 
 M = 2
 
 
 def guided(**kw) -> GuidanceConfig:
-    return GuidanceConfig(method=kw.pop("method", "entrgi"), inner_steps=M, lr=1.0, **kw)
+    return GuidanceConfig(rule=kw.pop("method", "entrgi"), inner_steps=M, lr=1.0, **kw)
 
 
 def flags(out):
@@ -59,7 +58,7 @@ def test_guide_rows_rules():
     assert guide_rows(minw, 0, masked, cand, w).tolist() == [True, False, False, False]  # >= 0.5, NaN never
     with pytest.raises(ValueError, match="mean entropy weight"):
         guide_rows(minw, 0, masked, cand)
-    assert not guide_rows(GuidanceConfig(method="none"), 0, masked, cand).any()
+    assert not guide_rows(GuidanceConfig(rule="none"), 0, masked, cand).any()
     assert inner_stop(torch.tensor([1.0, 1.0]), torch.tensor([1.5, 1.05]), 0.1).tolist() == [False, True]
     assert ran_values(torch.tensor([1.0, 2.0, float("nan")])) == [1.0, 2.0]
 
@@ -185,11 +184,11 @@ def test_schedules_do_not_depend_on_the_batch(mlm, pref_reward):
 
 
 def test_particles_with_a_schedule(mlm, qwen_reward):
-    pc = ParticleConfig(guided=True, resample_every=2)
-    full = generate_particles(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4), guidance=guided(),
-                              particles=pc, progress=False)
-    out = generate_particles(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4),
-                             guidance=guided(guide_every=2), particles=pc, progress=False)
+    pc = SearchConfig("particles", resample_every=2)
+    full = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4), guidance=guided(), search=pc,
+                    progress=False)
+    out = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4), guidance=guided(guide_every=2), search=pc,
+                   progress=False)
     assert out.stats.rm_backwards * 2 == full.stats.rm_backwards
     assert all(mlm.mask_token_id not in s.token_ids for g in out.samples for s in g)
 
@@ -206,7 +205,7 @@ def inner_setup(inner_steps, tol, scale):
     def score(embeds, attn):
         return scale * (embeds[..., 0] * attn).sum(-1)
 
-    cfg = GuidanceConfig(method="expectation", inner_steps=inner_steps, lr=0.5, inner_tol=tol)
+    cfg = GuidanceConfig(rule="expectation", inner_steps=inner_steps, lr=0.5, inner_tol=tol)
     rg = cfg.resolve(SamplerConfig(temperature=1.0))
     return guide_logits(logits, masked, torch.full((2, 3), 9), score, table, torch.ones(10, dtype=torch.bool), rg,
                         torch.tensor([-1]), RowStreams([1, 2]))
@@ -229,7 +228,7 @@ def test_a_row_that_stops_gaining_keeps_its_logits():
 
 def test_inner_tol_in_the_sampler_counts_what_ran(mlm, pref_reward):
     out = generate(mlm, PROMPTS, pref_reward, sampler=small(), progress=False,
-                   guidance=GuidanceConfig(method="entrgi", inner_steps=3, lr=1.0, inner_tol=1e9))
+                   guidance=GuidanceConfig(rule="entrgi", inner_steps=3, lr=1.0, inner_tol=1e9))
     rows = len(PROMPTS) * 3
     # every row stops at the second inner step: 2 forwards (+ the trace's) and 1 backward per step
     assert out.stats.rm_backwards == rows * 8 and out.stats.rm_forwards == rows * 8 * 3 + rows
@@ -253,23 +252,29 @@ def test_mean_entropy_weight_keeps_the_logits_precision(dtype):
 
 def test_particles_carry_their_ancestors_shift(mlm, qwen_reward):
     """A resampled particle continues with its ancestor's carried guidance shift, not its own."""
-    from entrgi.sampling.particles import ParticleSampler
+    checked, before = [], {}
 
-    checked = []
+    class Before:  # runs before the resampler: the shifts as they were
+        def on_step(self, state, output):
+            before["shift"] = None if state.guide.shift is None else state.guide.shift.clone()
 
-    class Spy(ParticleSampler):
-        def after_step(self, state, output):
-            before = None if state.guide_shift is None else state.guide_shift.clone()
-            super().after_step(state, output)
-            k = state.sampler.num_samples
-            for j in range(len(state.rows)):
-                a = state.traces[j][-1].resampled_from
-                if before is not None and a is not None and a != j % k:
-                    assert torch.equal(state.guide_shift[j], before[(j // k) * k + a])
-                    checked.append(j)
+    def after(step, output):  # the callback runs after the resampler
+        state = sampler_state[0]
+        k = state.sampler.num_samples
+        for j in range(len(state.rows)):
+            a = state.traces[j][-1].resampled_from
+            if before["shift"] is not None and a is not None and a != j % k:
+                assert torch.equal(state.guide.shift[j], before["shift"][(j // k) * k + a])
+                checked.append(j)
 
-    pc = ParticleConfig(guided=True, resample_every=2)
-    out = Spy(mlm, qwen_reward, pc).generate(PROMPTS, small(num_samples=4), guided(guide_every=4, guide_carry=True),
-                                             progress=False)
+    class Keep:  # remembers the state, for the callback
+        def on_step(self, state, output):
+            sampler_state[:] = [state]
+
+    sampler_state = []
+    pc = SearchConfig("particles", resample_every=2)
+    out = DiffusionSampler(mlm, qwen_reward).generate(PROMPTS, small(num_samples=4),
+                                                      guided(guide_every=4, guide_carry=True), pc, progress=False,
+                                                      observers=[Before(), Keep()], callback=after)
     assert checked, "the test needs a particle that took another's canvas"
     assert all(mlm.mask_token_id not in s.token_ids for grp in out.samples for s in grp)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.cli.args import dataclass_from_args
+from entrgi import GuidanceConfig, SamplerConfig, generate, resolve_settings
+from entrgi.cli.args import settings_layer
 from entrgi.cli.commands import build_parser
 from entrgi.guidance.inner_loop import guide_logits, response_attention
 from entrgi.guidance.mixing import add_kl_gradient_, kl_divergence
@@ -189,6 +189,6 @@ def test_kl_weight_is_validated(bad):
 
 def test_kl_weight_flag():
     args = build_parser().parse_args(["generate", "--prompt", "she was", "--kl-weight", "0.25"])
-    assert dataclass_from_args(GuidanceConfig, args).kl_weight == 0.25
+    assert resolve_settings(overrides=settings_layer(args)).guidance.kl_weight == 0.25
     args = build_parser().parse_args(["eval", "--kl-weight", "2"])
-    assert dataclass_from_args(GuidanceConfig, args).kl_weight == 2.0
+    assert resolve_settings(overrides=settings_layer(args)).guidance.kl_weight == 2.0

@@ -27,9 +27,10 @@ from transformers import DistilBertConfig, DistilBertForMaskedLM, RobertaConfig,
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.models import Dream, LLaDA
 from entrgi.models.base import DiffusionLM
+from entrgi.models.cache import BlockKVCache
 from entrgi.models.hf_mlm import HFMaskedLM
-from entrgi.models.cache import BlockKVCache, kv_cache_agreement, token_agreement
 from entrgi.reward.base import left_pad, position_ids_from
+from entrgi.sampling.agreement import kv_cache_agreement, token_agreement
 
 PROMPTS = ["the cat sat on the mat under the tree", "a dog"]  # different lengths: left padding
 L, BLOCK = 12, 4  # mechanics: three blocks (a middle one has blocks before and after it)
@@ -248,7 +249,7 @@ def test_user_mistakes(models, tok):
     assert mlm.KV_CACHE_MODES == ("none",) and not mlm.splits_head
     with pytest.raises(ValueError, match=r"`kv_cache` = 'dual' is not available for the HFMaskedLM adapter"):
         generate(mlm, ["the cat"], sampler=SamplerConfig(max_new_tokens=4, steps=4, block_length=2, num_samples=1,
-                                                         kv_cache="dual"), guidance=GuidanceConfig(method="none"),
+                                                         kv_cache="dual"), guidance=GuidanceConfig(rule="none"),
                  progress=False)
     with pytest.raises(ValueError, match="same rows"):
         token_agreement([[1, 2]], [[1, 2, 3]])
@@ -269,7 +270,7 @@ def sampler_cfg(name, **kw):
 
 
 def run(model, cfg, trace=True):
-    return generate(model, PROMPTS, sampler=cfg, guidance=GuidanceConfig(method="none"), progress=False, trace=trace)
+    return generate(model, PROMPTS, sampler=cfg, guidance=GuidanceConfig(rule="none"), progress=False, trace=trace)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])

@@ -5,7 +5,7 @@ import torch
 from conftest import table_model
 from support.naive_reference import NaiveSampler
 
-from entrgi import GuidanceConfig, MaskedDiffusionSampler, SamplerConfig
+from entrgi import DiffusionSampler, GuidanceConfig, SamplerConfig
 from entrgi.sampling.sampler import response_bias
 
 L = 12
@@ -34,12 +34,12 @@ def run(sampler_cls, model, reward, config, guidance, states=None):
     return sampler_cls(model, reward).generate(["the cat", "a dog"], config, guidance, progress=False, callback=cb)
 
 
-@pytest.mark.parametrize("impl", [MaskedDiffusionSampler, NaiveSampler])
+@pytest.mark.parametrize("impl", [DiffusionSampler, NaiveSampler])
 @pytest.mark.parametrize("method", ["none", "entrgi"])
 def test_no_eos_before_min_new_tokens(tok, pref_reward, impl, method):
     model = eos_heavy_model(tok)
     eos = set(model.eos_token_ids)
-    guidance = GuidanceConfig(method=method, lr=2.0)
+    guidance = GuidanceConfig(rule=method, lr=2.0)
     plain = run(impl, model, pref_reward, cfg(0), guidance)
     early = [first_eos(s.token_ids, eos) for g in plain.samples for s in g]
     assert min(early) < 5  # not vacuous: without the constraint some response ends before slot 5
@@ -58,7 +58,7 @@ def test_no_eos_before_min_new_tokens(tok, pref_reward, impl, method):
 
 def test_min_new_tokens_equal_to_the_length_means_no_eos_at_all(tok):
     model = eos_heavy_model(tok)
-    out = run(MaskedDiffusionSampler, model, None, cfg(L), GuidanceConfig(method="none"))
+    out = run(DiffusionSampler, model, None, cfg(L), GuidanceConfig(rule="none"))
     assert all(not set(s.token_ids) & set(model.eos_token_ids) for g in out.samples for s in g)
 
 
@@ -78,7 +78,7 @@ def test_bias_is_exactly_minus_inf_on_the_eos_columns_of_the_first_slots(tok):
 def test_zero_is_bit_identical_to_the_sampler_without_the_field(mlm, pref_reward, method):
     """min_new_tokens = 0 against a sampler whose bias is built the way it was before the field existed."""
 
-    class Before(MaskedDiffusionSampler):
+    class Before(DiffusionSampler):
         calls = 0
 
         def start(self, *args, **kwargs):
@@ -89,8 +89,8 @@ def test_zero_is_bit_identical_to_the_sampler_without_the_field(mlm, pref_reward
             return state
 
     config = SamplerConfig(max_new_tokens=8, steps=8, num_samples=3, temperature=1.0)
-    guidance = GuidanceConfig(method=method)
-    a = MaskedDiffusionSampler(mlm, pref_reward).generate(["the cat sat", "a dog"], config, guidance, progress=False)
+    guidance = GuidanceConfig(rule=method)
+    a = DiffusionSampler(mlm, pref_reward).generate(["the cat sat", "a dog"], config, guidance, progress=False)
     b = Before(mlm, pref_reward).generate(["the cat sat", "a dog"], config, guidance, progress=False)
     assert Before.calls == 1  # the override ran: the comparison is against the old bias
     assert [s.token_ids for g in a.samples for s in g] == [s.token_ids for g in b.samples for s in g]

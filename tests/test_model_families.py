@@ -117,7 +117,7 @@ def sampler_for(name):
 @pytest.mark.parametrize("name", DENSE)
 def test_member_generates_a_few_tokens(name, models):
     model, sampler = models[name], sampler_for(name)
-    runs = [generate(model, ["hello"], None, sampler=sampler, guidance=GuidanceConfig(method="none"),
+    runs = [generate(model, ["hello"], None, sampler=sampler, guidance=GuidanceConfig(rule="none"),
                      progress=False, trace=False) for _ in range(2)]
     samples = [s for g in runs[0].samples for s in g]
     assert len(samples) == 1

@@ -35,7 +35,7 @@ from entrgi.models.llada import checkpoint_name, llama_config, module_name
 from entrgi.reward.base import left_pad, position_ids_from
 from entrgi.reward.callable import CallableReward
 from entrgi.reward.hf import HFRewardModel
-from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi.sampling.sampler import DiffusionSampler
 
 TRAP = "raise RuntimeError('remote code from the checkpoint was executed')\n"
 PROMPTS = ["the cat sat on the mat", "a dog"]
@@ -424,10 +424,10 @@ def record(store):
 def settings(name):
     if name == "llada":
         return (LLaDA.recommended_sampler(max_new_tokens=8, block_length=4, steps=4, num_samples=2),
-                GuidanceConfig(method="entrgi", inner_steps=2, relaxation_temperature=1.0))
+                GuidanceConfig(rule="entrgi", inner_steps=2, relaxation_temperature=1.0))
     # top_p = 1: a full sort of Dream's 152k logits per slot costs seconds on CPU (not what is tested here)
     return (SamplerConfig(max_new_tokens=4, steps=4, num_samples=2, top_p=1.0),
-            GuidanceConfig(method="entrgi", inner_steps=2))
+            GuidanceConfig(rule="entrgi", inner_steps=2))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -445,7 +445,7 @@ def test_guided_generation_end_to_end(name, models, rewards):
 
 
 def test_dream_meets_the_skywork_tokenizer_through_the_real_bridge(models, rewards):
-    report = MaskedDiffusionSampler(models["dream"], rewards["dream"]).bridge.report
+    report = DiffusionSampler(models["dream"], rewards["dream"]).bridge.report
     assert report.mapped == report.same_id == 151665  # all BPE tokens and shared specials, at their own ids
     assert report.excluded_ids == [151665, 151666, *range(151667, 152064)] and report.unmapped_ids == []
 
@@ -481,7 +481,7 @@ def test_cli_generate(name, dream_ckpt, llada_ckpt, qwen3_rm_ckpt, word_rm_ckpt,
     out = json.loads(capsys.readouterr().out)
     (group,) = out["samples"]
     assert len(group) == 2 and all(isinstance(s["text"], str) and s["reward"] is not None for s in group)
-    assert out["sampler"]["max_new_tokens"] == 6 and out["guidance"]["method"] == "entrgi"
+    assert out["sampler"]["max_new_tokens"] == 6 and out["guidance"]["rule"] == "entrgi"
 
 
 # ---- reward side -------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def test_callable_reward_behaves_like_the_equivalent_reward_model(mlm, pref_rewa
         return (embeds[..., 0] * attention_mask.to(embeds.dtype)).sum(-1)
     reward = CallableReward(count_preferred, pref_reward.table, tok, template="response")
     sampler = SamplerConfig(max_new_tokens=6, steps=6, num_samples=2)
-    guidance = GuidanceConfig(method="entrgi", inner_steps=2, lr=2.0)
+    guidance = GuidanceConfig(rule="entrgi", inner_steps=2, lr=2.0)
     a = generate(mlm, PROMPTS, reward, sampler=sampler, guidance=guidance, progress=False)
     b = generate(mlm, PROMPTS, pref_reward, sampler=sampler, guidance=guidance, progress=False)
     assert [s.token_ids for g in a.samples for s in g] == [s.token_ids for g in b.samples for s in g]

@@ -19,7 +19,7 @@ from conftest import table_model
 from support.tiny_checkpoints import write_dream_checkpoint, write_llada_checkpoint
 from test_sampler import PROMPTS, eos_heavy_table, record, small, tokens_by_prompt
 
-from entrgi import GuidanceConfig, SamplerConfig, generate
+from entrgi import GuidanceConfig, SamplerConfig, SearchConfig, generate
 from entrgi.sampling import parallel
 from entrgi.sampling.parallel import (
     drawn_token_probability,
@@ -28,10 +28,9 @@ from entrgi.sampling.parallel import (
     rows_to_forward,
     threshold_commits,
 )
-from entrgi.sampling.particles import ParticleConfig, generate_particles
 from entrgi.sampling.schedule import commit_counts
 
-NONE = GuidanceConfig(method="none")
+NONE = GuidanceConfig(rule="none")
 
 
 # ---- the rule on hand-built inputs -------------------------------------------------------------------
@@ -106,22 +105,23 @@ def outcome(out):
 
 
 CASES = {
-    "entrgi": (small(), GuidanceConfig(method="entrgi", lr=1.0)),
-    "aps-anchored": (small(remasking="anchored"), GuidanceConfig(method="aps", lr=2.0)),
-    "expectation-linear5": (small(steps=5, remasking="maskgit_plus"), GuidanceConfig(method="expectation")),
+    "entrgi": (small(), GuidanceConfig(rule="entrgi", lr=1.0)),
+    "aps-anchored": (small(remasking="anchored"), GuidanceConfig(rule="aps", lr=2.0)),
+    "expectation-linear5": (small(steps=5, remasking="maskgit_plus"), GuidanceConfig(rule="expectation")),
     "none-blocks": (small(max_new_tokens=12, block_length=4, steps=6, schedule="uniform"), NONE),
     "entrgi-blocks-gumbel": (small(max_new_tokens=12, block_length=4, steps=6, schedule="uniform", sampling="gumbel",
                                    remasking="low_confidence"), GuidanceConfig(lr=1.0)),
-    "best_of_n-topp": (small(top_p=0.8, temperature=0.7, min_new_tokens=2), GuidanceConfig(method="best_of_n")),
+    "best_of_n-topp": (small(top_p=0.8, temperature=0.7, min_new_tokens=2), GuidanceConfig(rule="none"), "best_of_n"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_threshold_one_reproduces_the_schedule_exactly(mlm, pref_reward, case):
-    sampler, guidance = CASES[case]
-    ref = generate(mlm, PROMPTS, pref_reward, sampler=sampler, guidance=guidance, progress=False)
+    sampler, guidance, *search = CASES[case]
+    search = search[0] if search else None
+    ref = generate(mlm, PROMPTS, pref_reward, sampler=sampler, guidance=guidance, search=search, progress=False)
     out = generate(mlm, PROMPTS, pref_reward, sampler=dataclasses.replace(sampler, parallel_threshold=1.0),
-                   guidance=guidance, progress=False)
+                   guidance=guidance, search=search, progress=False)
     assert outcome(out) == outcome(ref)
     assert all(t.num_committed == len(t.committed) for g in out.samples for s in g for t in s.trace)
 
@@ -133,10 +133,10 @@ def test_threshold_one_with_eos_last_and_particles(tok, qwen_reward):
     out = generate(model, ["the cat"], sampler=dataclasses.replace(cfg, parallel_threshold=1.0), guidance=NONE,
                    progress=False)
     assert outcome(out) == outcome(ref)  # EOS (p = 0.6) would be confident at any threshold below 0.6
-    pc = ParticleConfig(guided=True, resample_every=2)
-    ref = generate_particles(model, ["the cat"], qwen_reward, sampler=cfg, particles=pc, progress=False)
-    out = generate_particles(model, ["the cat"], qwen_reward, sampler=dataclasses.replace(cfg, parallel_threshold=1.0),
-                             particles=pc, progress=False)
+    pc = SearchConfig("particles", resample_every=2)
+    ref = generate(model, ["the cat"], qwen_reward, sampler=cfg, search=pc, progress=False)
+    out = generate(model, ["the cat"], qwen_reward, sampler=dataclasses.replace(cfg, parallel_threshold=1.0), search=pc,
+                   progress=False)
     assert outcome(out) == outcome(ref)
 
 
@@ -171,7 +171,7 @@ def check_step(out, cfg, threshold, eos_ids):
     assert not ((commit & is_eos).any(-1) & left_plain).any()  # EOS last
 
 
-@pytest.mark.parametrize("guidance", [NONE, GuidanceConfig(method="entrgi", lr=1.0)])
+@pytest.mark.parametrize("guidance", [NONE, GuidanceConfig(rule="entrgi", lr=1.0)])
 @pytest.mark.parametrize("sampler_kw", [{}, {"confidence_from": "guided"},
                                         {"max_new_tokens": 12, "block_length": 4, "steps": 12, "schedule": "uniform"}])
 def test_confident_slots_commit_together_and_forwards_drop(tok, pref_reward, guidance, sampler_kw):
@@ -221,7 +221,7 @@ def test_eos_last_holds_with_a_threshold(tok):
         assert (violations == 0) if deprioritize else (violations > 0)  # EOS (p = 0.6) is confident
 
 
-@pytest.mark.parametrize("guidance", [NONE, GuidanceConfig(method="entrgi", lr=1.0, guide_until=0.5)])
+@pytest.mark.parametrize("guidance", [NONE, GuidanceConfig(rule="entrgi", lr=1.0, guide_until=0.5)])
 def test_samples_do_not_depend_on_the_batch_with_a_threshold(tok, pref_reward, guidance):
     model = table_model(tok, mixed_table(tok, seed=3))
     cfg = small(num_samples=3, temperature=0.7, parallel_threshold=0.6)
@@ -235,11 +235,11 @@ def test_samples_do_not_depend_on_the_batch_with_a_threshold(tok, pref_reward, g
 def test_particles_with_a_threshold(tok, qwen_reward):
     model = table_model(tok, mixed_table(tok))
     cfg = small(num_samples=4, temperature=0.7, parallel_threshold=0.9)
-    out = generate_particles(model, PROMPTS, qwen_reward, sampler=cfg, guidance=GuidanceConfig(lr=1.0),
-                             particles=ParticleConfig(guided=True, resample_every=2), progress=False)
-    full = generate_particles(model, PROMPTS, qwen_reward, sampler=dataclasses.replace(cfg, parallel_threshold=None),
-                              guidance=GuidanceConfig(lr=1.0), particles=ParticleConfig(guided=True, resample_every=2),
-                              progress=False)
+    pc = SearchConfig("particles", resample_every=2)
+    out = generate(model, PROMPTS, qwen_reward, sampler=cfg, guidance=GuidanceConfig(lr=1.0), search=pc,
+                   progress=False)
+    full = generate(model, PROMPTS, qwen_reward, sampler=dataclasses.replace(cfg, parallel_threshold=None),
+                    guidance=GuidanceConfig(lr=1.0), search=pc, progress=False)
     for g in out.samples:
         for s in g:
             assert model.mask_token_id not in s.token_ids

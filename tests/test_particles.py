@@ -4,15 +4,14 @@ import pytest
 import torch
 from test_sampler import PROMPTS, small, tokens_by_prompt
 
-from entrgi import GuidanceConfig, generate
-from entrgi.sampling.particles import (
-    ParticleConfig,
-    ParticleSampler,
-    ParticleState,
-    effective_sample_size,
-    generate_particles,
-    systematic_resample,
-)
+from entrgi import DiffusionSampler, GuidanceConfig, SearchConfig, generate
+from entrgi.sampling.particles import ParticleResampler, effective_sample_size, systematic_resample
+
+NONE = GuidanceConfig(rule="none")
+
+
+def particles(**kw) -> SearchConfig:
+    return SearchConfig("particles", **kw)
 
 
 def test_systematic_resampling_keeps_the_count_and_is_identity_for_uniform_weights():
@@ -47,22 +46,22 @@ def test_ess():
 
 def test_zero_lambda_without_guidance_equals_best_of_n_exactly(mlm, qwen_reward):
     sampler = small(num_samples=4)
-    bon = generate(mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=GuidanceConfig(method="best_of_n"),
+    bon = generate(mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=GuidanceConfig(rule="none"), search="best_of_n",
                    progress=False)
-    ps = ParticleSampler(mlm, qwen_reward, ParticleConfig(lam=0.0, resample_every=2))
-    out = ps.generate(PROMPTS, sampler, progress=False)
+    ps = DiffusionSampler(mlm, qwen_reward)
+    out = ps.generate(PROMPTS, sampler, NONE, particles(lam=0.0, resample_every=2), progress=False)
     assert tokens_by_prompt(out) == tokens_by_prompt(bon)
     assert out.top1() == bon.top1() and out.avg() == bon.avg()
-    assert ps.resample_log and not any(e["resampled"] for e in ps.resample_log)
+    assert ps.search_log and not any(e["resampled"] for e in ps.search_log)
 
 
 def test_resampling_keeps_particle_count_and_copies_ancestors(mlm, qwen_reward):
-    ps = ParticleSampler(mlm, qwen_reward, ParticleConfig(lam=20.0, resample_every=2))
+    ps = DiffusionSampler(mlm, qwen_reward)
     states = []
-    out = ps.generate(PROMPTS, small(num_samples=4), progress=False,
+    out = ps.generate(PROMPTS, small(num_samples=4), NONE, particles(lam=20.0, resample_every=2), progress=False,
                       callback=lambda step, st: states.append(st["x"].clone()))
     assert [len(g) for g in out.samples] == [4, 4, 4]
-    resampled = [e for e in ps.resample_log if e["resampled"]]
+    resampled = [e for e in ps.search_log if e["resampled"]]
     assert resampled, "a large λ must trigger resampling"
     for e in resampled:
         assert len(e["ancestors"]) == 4 and e["ancestors"] == sorted(e["ancestors"])
@@ -77,35 +76,38 @@ def test_particles_raise_the_reward_over_best_of_n(mlm, qwen_reward):
     for seed in range(3):
         sampler = small(num_samples=4, seed=seed)
         bon.append(sum(generate(mlm, PROMPTS, qwen_reward, sampler=sampler, progress=False,
-                                guidance=GuidanceConfig(method="best_of_n")).avg()))
-        part.append(sum(generate_particles(mlm, PROMPTS, qwen_reward, sampler=sampler, progress=False,
-                                           particles=ParticleConfig(lam=5.0, resample_every=2)).avg()))
+                                guidance=GuidanceConfig(rule="none"), search="best_of_n").avg()))
+        part.append(sum(generate(mlm, PROMPTS, qwen_reward, sampler=sampler, progress=False, guidance=NONE,
+                                 search=particles(lam=5.0, resample_every=2)).avg()))
     assert sum(part) > sum(bon), (bon, part)
 
 
 def test_guided_particles_run_and_validate(mlm, qwen_reward):
-    out = generate_particles(mlm, PROMPTS[:1], qwen_reward, sampler=small(num_samples=2),
-                             particles=ParticleConfig(guided=True, lam=1.0), progress=False)
-    assert out.guidance.method == "entrgi" and out.stats.rm_backwards > 0
+    out = generate(mlm, PROMPTS[:1], qwen_reward, sampler=small(num_samples=2), guidance=GuidanceConfig(rule="entrgi"),
+                   search=particles(lam=1.0), progress=False)
+    assert out.guidance.rule == "entrgi" and out.search.strategy == "particles" and out.stats.rm_backwards > 0
     with pytest.raises(ValueError, match="multiple of `num_samples`"):
-        generate_particles(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=2, batch_size=3), progress=False)
+        generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=2, batch_size=3), search=particles(),
+                 progress=False)
     with pytest.raises(ValueError, match="`resample_every`"):
-        ParticleConfig(resample_every=0)
+        particles(resample_every=0)
     with pytest.raises(ValueError, match="`lam`"):
-        ParticleConfig(lam=-1.0)
+        particles(lam=-1.0)
 
 
 def test_particle_state_is_typed_and_the_public_step_resamples(mlm, qwen_reward):
-    """start() gives a ParticleState; driving step() by hand resamples as generate() does."""
-    cfg, pc = small(num_samples=4), ParticleConfig(lam=20.0, resample_every=2)
-    ps = ParticleSampler(mlm, qwen_reward, pc)
-    state = ps.start(PROMPTS[:2], cfg)
-    assert isinstance(state, ParticleState) and state.k == 4 and state.reward_batch is not None  # unguided: RM layout
-    assert state.log_w.tolist() == [0.0] * 8 and len(state.group_streams) == 2
+    """start() attaches the typed resampler; driving step() by hand resamples as generate() does."""
+    cfg, pc = small(num_samples=4), particles(lam=20.0, resample_every=2)
+    ps = DiffusionSampler(mlm, qwen_reward)
+    state = ps.start(PROMPTS[:2], cfg, NONE, pc)
+    resampler = state.observers[-1]
+    assert isinstance(resampler, ParticleResampler) and resampler.k == 4
+    assert state.reward_view is not None  # unguided: the RM's view weighs the particles
+    assert resampler.log_w.tolist() == [0.0] * 8 and len(resampler.group_streams) == 2
     while not state.done:
         ps.step(state)
-    assert any(e["resampled"] for e in ps.resample_log) and state.log_w.shape == (8,)
-    ref = ParticleSampler(mlm, qwen_reward, pc).generate(PROMPTS[:2], cfg, progress=False)
+    assert any(e["resampled"] for e in resampler.log) and resampler.log_w.shape == (8,)
+    ref = DiffusionSampler(mlm, qwen_reward).generate(PROMPTS[:2], cfg, NONE, pc, progress=False)
     assert state.response.tolist() == [s.token_ids for g in ref.samples for s in g]
     with pytest.raises(ValueError, match="whole groups of `num_samples` \\(4\\) rows"):
-        ps.start(ps.rows_for(PROMPTS[:1], cfg)[:3], cfg)
+        ps.start(ps.rows_for(PROMPTS[:1], cfg)[:3], cfg, NONE, pc)

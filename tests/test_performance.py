@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from reference_sampler import reference_generate
 from support.naive_reference import generate_naive
-from support.reference import reference_generate
 from support.tiny_models import TokenPreferenceReward
 from test_logit_ops import slow_top_p
 
@@ -288,9 +288,9 @@ def assert_equal_runs(got, ref):
 @pytest.mark.parametrize("method", ["none", "expectation", "aps", "entrgi"])
 def test_generation_equals_the_straight_reference(mlm, qwen_reward, method, blocks):
     """The optimised sampler (chunked soft embedding, prefix cache, fused Adam, sort-free top-p) against
-    support.reference.reference_generate: same tokens, rewards to float rounding."""
+    examples/reference_sampler.py: same tokens, rewards to float rounding."""
     sampler = small(block_length=4, steps=4, schedule="uniform") if blocks else small()
-    guidance = GuidanceConfig(method=method, lr=1.0, vocab_chunk=16)  # chunks smaller than the tiny vocabulary
+    guidance = GuidanceConfig(rule=method, lr=1.0, vocab_chunk=16)  # chunks smaller than the tiny vocabulary
     got = run_and_rewards(generate, mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=guidance)
     ref = reference_results(mlm, PROMPTS, qwen_reward, sampler, guidance)
     assert_equal_runs(got, ref)
@@ -299,11 +299,11 @@ def test_generation_equals_the_straight_reference(mlm, qwen_reward, method, bloc
 
 
 @pytest.mark.parametrize("sampler_kw,guidance_kw", [
-    ({}, dict(method="entrgi", optimizer="ascent", lr=20.0)),
-    (dict(remasking="maskgit_plus", confidence_from="guided", top_k=6, batch_size=3), dict(method="aps", lr=2.0)),
-    (dict(remasking="topk_margin", min_new_tokens=3, deprioritize_eos=False), dict(method="entrgi", lr=1.0)),
-    (dict(remasking="random", temperature=0.7, top_p=1.0), dict(method="expectation", lr=1.0)),
-    (dict(remasking="low_confidence", temperature=0.0), dict(method="best_of_n")),
+    ({}, dict(rule="entrgi", optimizer="ascent", lr=20.0)),
+    (dict(remasking="maskgit_plus", confidence_from="guided", top_k=6, batch_size=3), dict(rule="aps", lr=2.0)),
+    (dict(remasking="topk_margin", min_new_tokens=3, deprioritize_eos=False), dict(rule="entrgi", lr=1.0)),
+    (dict(remasking="random", temperature=0.7, top_p=1.0), dict(rule="expectation", lr=1.0)),
+    (dict(remasking="low_confidence", temperature=0.0), dict(rule="none")),
 ])
 def test_options_equal_the_straight_reference(mlm, qwen_reward, sampler_kw, guidance_kw):
     sampler, guidance = small(**sampler_kw), GuidanceConfig(**guidance_kw)
@@ -313,7 +313,7 @@ def test_options_equal_the_straight_reference(mlm, qwen_reward, sampler_kw, guid
 
 def test_the_naive_sampler_equals_the_straight_reference(mlm, qwen_reward):
     """The benchmark's per-part naive path (public hooks overridden) stays the same algorithm."""
-    guidance = GuidanceConfig(method="entrgi", lr=1.0)
+    guidance = GuidanceConfig(rule="entrgi", lr=1.0)
     got = run_and_rewards(generate_naive, mlm, PROMPTS, qwen_reward, sampler=small(), guidance=guidance)
     assert_equal_runs(got, reference_results(mlm, PROMPTS, qwen_reward, small(), guidance))
 
@@ -322,14 +322,14 @@ def test_the_naive_sampler_equals_the_straight_reference(mlm, qwen_reward):
                                          (dict(remasking_temperature=0.5), "remasking_temperature")])
 def test_the_reference_refuses_what_it_does_not_implement(mlm, change, name):
     with pytest.raises(ValueError, match=f"does not implement \\['{name}'\\]"):
-        reference_generate(mlm, PROMPTS, None, small(**change), GuidanceConfig(method="none"))
+        reference_generate(mlm, PROMPTS, None, small(**change), GuidanceConfig(rule="none"))
     with pytest.raises(ValueError, match="does not implement \\['soft_top_k'\\]"):
-        reference_generate(mlm, PROMPTS, None, small(), GuidanceConfig(method="none", soft_top_k=3))
+        reference_generate(mlm, PROMPTS, None, small(), GuidanceConfig(rule="none", soft_top_k=3))
 
 
 @pytest.mark.parametrize("switch", [dict(prefix_cache=False), dict(vocab_chunk=None), dict(vocab_chunk=7)])
 def test_each_switch_keeps_the_samples(mlm, qwen_reward, switch):
-    base = GuidanceConfig(method="entrgi", lr=1.0)
+    base = GuidanceConfig(rule="entrgi", lr=1.0)
     a = run_and_rewards(generate, mlm, PROMPTS, qwen_reward, sampler=small(), guidance=base)
     b = run_and_rewards(generate, mlm, PROMPTS, qwen_reward, sampler=small(),
                         guidance=dataclasses.replace(base, **switch))
@@ -340,7 +340,7 @@ def test_each_switch_keeps_the_samples(mlm, qwen_reward, switch):
 def test_soft_top_k_runs_and_is_off_by_default(mlm, qwen_reward):
     assert GuidanceConfig().soft_top_k is None
     out = generate(mlm, PROMPTS[:1], qwen_reward, sampler=small(), progress=False,
-                   guidance=GuidanceConfig(method="expectation", lr=1.0, soft_top_k=4))
+                   guidance=GuidanceConfig(rule="expectation", lr=1.0, soft_top_k=4))
     assert all(len(s.token_ids) == 8 for s in out.samples[0])
 
 
@@ -352,7 +352,7 @@ def test_compile_needs_a_compilable_reward(mlm, pref_reward):
 @pytest.mark.slow
 def test_compiled_reward_model_gives_the_same_samples(mlm, tok):
     from support.tiny_models import tiny_qwen3_reward
-    guidance = GuidanceConfig(method="entrgi", lr=1.0)
+    guidance = GuidanceConfig(rule="entrgi", lr=1.0)
     ref = run_and_rewards(generate, mlm, PROMPTS, tiny_qwen3_reward(tok, seed=1), sampler=small(), guidance=guidance)
     got = run_and_rewards(generate, mlm, PROMPTS, tiny_qwen3_reward(tok, seed=1), sampler=small(),
                           guidance=dataclasses.replace(guidance, compile=True))

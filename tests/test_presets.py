@@ -1,18 +1,17 @@
-"""Named presets (entrgi.presets): ``--preset fast`` on ``entrgi generate`` / ``entrgi eval`` and ``preset:`` in
-eval YAML set the preset's fields, explicit fields override them, the resolved config shows the result."""
+"""Named presets (entrgi.presets): a registry of field sets; how they combine with the other layers is
+entrgi.settings' (tests/test_settings.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import yaml
 from support.tiny_checkpoints import write_mlm_and_reward
 
-from entrgi import GuidanceConfig, SamplerConfig
-from entrgi.cli.commands import main, read_eval_config
-from entrgi.eval.config import GRID_SET, EvalConfig
-from entrgi.presets import PRESETS, Preset, expand_preset, get_preset
+from entrgi import Preset, get_preset, list_presets, register_preset, resolve_settings
+from entrgi.cli.commands import main
+from entrgi.eval.config import GRID_SET
+from entrgi.registry import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +19,17 @@ def folders(tmp_path_factory):
     return write_mlm_and_reward(tmp_path_factory.mktemp("preset_ckpt"))
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_builds_valid_configs_and_leaves_the_grid_alone(name):
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_resolves_to_valid_configs_and_leaves_the_grid_alone(name):
     preset = get_preset(name)
-    sampler, guidance = preset.configs()
-    assert isinstance(sampler, SamplerConfig) and isinstance(guidance, GuidanceConfig)
-    for key, value in preset.sampler.items():
-        assert getattr(sampler, key) == value
-    for key, value in preset.guidance.items():
-        assert getattr(guidance, key) == value
-    assert not set(preset.sampler) & set(GRID_SET["sampler"]) and not set(preset.guidance) & set(GRID_SET["guidance"])
-    base = SamplerConfig(max_new_tokens=8, steps=8)
-    assert preset.configs(base)[0].max_new_tokens == 8  # fields it does not name are kept
-    assert preset.configs(base)[0].steps == (8 if preset.steps_fraction is None else preset.steps_for(8))
+    s = resolve_settings(overrides={"preset": name})
+    for section, fields in (("sampler", preset.sampler), ("guidance", preset.guidance), ("search", preset.search)):
+        for key, value in fields.items():
+            assert getattr(getattr(s, section), key) == value
+    assert not set(preset.sampler) & set(GRID_SET["sampler"])
+    base = resolve_settings(model_defaults={"sampler": {"max_new_tokens": 8, "steps": 8}}, overrides={"preset": name})
+    assert base.sampler.max_new_tokens == 8  # fields it does not name are kept
+    assert base.sampler.steps == (8 if preset.steps_fraction is None else preset.steps_for(8))
 
 
 def test_fast_sets_steps_from_the_length_and_the_blocks():
@@ -41,38 +38,34 @@ def test_fast_sets_steps_from_the_length_and_the_blocks():
     assert fast.steps_for(24, 3) == 8  # a multiple of the 8 blocks, at least one step each: round(0.75) * 8
     assert fast.steps_for(8, 1) == 8  # one block per slot: at least one step per block
     assert fast.steps_for(2) == 1  # at least one step
-    sampler, _ = fast.configs(SamplerConfig(max_new_tokens=24, steps=24, block_length=3))
-    assert sampler.steps == 8 and sampler.block_length == 3
+    s = resolve_settings(overrides={"preset": "fast", "sampler": {"max_new_tokens": 24, "block_length": 3}})
+    assert s.sampler.steps == 8 and s.sampler.block_length == 3
     assert Preset("plain-steps", "no fraction").steps_for(16) is None
 
 
 def test_fast_is_parallel_and_scheduled():
-    sampler, guidance = get_preset("fast").configs()
-    assert sampler.parallel_threshold is not None and sampler.parallel_threshold < 1.0
-    assert (guidance.guide_every, guidance.guide_until, guidance.guide_min_weight) != (1, 1.0, 0.0)
-    assert guidance.guide_carry and sampler.confidence_from == "guided"
-    assert guidance.inner_steps == 5 and guidance.guide_every == 2 and get_preset("fast").steps_for(16) == 4
+    s = resolve_settings(overrides={"preset": "fast"})
+    assert s.sampler.parallel_threshold is not None and s.sampler.parallel_threshold < 1.0
+    assert (s.guidance.guide_every, s.guidance.guide_until, s.guidance.guide_min_weight) != (1, 1.0, 0.0)
+    assert s.guidance.guide_carry and s.sampler.confidence_from == "guided"
+    assert s.guidance.inner_steps == 5 and s.guidance.guide_every == 2 and get_preset("fast").steps_for(16) == 4
 
 
-def test_unknown_preset():
-    with pytest.raises(ValueError, match=r"`preset` must be one of \['fast'\], got 'slow'"):
+def test_unknown_preset_and_the_registry():
+    with pytest.raises(ValueError, match=r"^Unknown preset 'slow'\. Available: \['fast'\]"):
         get_preset("slow")
-    with pytest.raises(ValueError, match="`preset` must be one of"):
-        expand_preset({"preset": "slow"})
-
-
-def test_expand_preset_under_explicit_fields():
-    fast = get_preset("fast")
-    key = next(iter(fast.sampler))
-    out = expand_preset({"preset": "fast", "sampler": {key: "mine", "steps": 4}, "n_prompts": 2})
-    assert "preset" not in out and out["n_prompts"] == 2
-    assert out["sampler"] == {**fast.sampler, key: "mine", "steps": 4}
-    assert out["guidance"] == dict(fast.guidance)
-    assert expand_preset({"sampler": {"steps": 4}}) == {"sampler": {"steps": 4}}  # no preset: unchanged
-    assert expand_preset({}, "fast")["sampler"] == {**fast.sampler, "steps": 32}  # the flag's name; L = 128
-    assert expand_preset({"sampler": {"max_new_tokens": 16}}, "fast")["sampler"] == {
-        **fast.sampler, "max_new_tokens": 16, "steps": 4}
-    assert expand_preset({"sampler": {"max_new_tokens": 16, "steps": 9}}, "fast")["sampler"]["steps"] == 9
+    with pytest.raises(ValueError, match=r"Unknown preset 'fst'\. Did you mean: fast\?"):
+        resolve_settings(overrides={"preset": "fst"})
+    with pytest.raises(ValueError, match="'fast' is a built-in preset"):
+        register_preset(Preset("fast", "mine"))
+    with pytest.raises(ValueError, match="`steps_fraction` must be in"):
+        Preset("half", "T = 2L", steps_fraction=2.0)
+    try:
+        mine = register_preset(Preset("cheap", "every 4th step", guidance={"guide_every": 4}))
+        assert get_preset("cheap") is mine and "cheap" in list_presets()
+        assert resolve_settings(overrides={"preset": "cheap"}).guidance.guide_every == 4
+    finally:
+        PRESETS.unregister("cheap")
 
 
 def test_generate_fast_derives_steps_from_the_final_length(folders, capsys):
@@ -113,40 +106,3 @@ def test_bad_preset_flag_is_one_line(folders, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--preset" in err and "'slow'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-def test_eval_yaml_preset(tmp_path, capsys):
-    fast = get_preset("fast")
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"preset": "fast", "out": str(tmp_path / "run"), "guidance": {"inner_steps": 1}}))
-    data = read_eval_config(str(path))
-    assert "preset" not in data
-    assert data["sampler"] == {**fast.sampler, "steps": 32}  # L/4 of SamplerConfig's L = 128
-    assert data["guidance"] == {**fast.guidance, "inner_steps": 1}
-    cfg = EvalConfig.from_dict(data)
-    assert cfg.guidance_config("entrgi").inner_steps == 1 != fast.guidance["inner_steps"]  # the YAML's field wins
-    for key, value in fast.guidance.items():
-        assert getattr(cfg.guidance_config("entrgi"), key) == (1 if key == "inner_steps" else value)
-    resolved = cfg.identity()["sampler"]  # what run.json stores (the run's identity)
-    for key, value in fast.sampler.items():
-        assert resolved[key] == value
-    path.write_text(yaml.safe_dump({"preset": "slow"}))
-    with pytest.raises(ValueError, match=r"`--config` .*run.yaml.*`preset` must be one of \['fast'\]"):
-        read_eval_config(str(path))
-    assert main(["eval", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "`preset` must be one of" in err and "Traceback" not in err
-
-
-def test_eval_preset_flag_runs(folders, tmp_path):
-    mlm, rm = folders
-    out = tmp_path / "run"
-    assert main(["eval", "--model", str(mlm), "--reward", str(rm), "--out", str(out), "--preset", "fast",
-                 "--methods", "entrgi", "--temperatures", "1.0", "--seeds", "1", "--prompt-sets", "continuations",
-                 "--n-prompts", "2", "--max-new-tokens", "4", "--steps", "4", "--num-samples", "2",
-                 "--no-perplexity", "--no-report", "--quiet"]) == 0
-    run = json.loads((out / "run.json").read_text())
-    fast = get_preset("fast")
-    for section, fields in (("sampler", fast.sampler), ("guidance", fast.guidance)):
-        for key, value in fields.items():
-            assert run["identity"][section][key] == value and run["config"][section][key] == value

@@ -1,7 +1,6 @@
 """The registries (guidance rules, remasking rules, reward kinds), plugins, the pair rule and the shared primitives."""
 
 import contextlib
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -23,19 +22,20 @@ from entrgi import (
     register_remasking_rule,
     register_reward,
 )
-from entrgi.config import methods, remasking_choices
+from entrgi.config import remasking_choices
 from entrgi.dtypes import dtype_from_name
 from entrgi.eval.config import EvalConfig
 from entrgi.guidance.mixing import entropy_weight, reward_input_embeddings
 from entrgi.ops import logit_ops
 from entrgi.pair import check_differentiable, check_pair
-from entrgi.registry import GUIDANCE_RULES, REMASKING_RULES, REWARD_LOADERS
+from entrgi.registry import GUIDANCE_RULES, REMASKING_RULES, REWARD_KINDS
 from entrgi.reward.hf import HFRewardModel
 from entrgi.reward.likelihood import LikelihoodReward
 from entrgi.reward.registry import split_reward_spec
 from entrgi.reward.text import TextReward
 from entrgi.sampling import schedule
 from entrgi.sampling.remasking import probabilities
+from entrgi.settings import method_choices, resolve_settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 F64 = torch.float64
@@ -70,9 +70,9 @@ def test_unknown_names_list_the_available_ones_and_suggest_close_ones():
     with pytest.raises(ValueError, match=r"^Unknown remasking rule 'entropi'\. Did you mean: entropy\? "
                                          r"Available: \['maskgit_plus', 'topk_margin', 'entropy'"):
         get_remasking_rule("entropi")
-    with pytest.raises(ValueError, match=r"`method` must be one of \['none', 'best_of_n', 'expectation', 'aps', "
+    with pytest.raises(ValueError, match=r"`rule` must be one of \['none', 'expectation', 'aps', "
                                          r"'entrgi'.*\], got 'entrgu'\. Did you mean: entrgi\?"):
-        GuidanceConfig(method="entrgu")
+        GuidanceConfig(rule="entrgu")
     with pytest.raises(ValueError, match=r"got 'maskgit'\. Did you mean: maskgit_plus\?"):
         SamplerConfig(remasking="maskgit")
     with pytest.raises(ValueError, match=r"reward 'textt:m:f': Unknown reward kind 'textt'\. Did you mean: text\?"):
@@ -94,19 +94,20 @@ def test_builtin_reserved_and_malformed_names_cannot_be_registered():
             register_guidance_rule(bad, one)
     with pytest.raises(ValueError, match="must be a function"):
         register_guidance_rule("not_callable", 0.5)
-    assert "not_callable" not in GUIDANCE_RULES and methods()[:5] == ("none", "best_of_n", "expectation", "aps",
-                                                                     "entrgi")
+    assert "not_callable" not in GUIDANCE_RULES and method_choices()[:5] == ("none", "best_of_n", "expectation", "aps",
+                                                                            "entrgi")
 
 
 def test_a_registered_rule_is_a_method_of_every_config_until_removed():
     with registered(GUIDANCE_RULES, "quarter"):
         rule = register_guidance_rule("quarter", lambda logits, t: torch.full(logits.shape[:-1], 0.25))
-        assert get_guidance_rule("quarter") is rule and "quarter" in methods()
-        assert GuidanceConfig(method="quarter").guided and not GuidanceConfig(method="quarter", inner_steps=0).guided
-        assert EvalConfig(methods=("quarter", "quarter@8")).guidance_config("quarter@8").method == "quarter"
-    assert "quarter" not in methods()
-    with pytest.raises(ValueError, match="`method` must be one of"):
-        GuidanceConfig(method="quarter")
+        assert get_guidance_rule("quarter") is rule and "quarter" in method_choices()
+        assert GuidanceConfig(rule="quarter").guided and not GuidanceConfig(rule="quarter", inner_steps=0).guided
+        s = EvalConfig(methods=("quarter", "quarter@8")).settings("quarter@8", 0.7, 1)
+        assert (s.guidance.rule, s.search.strategy, s.sampler.num_samples) == ("quarter", "sample", 8)
+    assert "quarter" not in method_choices()
+    with pytest.raises(ValueError, match="`rule` must be one of"):
+        GuidanceConfig(rule="quarter")
 
 
 def test_registering_again_replaces_silently_from_the_same_function_and_warns_otherwise():
@@ -176,7 +177,7 @@ def test_registered_copies_of_the_builtins_give_bit_identical_samples(mlm, pref_
     with registered(GUIDANCE_RULES, copy.name):
         register_guidance_rule(copy)
         outs = [generate(mlm, ["the cat", "a dog"], pref_reward, sampler=small(),
-                         guidance=GuidanceConfig(method=m, inner_steps=2, lr=1.0), progress=False)
+                         guidance=GuidanceConfig(rule=m, inner_steps=2, lr=1.0), progress=False)
                 for m in (builtin, copy.name)]
     assert samples(outs[0]) == samples(outs[1])
     assert [s.trace[2].rewards for s in outs[0].samples[0]] == [s.trace[2].rewards for s in outs[1].samples[0]]
@@ -196,7 +197,7 @@ def test_registered_copies_of_remasking_rules_give_identical_samples(mlm, pref_r
         register_remasking_rule(copy)
         assert copy.name in remasking_choices()
         outs = [generate(mlm, ["the cat", "a dog"], pref_reward, sampler=small(remasking=r),
-                         guidance=GuidanceConfig(method="aps", inner_steps=1, lr=1.0), progress=False)
+                         guidance=GuidanceConfig(rule="aps", inner_steps=1, lr=1.0), progress=False)
                 for r in (builtin, copy.name)]
     assert samples(outs[0]) == samples(outs[1])
 
@@ -207,7 +208,7 @@ def test_a_custom_confidence_orders_the_commits(mlm):
     with registered(REMASKING_RULES, "largest_id"):
         register_remasking_rule("largest_id", lambda logits, tokens, t, u: tokens.double())
         generate(mlm, ["the cat"], None, sampler=small(remasking="largest_id", deprioritize_eos=False, num_samples=3),
-                 guidance=GuidanceConfig(method="none"), progress=False,
+                 guidance=GuidanceConfig(rule="none"), progress=False,
                  callback=lambda step, out: states.append((out["candidates"].clone(), out["proposal"].clone(),
                                                            out["committed"].clone())))
     checked = 0
@@ -236,15 +237,19 @@ def test_confidence_in_row_blocks_equals_one_call_and_bad_rules_are_named(monkey
         schedule.confidence(RemaskingRule("needs_u", lambda x, tok, t, u: u, needs_uniforms=True), logits, tokens, 1.0)
 
 
-def test_anchored_is_an_alias_of_maskgit_plus_on_the_guided_logits(mlm, pref_reward):
-    anchored = SamplerConfig(remasking="anchored")
-    assert anchored == SamplerConfig(remasking="maskgit_plus", confidence_from="guided")
-    assert (anchored.to_dict()["remasking"], anchored.to_dict()["confidence_from"]) == ("maskgit_plus", "guided")
-    assert dataclasses.replace(SamplerConfig(), remasking="anchored") == anchored
-    cfg = EvalConfig(methods=("aps_anchored",)).sampler_config(0.7, 1, method="aps_anchored")
-    assert (cfg.remasking, cfg.confidence_from) == ("maskgit_plus", "guided")
-    g = GuidanceConfig(method="aps", inner_steps=1, lr=2.0)
-    a = generate(mlm, ["the cat"], pref_reward, sampler=small(remasking="anchored"), guidance=g, progress=False)
+def test_anchored_is_read_as_maskgit_plus_on_the_guided_logits(mlm, pref_reward):
+    """The old spelling `anchored` is read by the settings resolution (with a deprecation note), not rewritten by the
+    config; SamplerConfig itself says what it stands for."""
+    anchored = SamplerConfig(remasking="maskgit_plus", confidence_from="guided")
+    with pytest.warns(DeprecationWarning, match="'anchored' is read as remasking 'maskgit_plus'"):
+        assert resolve_settings(overrides={"sampler": {"remasking": "anchored"}}).sampler == anchored
+    with pytest.raises(ValueError, match="remasking='maskgit_plus' and confidence_from='guided'"):
+        SamplerConfig(remasking="anchored")
+    cfg = EvalConfig(methods=("aps_anchored",)).settings("aps_anchored", 0.7, 1)
+    assert (cfg.sampler.remasking, cfg.sampler.confidence_from, cfg.guidance.rule) == ("maskgit_plus", "guided", "aps")
+    g = GuidanceConfig(rule="aps", inner_steps=1, lr=2.0)
+    a = generate(mlm, ["the cat"], pref_reward, sampler=small(remasking="maskgit_plus", confidence_from="guided"),
+                 guidance=g, progress=False)
     b = generate(mlm, ["the cat"], pref_reward, sampler=small(remasking="maskgit_plus", confidence_from="guided"),
                  guidance=g, progress=False)
     assert samples(a) == samples(b)
@@ -307,7 +312,7 @@ def test_a_registered_reward_kind_gets_its_target_and_the_options():
         calls.append((target, options))
         return TextReward(lambda p, r: float(target), name=f"constant:{target}")
 
-    with registered(REWARD_LOADERS, "constant"):
+    with registered(REWARD_KINDS, "constant"):
         reward = load_reward("constant:2.5", device="cpu", template="plain")
         assert reward.score_texts(["a"], ["b"]).tolist() == [2.5]
         assert calls == [("2.5", {"device": "cpu", "dtype": None, "device_map": None, "template": "plain",
@@ -372,7 +377,7 @@ def test_a_plugin_file_runs_once_and_registers_for_every_config(tmp_path):
         with pytest.raises(ValueError, match="`methods` must be one of"):
             EvalConfig(methods=("plugin_rule",))
         assert EvalConfig(methods=("plugin_rule",), plugins=(str(path),)).plugins == (str(path),)
-        assert GuidanceConfig(method="plugin_rule").guided
+        assert GuidanceConfig(rule="plugin_rule").guided
         module = load_plugin(str(path))
         assert load_plugin(str(path)) is module
         reward = load_reward(f"text:{path}:score")  # the same file as a text reward: not run again
@@ -385,7 +390,7 @@ def test_a_plugin_module_by_name(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with registered(GUIDANCE_RULES, "module_rule"):
         load_plugin("entrgi_test_plugin_mod")
-        assert "module_rule" in methods()
+        assert "module_rule" in method_choices()
 
 
 @pytest.mark.parametrize("spec,message", [

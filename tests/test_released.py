@@ -10,8 +10,8 @@ from conftest import TableModule
 from eval_worker import config, runner
 from support.tiny_models import CHAT_TEMPLATE, WORDS, word_tokenizer
 
-from entrgi import GuidanceConfig, SamplerConfig, generate
-from entrgi.cli.args import dataclass_from_args
+from entrgi import GuidanceConfig, SamplerConfig, generate, resolve_settings
+from entrgi.cli.args import settings_layer
 from entrgi.cli.commands import build_parser
 from entrgi.eval import load_prompt_set, read_records
 from entrgi.models import Dream
@@ -19,7 +19,7 @@ from entrgi.models.base import DiffusionLM
 from entrgi.models.dream import EOS_ID, MASK_ID
 from entrgi.reward.callable import CallableReward
 
-NONE = GuidanceConfig(method="none")
+NONE = GuidanceConfig(rule="none")
 IM_END = 151645
 
 
@@ -141,7 +141,7 @@ def test_released_mode_lets_the_reward_model_see_past_im_end(eot_tok):
     for mode, seen in ((False, 0), (True, L)):
         out = generate(model, ["the cat"], reward, sampler=SamplerConfig(max_new_tokens=L, steps=L, num_samples=2,
                                                                         temperature=1.0, match_released=mode),
-                       guidance=GuidanceConfig(method="entrgi", inner_steps=1), progress=False)
+                       guidance=GuidanceConfig(rule="entrgi", inner_steps=1), progress=False)
         for s in out.samples[0]:
             assert s.trace[0].rewards[0] == 2 + seen
 
@@ -199,9 +199,9 @@ def test_eval_run_uses_raw_prompts_and_records_the_mode(tmp_path):
 
 def test_cli_flag(tmp_path):
     args = build_parser().parse_args(["generate", "--prompt", "x", "--match-released"])
-    assert dataclass_from_args(SamplerConfig, args).match_released is True
+    assert resolve_settings(overrides=settings_layer(args)).sampler.match_released is True
     args = build_parser().parse_args(["generate", "--prompt", "x"])
-    assert dataclass_from_args(SamplerConfig, args).match_released is False
+    assert resolve_settings(overrides=settings_layer(args)).sampler.match_released is False
 
 
 def test_word_tokenizer_without_endoftext_keeps_the_adapter_set():

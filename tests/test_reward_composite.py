@@ -78,7 +78,7 @@ def test_a_shared_layout_composite_guides_in_todays_sampler(mlm, members):
     comp = CompositeReward(members[:2], WEIGHTS[:2])
     out = generate(mlm, PROMPTS[:2], comp, progress=False,
                    sampler=SamplerConfig(max_new_tokens=6, steps=3, num_samples=2, seed=0),
-                   guidance=GuidanceConfig(method="entrgi", inner_steps=2))
+                   guidance=GuidanceConfig(rule="entrgi", inner_steps=2))
     rows = [s for g in out.samples for s in g]
     assert all(t.grad_norms and all(g > 0 for g in t.grad_norms) for s in rows for t in s.trace if t.masked)
     torch.testing.assert_close(torch.tensor([s.reward for s in rows]),
@@ -130,7 +130,7 @@ def test_guidance_view_one_layout_per_member(mlm, tok, members):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(len(PROMPTS), L, mlm.logit_width, generator=g)
     logits[..., list(mlm.invalid_token_ids)] = float("-inf")
-    resolved = GuidanceConfig(method="entrgi", inner_steps=3).resolve(SamplerConfig())
+    resolved = GuidanceConfig(rule="entrgi", inner_steps=3).resolve(SamplerConfig())
     eos = torch.tensor(mlm.eos_token_ids)
     res = guide_logits(logits, masked, response_ids, view.score, view.table, view.mapped, resolved, eos,
                        RowStreams([1, 2, 3]))

@@ -196,7 +196,7 @@ def test_guides_in_todays_sampler(mlm, tok):
     rm = LikelihoodReward(tiny_lm(tok, seed=6), tok)
     out = generate(mlm, ["the cat sat", "a dog"], rm, progress=False,
                    sampler=SamplerConfig(max_new_tokens=5, steps=3, num_samples=1, seed=0),
-                   guidance=GuidanceConfig(method="entrgi", inner_steps=2))
+                   guidance=GuidanceConfig(rule="entrgi", inner_steps=2))
     rows = [s for g in out.samples for s in g]
     steps = [t for s in rows for t in s.trace if t.masked]
     assert steps and all(len(t.grad_norms) == 2 and all(0 < g < float("inf") for g in t.grad_norms) for t in steps)

@@ -10,11 +10,11 @@ from test_schedule import dream_counts, llada_counts
 
 from entrgi import GuidanceConfig, SamplerConfig, generate
 from entrgi.guidance.inner_loop import GuideResult
-from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi.sampling.sampler import DiffusionSampler
 from entrgi.sampling.state import DenoisingState, Row, StepOutput
 
 PROMPTS = ["the cat sat", "a dog", "it was a very big day and the sun"]
-NONE = GuidanceConfig(method="none")
+NONE = GuidanceConfig(rule="none")
 
 
 def small(**kw):
@@ -79,7 +79,7 @@ def test_eos_candidates_are_committed_last(tok, deprioritize):
 
 def test_prompt_and_committed_tokens_never_change(mlm, pref_reward):
     states = []
-    generate(mlm, PROMPTS, pref_reward, sampler=small(), guidance=GuidanceConfig(method="entrgi", lr=2.0),
+    generate(mlm, PROMPTS, pref_reward, sampler=small(), guidance=GuidanceConfig(rule="entrgi", lr=2.0),
              progress=False, callback=record(states))
     P = states[0]["prompt_length"]
     first = states[0]["x"]
@@ -122,7 +122,7 @@ def test_start_and_step_are_the_loop_of_generate(mlm, pref_reward):
     cfg = small(max_new_tokens=8, block_length=4, steps=4, schedule="uniform")
     guidance = GuidanceConfig(lr=1.0)
     ref = generate(mlm, PROMPTS, pref_reward, sampler=cfg, guidance=guidance, progress=False)
-    s = MaskedDiffusionSampler(mlm, pref_reward)
+    s = DiffusionSampler(mlm, pref_reward)
     state = s.start(PROMPTS, cfg, guidance)
     assert isinstance(state, DenoisingState) and isinstance(state.rows[0], Row) and state.steps_per_block == 2
     seen = []
@@ -141,8 +141,8 @@ def test_a_hook_override_changes_the_step_and_idle_steps_return_none(mlm):
     """A subclass that commits every candidate at once: one step runs per block, the next is idle (None, no
     callback) and skips the rest of its block."""
 
-    class AllAtOnce(MaskedDiffusionSampler):
-        def choose(self, state, logits, candidates, tokens):
+    class AllAtOnce(DiffusionSampler):
+        def choose(self, state, logits, guided, candidates, tokens):
             return candidates.clone()
 
     s = AllAtOnce(mlm)
@@ -165,7 +165,7 @@ def tokens_by_prompt(out):
 
 @pytest.mark.parametrize("method", ["none", "entrgi"])
 def test_samples_do_not_depend_on_batch_size_or_prompt_order(mlm, qwen_reward, method):
-    guidance = GuidanceConfig(method=method, lr=1.0)
+    guidance = GuidanceConfig(rule=method, lr=1.0)
     ref = tokens_by_prompt(generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=guidance, progress=False))
     for batch_size, prompts in ((1, PROMPTS), (2, PROMPTS[::-1]), (4, [PROMPTS[1], PROMPTS[2], PROMPTS[0]])):
         out = generate(mlm, prompts, qwen_reward, sampler=small(batch_size=batch_size), guidance=guidance,
@@ -200,7 +200,7 @@ def test_zero_inner_steps_equals_unguided_sampling(mlm, pref_reward, method):
     ref = generate(mlm, PROMPTS, pref_reward, sampler=small(), guidance=NONE, progress=False)
     with pytest.warns(UserWarning, match="inner_steps"):
         out = generate(mlm, PROMPTS, pref_reward, sampler=small(),
-                       guidance=GuidanceConfig(method=method, inner_steps=0), progress=False)
+                       guidance=GuidanceConfig(rule=method, inner_steps=0), progress=False)
     assert tokens_by_prompt(out) == tokens_by_prompt(ref)
     assert [s.reward for g in out.samples for s in g] == [s.reward for g in ref.samples for s in g]
 
@@ -215,7 +215,7 @@ def test_guidance_raises_a_reward_with_a_known_optimum(mlm, pref_reward, method)
     sampler = small(num_samples=4)
     base = mean_reward(generate(mlm, PROMPTS, pref_reward, sampler=sampler, guidance=NONE, progress=False))
     guided = generate(mlm, PROMPTS, pref_reward, sampler=sampler,
-                      guidance=GuidanceConfig(method=method, inner_steps=3, lr=1.0), progress=False)
+                      guidance=GuidanceConfig(rule=method, inner_steps=3, lr=1.0), progress=False)
     assert mean_reward(guided) > base + 4.0
     words = " ".join(s.text for g in guided.samples for s in g).split()
     assert sum(w in PREFERRED for w in words) / len(words) > 0.7
@@ -230,14 +230,14 @@ def test_guidance_raises_a_transformer_reward_models_score(mlm, qwen_reward, met
         sampler = small(num_samples=4, seed=seed)
         base.append(mean_reward(generate(mlm, PROMPTS, qwen_reward, sampler=sampler, guidance=NONE, progress=False)))
         guided.append(mean_reward(generate(mlm, PROMPTS, qwen_reward, sampler=sampler, progress=False,
-                                           guidance=GuidanceConfig(method=method, optimizer=optimizer, lr=lr))))
+                                           guidance=GuidanceConfig(rule=method, optimizer=optimizer, lr=lr))))
     spread = statistics.pstdev(base) + 1e-3
     assert statistics.fmean(guided) > statistics.fmean(base) + 2 * spread, (base, guided)
 
 
 def test_trace_records_rewards_gradients_and_weights(mlm, pref_reward):
     out = generate(mlm, PROMPTS[:1], pref_reward, sampler=small(num_samples=2),
-                   guidance=GuidanceConfig(method="entrgi", inner_steps=3, lr=1.0), progress=False)
+                   guidance=GuidanceConfig(rule="entrgi", inner_steps=3, lr=1.0), progress=False)
     for s in out.samples[0]:
         assert len(s.trace) == 8
         for t in s.trace:
@@ -247,13 +247,13 @@ def test_trace_records_rewards_gradients_and_weights(mlm, pref_reward):
         assert first.rewards[-1] > first.rewards[0]  # the inner steps raise the reward
         assert s.trace[-1].masked == len(s.trace[-1].committed)
     untraced = generate(mlm, PROMPTS[:1], pref_reward, sampler=small(num_samples=2),
-                        guidance=GuidanceConfig(method="entrgi", inner_steps=3, lr=1.0), progress=False, trace=False)
+                        guidance=GuidanceConfig(rule="entrgi", inner_steps=3, lr=1.0), progress=False, trace=False)
     assert untraced.samples[0][0].trace is None
     assert [s.token_ids for s in untraced.samples[0]] == [s.token_ids for s in out.samples[0]]  # tracing is passive
 
 
 def test_best_of_n_picks_the_highest_reward(mlm, pref_reward):
-    out = generate(mlm, PROMPTS, pref_reward, sampler=small(num_samples=4), guidance=GuidanceConfig(method="best_of_n"),
+    out = generate(mlm, PROMPTS, pref_reward, sampler=small(num_samples=4), guidance=GuidanceConfig(rule="none"), search="best_of_n",
                    progress=False)
     for i, g in enumerate(out.samples):
         assert out.best(i).reward == max(s.reward for s in g)
@@ -268,11 +268,13 @@ def test_compute_counts_for_guided_runs(mlm, pref_reward):
     rows = 3 * 2
     assert out.stats.dllm_forwards == rows * 8
     assert out.stats.rm_backwards == rows * 8 * 2
-    # inner steps + the trace's evaluation after the last inner step + the final discrete scoring
-    assert out.stats.rm_forwards == rows * 8 * (2 + 1) + rows
+    # inner steps + the final discrete scoring; the trace's evaluation after the last inner step is the observer's
+    assert out.stats.rm_forwards == rows * 8 * 2 + rows and out.observer_stats.rm_forwards == rows * 8
     untraced = generate(mlm, PROMPTS, pref_reward, sampler=small(num_samples=2), progress=False, trace=False,
                         guidance=GuidanceConfig(inner_steps=2))
     assert untraced.stats.rm_forwards == rows * 8 * 2 + rows and untraced.stats.rm_backwards == rows * 8 * 2
+    assert untraced.stats == dataclasses.replace(out.stats, wall_time_s=untraced.stats.wall_time_s)  # the method's
+    assert untraced.observer_stats.rm_forwards == 0
 
 
 def test_invalid_ids_are_never_sampled(tok):
@@ -367,26 +369,27 @@ def test_bad_inputs_fail_before_any_model_work(tok, pref_reward):
 
 @pytest.mark.parametrize("method", ["none", "entrgi"])
 def test_reward_estimate_tracks_the_predicted_completion(mlm, qwen_reward, method):
-    out = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(method=method, lr=1.0),
+    out = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(rule=method, lr=1.0),
                    progress=False, track_reward=True)
     for g in out.samples:
         for s in g:
             assert all(t.estimate is not None for t in s.trace)
             # at the end nothing is masked: the estimate is the RM on the final tokens = the discrete re-score
             assert s.trace[-1].estimate == pytest.approx(s.reward, abs=1e-4)
-    plain = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(method=method, lr=1.0),
+    plain = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(rule=method, lr=1.0),
                      progress=False)
     assert tokens_by_prompt(plain) == tokens_by_prompt(out)  # tracking does not change the samples
 
 
 def test_anchored_remasking_ranks_by_the_guided_logits(mlm, pref_reward):
     """Without guidance anchored = maskgit_plus; with guidance the commit order follows the guided logits."""
+    anchored = {"remasking": "maskgit_plus", "confidence_from": "guided"}
     plain = generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="maskgit_plus"), guidance=NONE, progress=False)
-    anch = generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="anchored"), guidance=NONE, progress=False)
+    anch = generate(mlm, PROMPTS, pref_reward, sampler=small(**anchored), guidance=NONE, progress=False)
     assert tokens_by_prompt(plain) == tokens_by_prompt(anch)
     states = []
-    generate(mlm, PROMPTS, pref_reward, sampler=small(remasking="anchored", deprioritize_eos=False),
-             guidance=GuidanceConfig(method="aps", lr=2.0), progress=False, callback=record(states))
+    generate(mlm, PROMPTS, pref_reward, sampler=small(**anchored, deprioritize_eos=False),
+             guidance=GuidanceConfig(rule="aps", lr=2.0), progress=False, callback=record(states))
     from entrgi.sampling.schedule import confidence
     for st in states:
         cand, commit = st["candidates"], st["committed"]

@@ -20,8 +20,9 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from entrgi import GuidanceConfig, SamplerConfig, generate  # noqa: E402
-from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE, SAMPLER_DEFAULTS as DEMO_SAMPLER  # noqa: E402
 from entrgi.cli.commands import main  # noqa: E402
+from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE  # noqa: E402
+from entrgi.default_pair import SAMPLER_DEFAULTS as DEMO_SAMPLER
 from entrgi.serve.app import BackgroundServer, create_app  # noqa: E402
 from entrgi.serve.engine import DEFAULT_PAIR_ID, ServerLimits, default_pair_engine  # noqa: E402
 from entrgi.serve.scheduler import state_field  # noqa: E402
@@ -102,7 +103,7 @@ def test_openai_client_completions_equal_generate(client, engine):
     assert (extra["dllm_forwards"], extra["rm_forwards"], extra["rm_backwards"]) == (
         ref.stats.dllm_forwards, ref.stats.rm_forwards, ref.stats.rm_backwards) == (32, 98, 96)
     info = r.model_extra["entrgi"]
-    assert info["seed"] == 7 and info["guidance"]["method"] == "entrgi" and info["sampler"]["steps"] == 16
+    assert info["seed"] == 7 and info["guidance"]["rule"] == "entrgi" and info["sampler"]["steps"] == 16
 
 
 def test_models_and_health(client, server):

@@ -17,12 +17,12 @@ def n_words(prompt: str, response: str) -> float:
 def test_best_of_n_with_a_text_reward_scores_decoded_text(mlm):
     reward = TextReward(n_words)
     sampler = SamplerConfig(max_new_tokens=6, steps=6, num_samples=4, seed=3)
-    out = generate(mlm, ["the cat", "a dog"], reward, sampler=sampler, guidance=GuidanceConfig(method="best_of_n"),
+    out = generate(mlm, ["the cat", "a dog"], reward, sampler=sampler, guidance=GuidanceConfig(rule="none"), search="best_of_n",
                    progress=False)
     for i, group in enumerate(out.samples):
         assert [s.reward for s in group] == [float(len(s.text.split())) for s in group]
         assert out.best(i).reward == max(s.reward for s in group)
-    plain = generate(mlm, ["the cat", "a dog"], None, sampler=sampler, guidance=GuidanceConfig(method="none"),
+    plain = generate(mlm, ["the cat", "a dog"], None, sampler=sampler, guidance=GuidanceConfig(rule="none"),
                      progress=False)
     assert [[s.text for s in g] for g in plain.samples] == [[s.text for s in g] for g in out.samples]
     assert out.stats.rm_forward_tokens == 0 and out.stats.flops == plain.stats.flops  # code costs no model FLOPs

@@ -1,9 +1,11 @@
-"""Validated configuration dataclasses: the sampler (how tokens are committed) and the guidance.
+"""Validated configuration dataclasses: the sampler (how tokens are committed), the guidance (how a step is
+guided) and the search (what is searched: plain sampling, Best-of-N, particles).
 
-Every field is checked in ``__post_init__`` with an error that names the field, the rule and the
-value, before any model is touched. ``dataclasses.replace(config, **changes)`` re-validates.
-The same fields are the CLI flags (``entrgi.cli``) and the YAML keys of evaluation runs. Method and
-remasking names are checked against the registries (:mod:`entrgi.registry`, docs/extending.md).
+Every field is checked in ``__post_init__`` with an error that names the field, the rule and the value, before any
+model is touched. ``dataclasses.replace(config, **changes)`` re-validates. The same fields are the CLI flags
+(``entrgi.cli``), the YAML keys of evaluation runs and the fields of a server request; one function combines them
+(:func:`entrgi.settings.resolve_settings`). Rule, optimiser, remasking and strategy names are checked against their
+registries (:mod:`entrgi.registry`, docs/extending.md).
 """
 
 from __future__ import annotations
@@ -12,32 +14,35 @@ import dataclasses
 import difflib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .registry import GUIDANCE_RULES, ORIGIN, PLAIN_METHODS, REMASKING_ALIASES, REMASKING_RULES
+from .registry import (
+    GUIDANCE_RULES,
+    NO_RULE,
+    OPTIMIZERS,
+    ORIGIN,
+    REMASKING_RULES,
+    SEARCH_STRATEGIES,
+    check_params,
+)
 
 CONFIDENCE_SOURCES = ("prior", "guided")
-OPTIMIZERS = ("adam", "ascent")
 SCHEDULES = ("linear", "uniform")
 SAMPLING = ("inverse_cdf", "gumbel")
 KV_CACHE_MODES = ("none", "prefix", "dual")  # entrgi.models.cache
+POTENTIALS = ("diff", "value")
 
 
-def guided_methods() -> tuple[str, ...]:
-    """The methods that guide: every registered guidance rule (built-ins expectation, aps, entrgi first)."""
-    return tuple(GUIDANCE_RULES.names())
-
-
-def methods() -> tuple[str, ...]:
-    """Every valid ``GuidanceConfig.method``: none, best_of_n, then the guidance rules."""
-    return (*PLAIN_METHODS, *guided_methods())
+def rule_choices() -> tuple[str, ...]:
+    """Every valid ``GuidanceConfig.rule``: ``none`` (no guidance), then the registered guidance rules."""
+    return (NO_RULE, *GUIDANCE_RULES.names())
 
 
 def remasking_choices() -> tuple[str, ...]:
-    """Every valid ``SamplerConfig.remasking``: origin, the registered remasking rules, then the aliases."""
-    return (ORIGIN, *REMASKING_RULES.names(), *REMASKING_ALIASES)
+    """Every valid ``SamplerConfig.remasking``: origin, then the registered remasking rules."""
+    return (ORIGIN, *REMASKING_RULES.names())
 
 
 def _help(text: str, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None, **kw: Any) -> Any:
@@ -87,10 +92,11 @@ class SamplerConfig:
     """How the masked diffusion LM commits tokens (Dream's sampler, with LLaDA's blocks as an option)."""
 
     max_new_tokens: int = _help("Response length L (masked slots appended to the prompt).", default=128)
-    steps: int = _help("Denoising steps T over the whole response (split evenly over the blocks when `block_length` is set).",
-                       default=128)
+    steps: int = _help("Denoising steps T over the whole response (split evenly over the blocks when `block_length` is "
+                       "set); canvas models (DiffusionGemma): the most denoising steps per canvas.", default=128)
     num_samples: int = _help("Trajectories K per prompt.", default=4)
-    temperature: float = _help("Sampling temperature τ; 0 = greedy.", default=0.7)
+    temperature: float = _help("Sampling temperature τ; 0 = greedy (canvas models: 0 = argmax canvases, the default "
+                               "0.7 = the model's t_max -> t_min schedule).", default=0.7)
     top_p: float = _help("Nucleus filter for sampled tokens, in (0, 1].", default=0.95)
     top_k: int | None = _help("Keep only the top-k ids when sampling (None = off).", default=None)
     sampling: str = _help(
@@ -99,9 +105,9 @@ class SamplerConfig:
     remasking: str = _help(
         "Which masked positions to commit: origin (random), maskgit_plus (prob. of the draw), topk_margin "
         "(p1 - p2), entropy (-H, the paper's choice), low_confidence (LLaDA: softmax(logits) prob. of the draw, τ-free), "
-        "random, or a registered rule (docs/extending.md). anchored (APS: prob. of the draw under the GUIDED "
-        "logits) is an alias, stored as maskgit_plus with confidence_from=guided.",
-        default="entropy", choices=remasking_choices)
+        "random, or a registered rule (docs/extending.md). APS's anchored remasking is maskgit_plus with "
+        "confidence_from=guided (the old spelling `anchored` is read so by the settings resolution).",
+        default="entropy", choices=lambda: (*remasking_choices(), "anchored"))
     remasking_temperature: float = _help(
         "0 = commit the top-n confidences; > 0 = draw positions from softmax(confidence / this).", default=0.0)
     confidence_from: str = _help(
@@ -135,6 +141,21 @@ class SamplerConfig:
         "maximum (a block ends once it has no masked slot). In [0, 1]; 1.0 adds nothing; None = off.",
         default=None)
 
+    # ---- canvas (block diffusion) models only: DiffusionGemma (entrgi.sampling.canvas); None = the model's own ----
+    entropy_bound: float | None = _help(
+        "Canvas models: accept the lowest-entropy tokens while sum(H) - max(H) <= this (native default 0.1).",
+        default=None)
+    t_min: float | None = _help("Canvas models: temperature at the last denoising step (native default 0.4).",
+                                default=None)
+    t_max: float | None = _help("Canvas models: temperature at the first denoising step (native default 0.8).",
+                                default=None)
+    stability_threshold: int | None = _help(
+        "Canvas models: adaptive stop once the argmax canvas stayed unchanged this many steps (native default 1).",
+        default=None)
+    confidence_threshold: float | None = _help(
+        "Canvas models: adaptive stop once the mean entropy of the tempered logits is below this (native default "
+        "0.005).", default=None)
+
     def __post_init__(self) -> None:
         check_int("max_new_tokens", self.max_new_tokens, 1)
         check_int("steps", self.steps, 1)
@@ -144,9 +165,10 @@ class SamplerConfig:
         if self.top_k is not None:
             check_int("top_k", self.top_k, 1)
         check_choice("sampling", self.sampling, SAMPLING)
+        if self.remasking == "anchored":
+            raise ValueError("`remasking` 'anchored' is APS's anchored remasking: give remasking='maskgit_plus' and "
+                             "confidence_from='guided' (the CLI, YAML and requests still read 'anchored' so).")
         check_choice("remasking", self.remasking, remasking_choices())
-        for key, value in REMASKING_ALIASES.get(self.remasking, {}).items():  # the one spelling it stands for
-            object.__setattr__(self, key, value)
         check_float("remasking_temperature", self.remasking_temperature, 0.0)
         check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)
         if not isinstance(self.deprioritize_eos, bool):
@@ -174,26 +196,59 @@ class SamplerConfig:
         check_choice("kv_cache", self.kv_cache, KV_CACHE_MODES)
         if self.parallel_threshold is not None:
             check_float("parallel_threshold", self.parallel_threshold, 0.0, 1.0)
+        if self.entropy_bound is not None:
+            check_float("entropy_bound", self.entropy_bound, 0.0, low_open=True)
+        for name in ("t_min", "t_max"):
+            if getattr(self, name) is not None:
+                check_float(name, getattr(self, name), 0.0)
+        if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
+            raise ValueError(f"`t_max` ({self.t_max}) must be > `t_min` ({self.t_min}).")
+        if self.stability_threshold is not None:
+            check_int("stability_threshold", self.stability_threshold, 0)
+        if self.confidence_threshold is not None:
+            check_float("confidence_threshold", self.confidence_threshold, 0.0, low_open=True)
 
     @property
     def num_blocks(self) -> int:
         return 1 if self.block_length is None else self.max_new_tokens // self.block_length
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
+
+
+class Params(dict):
+    """The parameters of a guidance rule or optimiser: an immutable, hashable name -> value mapping (a ``dict``, so
+    it prints and serialises as one). Change them with ``dataclasses.replace`` on the config."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("rule and optimizer parameters are read-only: use dataclasses.replace on the config.")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return Params, (dict(self),)
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Reward-gradient guidance: which RM input, how many inner steps, which optimiser."""
+    """How a denoising step is guided: the rule (the RM's input), the inner loop (M steps of an optimiser on φ),
+    its cost switches and its schedule. ``rule="none"`` samples without guidance."""
 
-    method: str = _help(
-        "none (plain sampling), best_of_n (plain sampling, best by reward), expectation (w=0), aps (w=1, "
-        "straight-through), entrgi (w = normalised entropy), or a registered guidance rule (docs/extending.md).",
-        default="entrgi", choices=methods)
+    rule: str = _help(
+        "none (no guidance), expectation (w = 0), aps (w = 1, straight-through), entrgi (w = normalised entropy), "
+        "or a registered guidance rule (docs/extending.md).", default="entrgi", choices=rule_choices)
+    rule_params: Mapping[str, Any] = _help(
+        "The rule's own parameters (name: value; docs/extending.md); the rule's defaults for the others.",
+        default_factory=Params)
     inner_steps: int = _help("Optimisation steps M on the logits per denoising step.", default=3)
-    optimizer: str = _help("adam (released code, fresh state each step) or ascent (poster: φ += lr·∇R).",
-                           default="adam", choices=OPTIMIZERS)
+    optimizer: str = _help("adam (released code, fresh state each step), ascent (poster: φ += lr·∇R) or a "
+                           "registered optimizer (docs/extending.md).", default="adam",
+                           choices=lambda: tuple(OPTIMIZERS.names()))
+    optimizer_params: Mapping[str, Any] = _help("The optimizer's own parameters (name: value).",
+                                                default_factory=Params)
     lr: float = _help("Step size η on the logits (Adam's lr; for ascent lr = 1/β).", default=0.5)
     entropy_temperature: float | None = _help(
         "Temperature of the entropy in w; 1.0 as the released code, None = the sampling τ (the formula).",
@@ -236,9 +291,15 @@ class GuidanceConfig:
         "without RM passes. Off = unguided steps use the prior logits alone.", default=False)
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, methods())
+        check_choice("rule", self.rule, rule_choices())
+        params = {} if self.rule == NO_RULE else GUIDANCE_RULES.get(self.rule).params
+        check_params(f"guidance rule {self.rule!r} (`rule_params`)", params, self.rule_params)
+        object.__setattr__(self, "rule_params", Params(self.rule_params))
         check_int("inner_steps", self.inner_steps, 0)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS.names()))
+        check_params(f"optimizer {self.optimizer!r} (`optimizer_params`)", OPTIMIZERS.get(self.optimizer).params,
+                     self.optimizer_params)
+        object.__setattr__(self, "optimizer_params", Params(self.optimizer_params))
         check_float("lr", self.lr, 0.0, low_open=True)
         if self.entropy_temperature is not None:
             check_float("entropy_temperature", self.entropy_temperature, 0.0)
@@ -262,12 +323,8 @@ class GuidanceConfig:
 
     @property
     def guided(self) -> bool:
-        """True when the logits are optimised (a gradient method with M >= 1)."""
-        return self.method in GUIDANCE_RULES and self.inner_steps > 0
-
-    @property
-    def needs_reward(self) -> bool:
-        return self.method != "none"
+        """True when the logits are optimised (a guidance rule with M >= 1)."""
+        return self.rule != NO_RULE and self.inner_steps > 0
 
     def resolve(self, sampler: SamplerConfig) -> ResolvedGuidance:
         """Fill the ``None`` temperatures / top-p from the sampler and check the pair is coherent."""
@@ -277,16 +334,97 @@ class GuidanceConfig:
                 "`relaxation_temperature` must be > 0 for guided methods: with the sampler's `temperature` = 0 "
                 "(greedy) the soft embedding softmax(φ/0) is one-hot and has no gradient. Set "
                 "`relaxation_temperature` (e.g. 1.0) or a positive `temperature`.")
-        if self.method in GUIDANCE_RULES and self.inner_steps == 0:
-            warnings.warn(f"`inner_steps` = 0: method {self.method!r} leaves the logits unchanged "
-                          "(identical to method 'none').", stacklevel=3)
+        if self.rule != NO_RULE and self.inner_steps == 0:
+            warnings.warn(f"`inner_steps` = 0: rule {self.rule!r} leaves the logits unchanged "
+                          "(identical to rule 'none').", stacklevel=3)
         ent = sampler.temperature if self.entropy_temperature is None else self.entropy_temperature
         top_p = sampler.top_p if self.hard_top_p is None else self.hard_top_p
         return ResolvedGuidance(self, relaxation_temperature=relax, entropy_temperature=ent, hard_top_p=top_p,
                                 top_k=sampler.top_k)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
+
+
+def _deprecated_method(init: Callable[..., None]) -> Callable[..., None]:
+    """``GuidanceConfig(method=...)``, the old spelling: a rule name (or ``none``) is the ``rule``, with a warning;
+    the search spellings (``best_of_n``, particles) are an error that says where they went."""
+    def __init__(self, *args: Any, method: str | None = None, **kwargs: Any) -> None:
+        if method is not None:
+            if method not in rule_choices():
+                raise ValueError(f"`method` {method!r} is not a guidance rule: what is searched is "
+                                 "`SearchConfig.strategy` now (e.g. generate(..., search=SearchConfig('best_of_n'))), "
+                                 "and `GuidanceConfig.rule` is the guidance rule.")
+            if "rule" in kwargs and kwargs["rule"] != method:
+                raise ValueError(f"give `rule` only (`method` {method!r} is its old name).")
+            warnings.warn("GuidanceConfig(method=...) is deprecated: use rule=...", DeprecationWarning, stacklevel=2)
+            kwargs["rule"] = method
+        init(self, *args, **kwargs)
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]
+    return __init__
+
+
+GuidanceConfig.__init__ = _deprecated_method(GuidanceConfig.__init__)  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What is searched for each prompt, whatever the guidance rule: ``sample`` (K independent trajectories),
+    ``best_of_n`` (K trajectories ranked by the reward: it needs one), ``particles`` (K particles resampled by the
+    reward of their predicted completion, sequential Monte Carlo: docs/method.md §4) or a registered strategy.
+    K is ``SamplerConfig.num_samples``. The other fields are the particles' (docs/method.md (10))."""
+
+    strategy: str = _help("sample (K trajectories), best_of_n (K ranked by the reward), particles (SMC over K) or a "
+                          "registered search strategy.", default="sample",
+                          choices=lambda: tuple(SEARCH_STRATEGIES.names()))
+    resample_every: int = _help("particles: steps between weightings / resamplings (r).", default=4)
+    lam: float = _help("particles: λ in the weight exp(λ·potential).", default=1.0)
+    potential: str = _help("particles: diff = r_now − r at the last resampling (FK steering); value = r_now.",
+                           default="diff", choices=POTENTIALS)
+    ess_threshold: float = _help("particles: resample when ESS < this × K (1.0: at every interval unless the "
+                                 "weights are uniform).", default=1.0)
+    potential_reward: str | None = _help(
+        "particles: the reward that weighs the particles, spelled as --reward (e.g. text:MODULE:FUNCTION, code on "
+        "the decoded predicted completion); None = the sampler's reward. With a guidance rule, gradients still come "
+        "from the differentiable reward (hybrid).", default=None)
+
+    def __post_init__(self) -> None:
+        check_choice("strategy", self.strategy, tuple(SEARCH_STRATEGIES.names()))
+        check_int("resample_every", self.resample_every, 1)
+        check_float("lam", self.lam, 0.0)
+        check_choice("potential", self.potential, POTENTIALS)
+        check_float("ess_threshold", self.ess_threshold, 0.0, 1.0)
+        if self.potential_reward is not None and (not isinstance(self.potential_reward, str)
+                                                  or not self.potential_reward.strip()):
+            raise ValueError(f"`potential_reward` must be a reward spelling (str) or None, got "
+                             f"{self.potential_reward!r}; pass a reward object to the sampler instead.")
+
+    @property
+    def needs_reward(self) -> bool:
+        """True when the strategy ranks or weighs by a reward (every strategy but ``sample``)."""
+        return SEARCH_STRATEGIES.get(self.strategy).needs_reward
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+def method_name(guidance: GuidanceConfig, search: SearchConfig | None = None) -> str:
+    """The paper's name of a (rule, search) pair, for messages: ``entrgi``, ``best_of_n``, ``particles+entrgi``."""
+    strategy = "sample" if search is None else search.strategy
+    if strategy == "sample":
+        return guidance.rule
+    return strategy if guidance.rule == NO_RULE else f"{strategy}+{guidance.rule}"
+
+
+def to_plain(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON-ready data (``Params`` as dicts, tuples as lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 @dataclass(frozen=True)

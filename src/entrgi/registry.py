@@ -1,18 +1,24 @@
-"""Registries of the parts people extend: guidance rules, remasking rules and reward loaders, by name.
+"""One registry type for every part people extend, and the registries themselves.
 
-Each :class:`Registry` fills its built-ins from one module the first time it is read (so the configs can
-validate names without importing the guidance or sampling code). An unknown name is a ``ValueError``
-listing the available names, with close matches suggested. How to add each: ``docs/extending.md``.
+Each part is registered by name by the module that defines it (``register_<part>``), read back with
+``get_<part>`` and listed with ``list_<part>s``: model families (:mod:`entrgi.models.registry`), presets
+(:mod:`entrgi.presets`), guidance rules (:mod:`entrgi.guidance.rules`), optimisers
+(:mod:`entrgi.guidance.optimizers`), remasking rules (:mod:`entrgi.sampling.remasking`), search strategies
+(:mod:`entrgi.sampling.search`) and reward kinds (:mod:`entrgi.reward.registry`). Built-ins are registered when
+``entrgi`` is imported. An unknown name is a ``ValueError`` listing the available ones with close matches
+suggested; a built-in (or reserved) name cannot be replaced; registering a name again from the same definition
+(a module run twice) replaces it silently, from another one with a warning. docs/extending.md.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
+import math
+import numbers
 import re
 import warnings
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -27,34 +33,21 @@ def unknown_name_message(kind: str, name: object, available: list[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """Named entries of one kind. ``reserved`` names exist outside the registry (e.g. method ``none``)."""
+    """Named entries of one kind. ``reserved`` names mean something outside the registry (e.g. rule ``none``)
+    and can be neither registered nor looked up."""
 
-    def __init__(self, kind: str, builtins: str, reserved: tuple[str, ...] = ()):
+    def __init__(self, kind: str, reserved: tuple[str, ...] = ()):
         self.kind = kind
         self.reserved = reserved
-        self._builtins_module = builtins
-        self._loaded = False
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
         self._builtin: set[str] = set()
 
-    def _ensure(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # before the import: the module registers through this object
-            try:
-                importlib.import_module(self._builtins_module)
-            except BaseException:
-                self._loaded = False
-                raise
-
     def register(self, name: str, entry: T, *, origin: str = "", builtin: bool = False) -> T:
-        """Add ``entry`` as ``name``. Built-in and reserved names cannot be replaced; registering a name again
-        from the same ``origin`` (a module run twice) replaces it silently, from elsewhere with a warning."""
+        """Add ``entry`` as ``name`` (see the module docstring for what may be replaced)."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"a {self.kind} name must start with a letter and hold only letters, digits, '_' and "
                              f"'-', got {name!r}.")
-        if not builtin:
-            self._ensure()
         if name in self.reserved or name in self._builtin:
             raise ValueError(f"{name!r} is a built-in {self.kind}: register yours under another name.")
         if name in self._entries and self._origins[name] != origin:
@@ -68,7 +61,6 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> None:
         """Remove a registered (not built-in) entry; unknown names are a ``ValueError``."""
-        self._ensure()
         if name in self._builtin:
             raise ValueError(f"{name!r} is a built-in {self.kind} and cannot be removed.")
         if name not in self._entries:
@@ -77,7 +69,6 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry registered as ``name`` (``ValueError`` naming the available ones otherwise)."""
-        self._ensure()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -85,15 +76,12 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, built-ins first, in registration order."""
-        self._ensure()
         return list(self._entries)
 
     def is_builtin(self, name: str) -> bool:
-        self._ensure()
         return name in self._builtin
 
     def __contains__(self, name: object) -> bool:
-        self._ensure()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -103,21 +91,54 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-#: Methods that sample without guidance, so without a guidance rule: plain sampling and Best-of-N.
-PLAIN_METHODS = ("none", "best_of_n")
+#: The guidance rule of unguided sampling: the logits are never optimised (no registered rule).
+NO_RULE = "none"
 #: Dream's random reveal order (each masked slot with probability 1 − s/t): no confidence, so no rule.
 ORIGIN = "origin"
-#: Remasking spellings that stand for a rule plus a setting (APS's anchored remasking = maskgit_plus ranked on the
-#: guided logits); :class:`~entrgi.config.SamplerConfig` rewrites them, so a config never holds an alias.
-REMASKING_ALIASES: dict[str, dict[str, str]] = {"anchored": {"remasking": "maskgit_plus", "confidence_from": "guided"}}
 
-#: The mixing weight w of the RM input (:mod:`entrgi.guidance.rules`).
-GUIDANCE_RULES: Registry = Registry("guidance rule", "entrgi.guidance.rules", reserved=PLAIN_METHODS)
-#: The confidence that orders the commits (:mod:`entrgi.sampling.remasking`).
-REMASKING_RULES: Registry = Registry("remasking rule", "entrgi.sampling.remasking",
-                                     reserved=(ORIGIN, *REMASKING_ALIASES))
-#: Reward loaders by spelling prefix (``text:``, ``likelihood:``, ``hf:``) (:mod:`entrgi.reward.registry`).
-REWARD_LOADERS: Registry = Registry("reward kind", "entrgi.reward.registry")
+#: :class:`~entrgi.models.base.DiffusionLM` adapter classes by family name.
+FAMILIES: Registry = Registry("model family")
+#: :class:`~entrgi.presets.Preset` s by name.
+PRESETS: Registry = Registry("preset")
+#: The method spellings that are not rules (:func:`entrgi.settings.method_fields`): no rule may take their names.
+METHOD_SPELLINGS = ("best_of_n", "best_of_n_matched", "aps_anchored", "particles", "particles_entrgi")
+#: :class:`~entrgi.guidance.rules.GuidanceRule` s: the mixing weight w of the RM input.
+GUIDANCE_RULES: Registry = Registry("guidance rule", reserved=(NO_RULE, *METHOD_SPELLINGS))
+#: :class:`~entrgi.guidance.optimizers.Optimizer` s of the inner loop on φ.
+OPTIMIZERS: Registry = Registry("optimizer")
+#: :class:`~entrgi.sampling.remasking.RemaskingRule` s: the confidence that orders the commits.
+REMASKING_RULES: Registry = Registry("remasking rule", reserved=(ORIGIN, "anchored"))
+#: :class:`~entrgi.sampling.search.SearchStrategy` s: what is searched (plain sampling, Best-of-N, particles).
+SEARCH_STRATEGIES: Registry = Registry("search strategy")
+#: Reward loaders by spelling prefix (``text:``, ``likelihood:``, ``hf:``).
+REWARD_KINDS: Registry = Registry("reward kind")
+
+
+def check_params(kind: str, declared: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` checked against the ``declared`` parameters of a ``kind`` (e.g. "guidance rule 'x'"): known
+    names only (close ones suggested), values of the default's type (an int for a float too), finite numbers.
+    Returns the declared defaults updated with ``given``."""
+    if not isinstance(given, Mapping):
+        raise ValueError(f"the parameters of {kind} must be a mapping of name: value, got {type(given).__name__}.")
+    out = dict(declared)
+    for name, value in given.items():
+        if name not in declared:
+            raise ValueError(unknown_name_message(f"parameter of {kind}", name, sorted(declared)))
+        default = declared[name]
+        if isinstance(default, bool) or default is None:
+            ok = isinstance(value, bool) if isinstance(default, bool) else True
+        elif isinstance(default, numbers.Real):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+                isinstance(default, float) or isinstance(value, numbers.Integral))
+            if ok and not math.isfinite(float(value)):
+                raise ValueError(f"parameter `{name}` of {kind} must be finite, got {value!r}.")
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"parameter `{name}` of {kind} must be a {type(default).__name__} like its default "
+                             f"{default!r}, got {value!r}.")
+        out[name] = value
+    return out
 
 
 def origin_of(obj: object) -> str:
@@ -127,5 +148,5 @@ def origin_of(obj: object) -> str:
     return f"{where}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
-__all__ = ["GUIDANCE_RULES", "ORIGIN", "PLAIN_METHODS", "REMASKING_ALIASES", "REMASKING_RULES", "REWARD_LOADERS",
-           "Registry", "origin_of", "unknown_name_message"]
+__all__ = ["FAMILIES", "GUIDANCE_RULES", "METHOD_SPELLINGS", "NO_RULE", "OPTIMIZERS", "ORIGIN", "PRESETS", "REMASKING_RULES",
+           "REWARD_KINDS", "SEARCH_STRATEGIES", "Registry", "check_params", "origin_of", "unknown_name_message"]

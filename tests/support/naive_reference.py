@@ -1,8 +1,8 @@
-"""The optimised sampler with every part done the naive way: a :class:`MaskedDiffusionSampler` subclass.
+"""The optimised sampler with every part done the naive way: a :class:`~entrgi.DiffusionSampler` subclass.
 
-For per-part timing (``benchmarks/bench_guidance.py``) and for tests that need the loop's hooks (error
-locations, cost counts); it overrides public hooks only. The straight reference the tests compare
-against is :func:`support.reference.reference_generate`. What is naive here:
+For per-part timing (``benchmarks/bench_guidance.py``) and for tests that need the loop's stages (error
+locations, cost counts); it overrides public stages only. The straight reference the tests compare
+against is ``examples/reference_sampler.py``. What is naive here:
 - DLLM logits are formed for the whole sequence (B, P + L, V), then sliced to the response slots;
 - every inner step runs the RM over the whole ``[prefix ; L slots ; suffix]`` (no prefix cache);
 - the soft embedding is one dense softmax (n, V) and matmul (n, V) @ (V, d), autograd keeps q;
@@ -16,18 +16,17 @@ from __future__ import annotations
 import math
 
 import torch
+from reference_sampler import dense_draw
 
+from entrgi import DiffusionSampler
 from entrgi.config import ResolvedGuidance
 from entrgi.errors import check_rewards
 from entrgi.guidance.inner_loop import GuideResult, check_inner_step, guide_result, response_attention
 from entrgi.guidance.mixing import upcast
 from entrgi.ops.logit_ops import scale
 from entrgi.ops.rng import RowStreams
-from entrgi.reward.base import RewardBatch
-from entrgi.sampling.sampler import MaskedDiffusionSampler
+from entrgi.sampling.reward_view import RewardView
 from entrgi.sampling.state import DenoisingState
-
-from .reference import dense_draw
 
 #: Scale, top-k, top-p by a full sort, then inverse CDF over the whole vocabulary (the reference's draw).
 naive_draw = dense_draw
@@ -53,11 +52,11 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
         x = phi + rm_bias  # (n, V) the RM's view: unmapped ids excluded
         q = torch.softmax(x / tau, -1)  # (n, V)
         soft = q.to(table.dtype) @ table  # (n, d) ē
-        if cfg.method == "expectation":
+        if cfg.rule == "expectation":
             embeds = soft
         else:
             with torch.no_grad():
-                if cfg.method == "aps":
+                if cfg.rule == "aps":
                     w = torch.ones(x.shape[0], device=x.device)
                 else:  # entrgi: H(softmax(x / T_H)) / log V
                     logp = torch.log_softmax(scale(x.detach(), guidance.entropy_temperature), -1)
@@ -78,44 +77,50 @@ def naive_guide_logits(logits: torch.Tensor, masked: torch.Tensor, response_ids:
         sq = torch.zeros(B, device=phi.device, dtype=phi.dtype).index_add_(0, rows, phi.grad.pow(2).sum(-1))
         grad_norms.append(sq.sqrt().detach().cpu())
         rewards.append(r.detach().float().cpu())
-        check_inner_step(rewards[-1], grad_norms[-1], phi.grad, rows, cfg.method, k, cfg.inner_steps)
+        check_inner_step(rewards[-1], grad_norms[-1], phi.grad, rows, cfg.rule, k, cfg.inner_steps)
         optimizer.step()
     if trace_streams is not None:
         with torch.no_grad():
             rewards.append(score(*rm_view(trace_streams)).float().cpu())
-        check_rewards(rewards[-1], "the trace evaluation after the last inner step", cfg.method)
-    return guide_result(logits, masked, phi, rewards, grad_norms)
+        check_rewards(rewards[-1], "the trace evaluation after the last inner step", cfg.rule)
+    result = guide_result(logits, masked, phi, rewards, grad_norms)
+    result.traced = trace_streams is not None
+    return result
 
 
-class NaiveSampler(MaskedDiffusionSampler):
-    """:class:`~entrgi.sampling.sampler.MaskedDiffusionSampler` with every step done the naive way (see the module
-    docstring); the schedule, remasking and random streams are shared, so outputs are comparable."""
+class NaiveSampler(DiffusionSampler):
+    """:class:`~entrgi.DiffusionSampler` with every stage done the naive way (see the module docstring); the
+    schedule, remasking and random streams are shared, so outputs are comparable."""
 
-    def attach_reward(self, state: DenoisingState) -> None:
-        device = state.x.device
-        state.reward_batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in state.rows],
-                                         state.sampler.max_new_tokens, prefix_cache=False)
-        state.table = self.bridge.rm_table(self.reward.embedding_table(), device)
-        state.rm_mapped = self.bridge.mapped.to(device)
+    def reward_view(self, state: DenoisingState, stats) -> RewardView:
+        """The RM over the whole row at every inner step (no prefix cache)."""
+        return RewardView.build(self.reward, self.bridge, [r.prompt for r in state.rows], state.response.shape[1],
+                                state.eos_ids, state.x.device, prefix_cache=False,
+                                compile=state.guidance.config.compile, stats=stats)
 
-    def model_logits(self, state: DenoisingState) -> torch.Tensor:
+    def start(self, *args, **kwargs) -> DenoisingState:
+        state = super().start(*args, **kwargs)
+        if state.guide is not None:
+            state.guide.inner_loop = naive_guide_logits
+        return state
+
+    def forward(self, state: DenoisingState, masked: torch.Tensor) -> torch.Tensor:
         logits = self.model(state.x, state.attention_mask, state.position_ids)  # (B, P + L, V): every position
+        B, N = state.x.shape
+        state.stats.count_dllm_forward(B, N, state.sampler.max_new_tokens)
         return upcast(logits[:, state.prompt_length:]) + state.invalid_bias
-
-    def guide(self, state: DenoisingState, logits: torch.Tensor, masked: torch.Tensor):
-        return naive_guide_logits(logits, masked, state.response, state.reward_batch.score, state.table,
-                                  state.rm_mapped, state.guidance, state.eos_ids, state.streams, state.trace_streams)
 
     def draw(self, state: DenoisingState, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         cfg = state.sampler
         if cfg.sampling == "gumbel" and cfg.temperature > 0:
             return super().draw(state, logits, candidates)
-        return naive_draw(logits, state.streams.uniform_at(candidates)[candidates], cfg.temperature, cfg.top_p,
-                          cfg.top_k)
+        return naive_draw(logits[candidates], state.streams.uniform_at(candidates)[candidates], cfg.temperature,
+                          cfg.top_p, cfg.top_k)
 
 
 def generate_naive(model, prompts, reward=None, **kwargs):
     """:func:`entrgi.generate` through :class:`NaiveSampler` (same arguments)."""
     bridge = kwargs.pop("bridge", None)
     return NaiveSampler(model, reward, bridge).generate(prompts, kwargs.pop("sampler", None),
-                                                        kwargs.pop("guidance", None), **kwargs)
+                                                        kwargs.pop("guidance", None), kwargs.pop("search", None),
+                                                        **kwargs)

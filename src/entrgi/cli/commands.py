@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import GuidanceConfig, SamplerConfig
+from ..config import GuidanceConfig, SamplerConfig, SearchConfig, method_name
 from ..dtypes import DTYPES
 from ..files import check_writable, read_text_file, write_atomic
 from ..plugins import load_plugins
-from ..presets import add_preset_arg, expand_preset, get_preset
-from .args import add_dataclass_args, dataclass_from_args, given_fields
+from ..settings import RunSettings, model_defaults, resolve_settings
+from .args import add_dataclass_args, add_settings_args, given_fields, settings_layer
 from .errors import Parser, run_command, yaml_problem
 
 
@@ -60,11 +60,11 @@ def read_eval_config(path: str) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"`--config` {path!r}: the top level must be a mapping of EvalConfig fields "
                          f"(`key: value` lines), not a {type(data).__name__}.")
-    for section in ("sampler", "guidance", "particles"):
+    for section in ("sampler", "guidance", "search", "particles"):
         if not isinstance(data.get(section, {}), dict):
             raise ValueError(f"`--config` {path!r}: `{section}` must be a mapping of field: value.")
     try:
-        return dataclasses.asdict(EvalConfig.from_dict(expand_preset(data)))  # `preset: NAME` (entrgi.presets)
+        return dataclasses.asdict(EvalConfig.from_dict(data))
     except ValueError as e:
         raise ValueError(f"`--config` {path!r}: {e}") from None
 
@@ -115,47 +115,44 @@ def load_pair(args: argparse.Namespace, methods: tuple[str, ...] = ("none",)):
                 rm_checkpointing=args.rm_checkpointing)
 
 
+def generate_settings(args: argparse.Namespace, model=None) -> RunSettings:
+    """The run's settings from the flags (:func:`entrgi.settings.resolve_settings`): the model's defaults (read from
+    its ``config.json`` before loading, from the loaded ``model`` after), the preset, then the flags."""
+    defaults = model_defaults(model if model is not None else args.model, args.family)
+    return resolve_settings(model_defaults=defaults, overrides=settings_layer(args))
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..pair import check_differentiable, check_pair
     from ..sampling.sampler import generate
 
-    if args.model is None:  # the embedded default pair: its own recommended settings
-        from ..default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS
-        base_sampler, base_guidance = SamplerConfig(**SAMPLER_DEFAULTS), GuidanceConfig(**GUIDANCE_DEFAULTS)
-    else:  # the paper's settings
-        base_sampler, base_guidance = SamplerConfig(), GuidanceConfig()
-    if args.preset:  # a named preset (entrgi.presets) on top of those; explicit flags still win
-        base_sampler, base_guidance = get_preset(args.preset).configs(base_sampler, base_guidance)
-    sampler = dataclass_from_args(SamplerConfig, args, base_sampler)
-    if args.preset and "steps" not in given_fields(SamplerConfig, args):  # the preset's T for the final L
-        sampler = get_preset(args.preset).with_steps(sampler)
-    guidance = dataclass_from_args(GuidanceConfig, args, base_guidance)
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [ln.strip() for ln in read_text_file(args.prompts_file, "--prompts-file").splitlines()
                     if ln.strip()]
     if not prompts:
         raise ValueError("`--prompt` (or `--prompts-file`) is required: give at least one prompt.")
-    from ..pair import check_differentiable, check_pair
-
-    check_pair(args.model, args.reward, [guidance.method])
+    settings = generate_settings(args)  # every flag checked before any model work
+    needs = "none" if settings.guidance.rule == "none" and settings.search.strategy == "sample" else "reward"
+    check_pair(args.model, args.reward, [needs])
     check_device(args.device)
     output = check_writable(args.output, "--output") if args.output else None
     if args.quiet:
         silence_progress_bars()
-    model, reward = load_pair(args, (guidance.method,))
+    model, reward = load_pair(args, (needs,))
+    settings = generate_settings(args, model)  # the loaded model's own defaults (a checkpoint's generation config)
+    sampler, guidance = settings.sampler, settings.guidance
     if guidance.guided:
-        check_differentiable(reward, args.reward, f"method {guidance.method!r}")
-    run_sampler = canvas_sampler(model, sampler, args)  # DiffusionGemma: a CanvasConfig
-    out = generate(model, prompts, reward, sampler=run_sampler, guidance=guidance, progress=not args.quiet)
+        check_differentiable(reward, args.reward, f"rule {guidance.rule!r}")
+    out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, search=settings.search,
+                   progress=not args.quiet)
     if output is not None:
         write_atomic(output, json.dumps(out.to_dict(with_trace=True), indent=1))
     if args.json:
         print(json.dumps(out.to_dict(with_trace=args.trace), indent=1))
     else:
-        steps = (f"τ={sampler.temperature} T={sampler.steps}" if run_sampler is sampler else
-                 f"canvas T<={run_sampler.max_denoising_steps or 'model default'}")
-        print(f"method={guidance.method} M={guidance.inner_steps} {steps} "
-              f"L={sampler.max_new_tokens} K={sampler.num_samples}  ({out.stats.wall_time_s:.1f}s)")
+        print(f"method={method_name(guidance, settings.search)} M={guidance.inner_steps} τ={sampler.temperature} "
+              f"T={sampler.steps} L={sampler.max_new_tokens} K={sampler.num_samples}  ({out.stats.wall_time_s:.1f}s)")
         for i, group in enumerate(out.samples):
             best = out.best(i) if group[0].reward is not None else None
             print(f"\nprompt {i}: {group[0].prompt!r}")
@@ -170,32 +167,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def canvas_sampler(model, sampler: SamplerConfig, args: argparse.Namespace):
-    """``sampler``, or for a canvas model (DiffusionGemma) its :class:`~entrgi.sampling.canvas.CanvasConfig` with
-    the canvas flags given; canvas flags with another model are a ``ValueError``."""
-    from ..sampling.canvas import CanvasConfig, is_canvas_model
-
-    own = {k: v for k, v in given_fields(CanvasConfig, args).items()
-           if k not in {f.name for f in dataclasses.fields(SamplerConfig)}}
-    if is_canvas_model(model):
-        return CanvasConfig.from_sampler(sampler, **own)
-    if own:
-        flags = ", ".join("--" + k.replace("_", "-") for k in own)
-        raise ValueError(f"{flags}: canvas-sampler flags apply only to a DiffusionGemma `--model`, not to "
-                         f"{type(model).__name__}; drop them.")
-    return sampler
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.config import EvalConfig
     from ..eval.report import write_report
     from ..eval.runner import run_eval
 
-    data = expand_preset(read_eval_config(args.config) if args.config else {}, args.preset)
+    data = read_eval_config(args.config) if args.config else {}
     data.update(given_fields(EvalConfig, args))
     data["plugins"] = list(dict.fromkeys([*data.get("plugins", ()), *(args.plugin or ())]))  # loaded already
-    data["sampler"] = {**data.get("sampler", {}), **given_fields(SamplerConfig, args)}
-    data["guidance"] = {**data.get("guidance", {}), **given_fields(GuidanceConfig, args)}
+    for section, cls in (("sampler", SamplerConfig), ("guidance", GuidanceConfig), ("search", SearchConfig)):
+        data[section] = {**data.get(section, {}), **given_fields(cls, args)}
     cfg = EvalConfig.from_dict(data)
     check_device(cfg.device)
     check_writable(cfg.out, "--out", folder=True)
@@ -266,12 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
     add_plugin_arg(g)
     add_model_args(g)
-    add_preset_arg(g)
-    add_dataclass_args(g.add_argument_group("sampler (SamplerConfig)"), SamplerConfig)
-    add_dataclass_args(g.add_argument_group("guidance (GuidanceConfig)"), GuidanceConfig)
-    from ..sampling.canvas import CanvasConfig  # DiffusionGemma's canvas sampler: its own fields
-    add_dataclass_args(g.add_argument_group("canvas sampler (CanvasConfig; DiffusionGemma models only)"), CanvasConfig,
-                       skip=tuple(f.name for f in dataclasses.fields(SamplerConfig)))
+    add_settings_args(g)
     g.set_defaults(func=cmd_generate)
 
     from ..eval.config import EvalConfig
@@ -280,15 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="No progress bar.")
     e.add_argument("--no-report", action="store_true", help="Do not write the report at the end.")
     add_plugin_arg(e)
-    add_preset_arg(e)
     add_dataclass_args(e.add_argument_group("run (EvalConfig)"), EvalConfig, skip=("plugins",))
-    add_dataclass_args(e.add_argument_group("sampler (SamplerConfig; temperature/seed come from the grid)"),
-                       SamplerConfig, skip=("temperature", "seed"))
-    add_dataclass_args(e.add_argument_group("guidance (GuidanceConfig; method comes from the grid)"),
-                       GuidanceConfig, skip=("method",))
+    add_settings_args(e, method=False, preset=False, skip={"sampler": ("temperature", "seed"), "guidance": ("rule",),
+                                             "search": ("strategy",)})
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="Reward guidance on the embedded default pair (offline, CPU, ~1 min).")
+    d = sub.add_parser("demo", help="Reward guidance on the embedded default pair (offline, CPU, a few minutes on 2 cores).")
     d.add_argument("--out", default="outputs/demo",
                    help="Output folder: new, empty, or one an earlier demo wrote (only its files are replaced).")
     d.add_argument("--prompts", type=int, default=4, help="Number of sentence beginnings (default: 4).")

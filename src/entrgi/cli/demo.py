@@ -1,4 +1,4 @@
-"""``entrgi demo``: reward guidance on the embedded default pair, offline on CPU, in about a minute.
+"""``entrgi demo``: reward guidance on the embedded default pair, offline on CPU, in a few minutes on 2 cores.
 
 Sentence beginnings are continued by the MiniLM masked diffusion LM with unguided sampling,
 compute-matched Best-of-N, Expectation, APS and EntRGi; the sentiment RM guides and scores (Top@1 /
@@ -23,7 +23,7 @@ from ..eval.config import EvalConfig
 from ..eval.plots import plot_curve
 from ..eval.prompts import load_prompt_set
 from ..eval.records import read_records
-from ..eval.report import aggregate, method_label
+from ..eval.report import aggregate, method_rank
 from ..eval.runner import EvalRunner
 
 #: The demo's settings: the default pair's own (measured: see the README and the model card).
@@ -54,23 +54,35 @@ def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 4, temperature: 
     kept = claim_demo_dir(out)
     EvalRunner(cfg, progress=progress).run()
     records = read_records(out)
+    text = demo_text(records, show, out)
+    plot_curve(records, "estimate", "RM reward of predicted completion", out / "reward_vs_step.png")
+    (out / "demo.txt").write_text(text + "\n")
+    (out / "demo.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=1))
+    _write_marker(out, sorted(set(os.listdir(out)) - kept - {MARKER}))
+    return text
+
+
+def demo_text(records: list[dict], show: int = 3, out: Path | None = None) -> str:
+    """What the demo prints, from its records: the table of every method, then the first ``show`` prompts' unguided
+    and EntRGi samples (and where the plot and records are, given the demo's ``out``)."""
     table = aggregate(records)
-    k = DEMO_SAMPLER["num_samples"]
-    lines = [f"entrgi demo: {n_prompts} sentence beginnings x {k} samples, L = T = {DEMO_SAMPLER['steps']}, "
-             f"τ = {temperature}, M = {DEMO_GUIDANCE['inner_steps']}, Adam lr = {DEMO_GUIDANCE['lr']}, seed {seed}",
+    first = records[0]
+    s, g = first["settings"]["sampler"], first["settings"]["guidance"]
+    n_prompts = len({r["prompt"] for r in records})
+    lines = [f"entrgi demo: {n_prompts} sentence beginnings x {s['num_samples']} samples, L = {s['max_new_tokens']}, "
+             f"T = {s['steps']}, τ = {first['temperature']}, M = {g['inner_steps']}, Adam lr = {g['lr']}, "
+             f"seed {first['seed']}",
              "reward = MiniLM sentiment RM (guides, scores Top@1 / Avg@K); VADER = independent judge in [-1, 1]",
              "",
              f"{'method':<24}{'N':>4}{'Top@1':>8}{'Avg@K':>8}{'VADER@1':>9}{'VADER avg':>10}{'distinct-2':>11}"
              f"{'s/prompt':>10}"]
-    ps = records[0]["prompt_set"]
-    for m in DEMO_METHODS:
-        row = table[(ps, temperature, m)]
-        lines.append(f"{method_label(m):<24}{row['num_samples'][0]:>4.0f}{row['top1'][0]:>8.2f}{row['avg'][0]:>8.2f}"
+    for m in sorted(dict.fromkeys(r["method"] for r in records), key=method_rank):
+        row = table[(first["prompt_set"], first["temperature"], m)]
+        lines.append(f"{row['label']:<24}{row['num_samples'][0]:>4.0f}{row['top1'][0]:>8.2f}{row['avg'][0]:>8.2f}"
                      f"{row['judge:vader:top1'][0]:>9.2f}{row['judge:vader:avg'][0]:>10.2f}"
                      f"{row['distinct-2'][0]:>11.2f}{row['wall_time_s'][0]:>10.2f}")
     by = {(r["method"], r["prompt"]): r for r in records}
-    prompts = list(dict.fromkeys(r["prompt"] for r in records))[:show]
-    for p in prompts:
+    for p in list(dict.fromkeys(r["prompt"] for r in records))[:show]:
         lines += ["", f"prompt: {p!r}  (best of K by the RM; reward / VADER)"]
         for m in ("none", "entrgi"):
             r = by[(m, p)]
@@ -78,13 +90,9 @@ def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 4, temperature: 
             tag = "unguided (sample 1)" if m == "none" else "EntRGi (Top@1)"
             text = textwrap.shorten(f"{p} {best['text']}", 90)
             lines.append(f"  {tag:<20} [{best['reward']:+6.2f} / {best['judges']['vader']:+.2f}] {text}")
-    plot_curve(records, "estimate", "RM reward of predicted completion", out / "reward_vs_step.png")
-    lines += ["", f"plot: {out / 'reward_vs_step.png'}   records: {out / 'results.jsonl'}"]
-    text = "\n".join(lines)
-    (out / "demo.txt").write_text(text + "\n")
-    (out / "demo.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=1))
-    _write_marker(out, sorted(set(os.listdir(out)) - kept - {MARKER}))
-    return text
+    if out is not None:
+        lines += ["", f"plot: {out / 'reward_vs_step.png'}   records: {out / 'results.jsonl'}"]
+    return "\n".join(lines)
 
 
 def check_demo_args(n_prompts: int, temperature: float, seed: int) -> None:

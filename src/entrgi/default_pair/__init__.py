@@ -105,6 +105,7 @@ def load_default_pair(device: str | torch.device = "cpu", *, dtype: torch.dtype 
     module = module.to(device=device, dtype=dtype)
     dllm = HFMaskedLM.from_module(module, tokenizer, invalid_token_ids=invalid_token_ids(tokenizer),
                                   max_length=int(cfg["dllm"].get("max_length", 128)))
+    dllm.settings_defaults = {"sampler": dict(SAMPLER_DEFAULTS), "guidance": dict(GUIDANCE_DEFAULTS)}
 
     head = load_file(str(files[2]))
     encoder = build_reward_encoder(base, embeddings=module.bert.embeddings)  # same frozen embeddings

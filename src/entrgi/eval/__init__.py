@@ -4,8 +4,8 @@ from .config import EvalConfig
 from .judges import Judge, LMUnitJudge, RewardModelJudge, VaderJudge, load_judge
 from .metrics import distinct_n, mean_sem, pseudo_perplexity
 from .prompts import Prompt, PromptSet, load_prompt_set
-from .report import write_report
 from .records import read_records
+from .report import write_report
 from .runner import EvalRunner, Shard, run_eval
 
 __all__ = ["EvalConfig", "EvalRunner", "Judge", "LMUnitJudge", "Prompt", "PromptSet", "RewardModelJudge", "Shard",

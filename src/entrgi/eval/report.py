@@ -41,13 +41,13 @@ def paper_table(table: dict, records: list[dict]) -> str:
     """Rows τ × method; per prompt set: Top@1, Avg@K, and each judge on the Top@1 response."""
     sets = sorted({k[0] for k in table})
     judges = sorted({j for r in records for j in r.get("judges", {})})
-    k = sorted({r["num_samples"] for r in records if r["method"] != MATCHED_BON})
+    k = sorted({r["num_samples"] for r in records if r["method"] != MATCHED_BON and not r.get("matched")})
     avg_label = f"Avg@{k[0]}" if len(k) == 1 else "Avg@K"
     head = ["τ", "method"] + [f"{s} {c}" for s in sets for c in ("Top@1", avg_label, *judges)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in sorted({k[1] for k in table}):
         for m in sorted({k[2] for k in table if k[1] == t}, key=method_rank):
-            cells = [f"{t:g}", method_label(m)]
+            cells = [f"{t:g}", table[next(k for k in table if k[1] == t and k[2] == m)]["label"]]
             for s in sets:
                 row = table.get((s, t, m))
                 if row is None:
@@ -67,7 +67,7 @@ def extras_table(table: dict) -> str:
     for (s, t, m) in sorted(table, key=lambda k: (k[0], k[1], method_rank(k[2]))):
         row = table[(s, t, m)]
         lines.append("| " + " | ".join([
-            s, f"{t:g}", method_label(m), str(row["seeds"]), "/".join(map(str, row["prompts"])),
+            s, f"{t:g}", row["label"], str(row["seeds"]), "/".join(map(str, row["prompts"])),
             f"{row['num_samples'][0]:.0f}", _fmt(row.get("distinct-1", nan)), _fmt(row.get("distinct-2", nan)),
             _fmt(row.get("ppl:top1", nan), 1), _fmt(row["wall_time_s"]), _gflop(row["flops"][0]),
             f"{row['dllm_forwards'][0]:.0f}",

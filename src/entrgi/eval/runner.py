@@ -23,22 +23,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import guided_methods
+from ..errors import check_rewards
+from ..pair import check_differentiable, load_pair
+from ..reward.registry import load_reward
 from ..sampling.outputs import GenerationOutput
-from .config import (
-    APS_ANCHORED,
-    MATCHED_BON,
-    PARTICLE_METHODS,
-    TEXT_SELECTED,
-    EvalConfig,
-    describe_difference,
-    resolve_identity,
-    split_method,
-)
+from ..sampling.particles import is_differentiable
+from ..sampling.sampler import generate
+from ..settings import RunSettings, model_defaults
+from .config import MATCHED_BON, EvalConfig, describe_difference, settings_key
 from .judges import Judge, load_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
 from .records import append_record, cut_torn_tail, read_records, results_lock
+from .tables import cell_label
 
 
 @dataclass(frozen=True)
@@ -78,38 +75,42 @@ class Cell:
     seed: int
 
 
-def record_key(identity: str, set_name: str, cell: Cell, prompt: Prompt, num_samples: int) -> str:
+def record_key(identity: str, set_name: str, cell: Cell, prompt: Prompt, num_samples: int,
+               settings: str = "") -> str:
+    """The key of one prompt's record in one cell: the run identity, the cell, the prompt, N and the cell's resolved
+    settings (their hash: :func:`~entrgi.eval.config.settings_key`)."""
     blob = json.dumps([identity, set_name, cell.method, cell.temperature, cell.seed, prompt.id, prompt.text,
-                       num_samples])
+                       num_samples, settings])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def check_run_dir(cfg: EvalConfig, out: Path) -> str:
+def check_run_dir(cfg: EvalConfig, out: Path, model_layer: dict[str, Any] | None = None) -> str:
     """Create ``run.json`` or refuse to mix results of a different identity into ``out``; returns the folder's
     identity hash (the one its records are keyed with). Identities compare on resolved values (every default
-    filled in), so run.json files of older versions, which stored only the overrides, still resume."""
+    filled in, ``model_layer`` the loaded model's defaults)."""
     out.mkdir(parents=True, exist_ok=True)
     meta = out / "run.json"
+    new = json.loads(json.dumps(cfg.identity(model_layer), default=list))
     if meta.exists():
         try:
             stored = json.loads(meta.read_text())
-            old_hash = stored["identity_hash"]
-            old = resolve_identity(stored["identity"])
+            old_hash, old = stored["identity_hash"], stored["identity"]
+            if not isinstance(old, dict) or not isinstance(old_hash, str):
+                raise TypeError("`identity` must be a mapping and `identity_hash` a string")
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{str(meta)!r} is unreadable ({e}); use a new `out` directory.") from e
-        new = json.loads(json.dumps(cfg.identity(), default=list))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             detail = "; ".join(describe_difference(k, new.get(k), old.get(k)) for k in diff)
             raise ValueError(f"run directory {str(out)!r} holds results of a different configuration (differs in "
                              f"{diff}): {detail}. Use a new `out` directory or restore those settings.")
         return old_hash
-    text = json.dumps({"identity": cfg.identity(), "identity_hash": cfg.identity_hash(), "config": cfg.to_dict(),
+    text = json.dumps({"identity": new, "identity_hash": cfg.identity_hash(model_layer), "config": cfg.to_dict(),
                        "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1, default=list)
     tmp = meta.with_name(f".run.json.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, meta)  # atomic: data-parallel workers may race here
-    return cfg.identity_hash()
+    return cfg.identity_hash(model_layer)
 
 
 class EvalRunner:
@@ -121,30 +122,28 @@ class EvalRunner:
         self.shard = shard or Shard.from_env()
         self.out = Path(cfg.out)
         self.progress = progress
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         self.device = cfg.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
         self.model, self.reward = (model, reward) if model is not None else self._load_pair()
+        self.model_layer = model_defaults(self.model)  # the loaded model's defaults: one resolution
         self.judges = judges if judges is not None else [load_judge(j, device=self.device) for j in cfg.judges]
         if text_reward is None and cfg.text_reward is not None:
-            from ..reward.registry import load_reward
             text_reward = load_reward(cfg.text_reward, device=self.device, template=cfg.reward_template)
-        self.text_reward = text_reward  # picks best_of_n's Top@1 and weighs the particles (TEXT_SELECTED)
-        spec = cfg.particle_config(cfg.methods[0]).potential_reward
-        if spec is not None and any(split_method(m)[0] in PARTICLE_METHODS for m in cfg.methods):
-            from ..reward.registry import load_reward
-            self.potential_reward = load_reward(spec, device=self.device, template=cfg.reward_template)
-        else:
-            self.potential_reward = text_reward
+        self.text_reward = text_reward  # picks the Best-of-N methods' Top@1 and weighs the particles
+        self.potentials: dict[str, object] = {}
 
     def _load_pair(self):
         """The pair by the rule of :func:`entrgi.pair.load_pair` (a model without a reward only when every
         method is none); a text reward only for methods that never differentiate it."""
-        from ..pair import check_differentiable, load_pair
-
         cfg = self.cfg
-        model, reward = load_pair(cfg.model, cfg.reward, methods=[cfg.guidance_config(m).method for m in cfg.methods],
+        entries = cfg.entries
+        model, reward = load_pair(cfg.model, cfg.reward, methods=[cfg.method_of(e) for e in entries],
                                   family=cfg.family, dtype=cfg.dtype, device=self.device,
                                   reward_template=cfg.reward_template, flags=("model", "reward"))
-        needs = [m for m in cfg.methods if cfg.guidance_config(m).guided and split_method(m)[0] != "particles"]
+        first = (cfg.temperatures[0], cfg.seeds[0])
+        layer = model_defaults(model)
+        needs = [e.name for e in entries if cfg.settings(e, *first, model_layer=layer).guidance.guided]
         if needs or cfg.track_reward:
             what = f"methods {needs}" if needs else "`track_reward` (set it to false)"
             check_differentiable(reward, cfg.reward, what)
@@ -152,21 +151,22 @@ class EvalRunner:
 
     # ---- the grid -------------------------------------------------------------------------------
     def cells(self) -> Iterator[Cell]:
-        """Plain methods first (seed-major), compute-matched Best-of-N last (it needs their timings)."""
+        """Every method but the compute-matched Best-of-N first (seed-major), then those (they need the others'
+        costs)."""
         cfg = self.cfg
-        plain = [m for m in cfg.methods if m != MATCHED_BON]
-        for group in (plain, [m for m in cfg.methods if m == MATCHED_BON]):
+        entries = cfg.entries
+        for group in ([e for e in entries if not e.matched], [e for e in entries if e.matched]):
             for ps in cfg.prompt_sets:
                 for seed in cfg.seeds:
                     for t in cfg.temperatures:
-                        for m in group:
-                            yield Cell(ps, m, t, seed)
+                        for e in group:
+                            yield Cell(ps, e.name, t, seed)
 
     def run(self) -> Path:
         cfg = self.cfg
-        identity = check_run_dir(cfg, self.out)
-        raw = cfg.sampler_config(cfg.temperatures[0], cfg.seeds[0]).match_released  # released code: raw prompts
-        sets = {ps: load_prompt_set(ps, raw=raw) for ps in cfg.prompt_sets}
+        identity = check_run_dir(cfg, self.out, self.model_layer)
+        raw = self.settings(cfg.entries[0].name, cfg.temperatures[0], cfg.seeds[0]).sampler.match_released
+        sets = {ps: load_prompt_set(ps, raw=raw) for ps in cfg.prompt_sets}  # released code: raw prompts
         self.set_names = {ps: sets[ps].name for ps in cfg.prompt_sets}
         path = self.shard.results_file(self.out)
         with results_lock(path):
@@ -188,78 +188,90 @@ class EvalRunner:
         total = sum(len(m) for _, m in work)
         bar = tqdm(total=total, disable=not self.progress, desc="eval", unit="prompt")
         for cell, prompts in work:
-            k = self.num_samples(cell)
-            todo = [p for p in prompts if record_key(identity, self.set_names[cell.prompt_set], cell, p, k) not in done]
+            settings = self.settings(cell.method, cell.temperature, cell.seed, self.num_samples(cell))
+            key = settings_key(settings)
+            k = settings.sampler.num_samples
+            todo = [p for p in prompts
+                    if record_key(identity, self.set_names[cell.prompt_set], cell, p, k, key) not in done]
             bar.update(len(prompts) - len(todo))
             bar.set_postfix_str(f"{cell.prompt_set} {cell.method} τ={cell.temperature} seed={cell.seed}")
             for lo in range(0, len(todo), cfg.prompts_per_batch):
                 batch = todo[lo:lo + cfg.prompts_per_batch]
-                for rec in self.evaluate(cell, batch, k, identity):
+                for rec in self.evaluate(cell, settings, batch, identity):
                     append_record(path, rec)
                     done.add(rec["key"])
                 bar.update(len(batch))
         bar.close()
 
-    def num_samples(self, cell: Cell) -> int:
-        """K for plain cells; for compute-matched Best-of-N, N = K × (guided FLOPs / BoN FLOPs)."""
-        k = self.cfg.sampler_config(cell.temperature, cell.seed).num_samples
-        base, n = split_method(cell.method)
-        if n is not None:
-            return n
-        if base != MATCHED_BON:
-            return k
-        if self.cfg.matched_bon_n is not None:
-            return self.cfg.matched_bon_n
+    def num_samples(self, cell: Cell) -> int | None:
+        """N of a compute-matched Best-of-N cell: K × (the matched methods' FLOPs / plain sampling's), fixed once per
+        (prompt set, τ) and stored; None for the other cells (their settings say)."""
+        cfg = self.cfg
+        entry = cfg.entry(cell.method)
+        if not entry.matched:
+            return None
+        if entry.n is not None:
+            return entry.n
+        if cfg.matched_bon_n is not None:
+            return cfg.matched_bon_n
         if self.shard.world > 1:
             raise ValueError("`matched_bon_n` must be set for sharded runs (each worker sees only its own "
                              "prompts' costs when it gets there).")
-        # Fixed once per (prompt set, τ) and stored, so that every seed and every resume uses the same N.
         path = self.out / "matched_n.json"
         fixed = json.loads(path.read_text()) if path.exists() else {}
-        key = f"{self.set_names[cell.prompt_set]}|{cell.temperature}"
+        key = f"{self.set_names[cell.prompt_set]}|{cell.temperature}|{cell.method}"
         if key not in fixed:
-            fixed[key] = matched_n(read_records(self.out), self.set_names[cell.prompt_set], cell.temperature, k)
+            k = self.settings(entry.name, cell.temperature, cell.seed).sampler.num_samples
+            fixed[key] = matched_n(read_records(self.out), self.set_names[cell.prompt_set], cell.temperature, k,
+                                   entry.match)
             path.write_text(json.dumps(fixed, indent=1))
         return fixed[key]
 
-    # ---- one batch of prompts -------------------------------------------------------------------
-    def generate(self, cell: Cell, prompts: list[Prompt], k: int) -> GenerationOutput:
-        cfg = self.cfg
-        sampler = cfg.sampler_config(cell.temperature, cell.seed, num_samples=k, method=cell.method)
-        texts = [p.text for p in prompts]
-        if split_method(cell.method)[0] in PARTICLE_METHODS:
-            from ..sampling.particles import generate_particles, is_differentiable
-            return generate_particles(self.model, texts, self.reward, sampler=sampler,
-                                      guidance=cfg.guidance_config(cell.method),
-                                      particles=cfg.particle_config(cell.method), progress=False,
-                                      track_reward=cfg.track_reward and is_differentiable(self.reward),
-                                      potential_reward=self.potential_reward)
-        from ..sampling.sampler import generate
-        return generate(self.model, texts, self.reward, sampler=sampler, guidance=cfg.guidance_config(cell.method),
-                        progress=False, track_reward=cfg.track_reward and self.reward is not None)
+    def settings(self, method: str, temperature: float, seed: int, num_samples: int | None = None) -> RunSettings:
+        """A cell's settings, resolved with the loaded model's defaults."""
+        return self.cfg.settings(method, temperature, seed, num_samples, model_layer=self.model_layer)
 
-    def selection_scores(self, cell: Cell, prompt: str, texts: list[str]) -> list[float] | None:
-        """The text reward's scores of a prompt's samples when it picks this cell's Top@1 (``text_reward`` set and
-        a method of ``TEXT_SELECTED``), else None (the reward's own scores pick)."""
-        if self.text_reward is None or split_method(cell.method)[0] not in TEXT_SELECTED:
+    # ---- one batch of prompts -------------------------------------------------------------------
+    def potential(self, settings: RunSettings):
+        """The particles' potential reward: the search's spelling (loaded once), else the run's text reward."""
+        spec = settings.search.potential_reward
+        if spec is None:
+            return self.text_reward
+        if spec not in self.potentials:
+            self.potentials[spec] = load_reward(spec, device=self.device, template=self.cfg.reward_template)
+        return self.potentials[spec]
+
+    def generate(self, settings: RunSettings, prompts: list[Prompt]) -> GenerationOutput:
+        """The cell's samples: :func:`entrgi.generate` with its resolved settings (particles weighed by the potential
+        reward when one is given)."""
+        potential = self.potential(settings) if settings.search.strategy == "particles" else None
+        return generate(self.model, [p.text for p in prompts], self.reward, sampler=settings.sampler,
+                        guidance=settings.guidance, search=settings.search, potential_reward=potential, progress=False,
+                        track_reward=self.cfg.track_reward and is_differentiable(self.reward))
+
+    def selection_scores(self, settings: RunSettings, prompt: str, texts: list[str]) -> list[float] | None:
+        """The text reward's scores of a prompt's samples when it picks this cell's Top@1 (``text_reward`` set and a
+        ranking search: Best-of-N, particles), else None (the reward's own scores pick)."""
+        if self.text_reward is None or settings.search.strategy == "sample":
             return None
-        from ..errors import check_rewards
         scores = self.text_reward.score_texts([prompt] * len(texts), texts)
         scores = scores if torch.is_tensor(scores) else torch.as_tensor(list(scores), dtype=torch.float64)
-        check_rewards(scores, "the text reward's scores of the decoded samples", cell.method)
+        check_rewards(scores, "the text reward's scores of the decoded samples", settings.guidance.rule)
         return [float(v) for v in scores.tolist()]
 
-    def evaluate(self, cell: Cell, prompts: list[Prompt], k: int, identity: str) -> list[dict[str, Any]]:
-        out = self.generate(cell, prompts, k)
-        n = len(prompts)
+    def evaluate(self, cell: Cell, settings: RunSettings, prompts: list[Prompt],
+                 identity: str) -> list[dict[str, Any]]:
+        out = self.generate(settings, prompts)
+        entry = self.cfg.entry(cell.method)
+        n, k, key = len(prompts), settings.sampler.num_samples, settings_key(settings)
         stats = out.stats
         records = []
         for i, p in enumerate(prompts):
             group = out.samples[i]
             texts = [s.text for s in group]
             rewards = [s.reward for s in group]
-            scored = self.reward is not None  # else (method none without a reward) no reward, sample 0 as "best"
-            selection = self.selection_scores(cell, p.text, texts)  # a text reward's pick, or None
+            scored = group[0].reward is not None  # else (rule none without a reward) no reward, sample 0 as "best"
+            selection = self.selection_scores(settings, p.text, texts)  # a text reward's pick, or None
             picked_by = selection if selection is not None else (rewards if scored else None)
             best = max(range(len(group)), key=lambda j: picked_by[j]) if picked_by is not None else 0
             samples = [{"text": s.text, "reward": s.reward} for s in group]
@@ -276,16 +288,17 @@ class EvalRunner:
                                       "avg": avg(scores) if judge.on == "all" else None}
             name = self.set_names[cell.prompt_set]
             rec = {
-                "key": record_key(identity, name, cell, p, k), "prompt_set": name, "prompt_id": p.id,
-                "prompt": p.text, "method": cell.method, "temperature": cell.temperature, "seed": cell.seed,
-                "num_samples": k,
+                "key": record_key(identity, name, cell, p, k, key), "prompt_set": name, "prompt_id": p.id,
+                "prompt": p.text, "method": cell.method, "label": cell_label(cell.method, entry.label, None if
+                                                                             entry.preset else settings.preset),
+                "temperature": cell.temperature, "seed": cell.seed, "num_samples": k, "matched": entry.matched,
                 "top1": (rewards[best] if selection is not None else top1(rewards)) if scored else None,
                 "avg": avg(rewards) if scored else None, "best_index": best,
-                "match_released": out.sampler.match_released,
+                "match_released": settings.sampler.match_released,
                 "judges": judges, "distinct": {str(m): distinct_n(texts, m) for m in self.cfg.distinct_n},
                 "samples": samples, "curves": curves(group),
-                "compute": per_prompt(stats, n),
-                "rank": self.shard.rank,
+                "compute": per_prompt(stats, n), "observer_compute": per_prompt(out.observer_stats, n),
+                "settings": settings.to_dict(), "rank": self.shard.rank,
             }
             if selection is not None:
                 rec["selection"] = {"reward": self.cfg.text_reward or getattr(self.text_reward, "name", "text_reward"),
@@ -318,32 +331,53 @@ def per_prompt(stats, n: int) -> dict[str, Any]:
             for k, v in dataclasses.asdict(stats).items()}
 
 
-def matched_n(records: list[dict[str, Any]], set_name: str, temperature: float, k: int) -> int:
-    """N such that Best-of-N costs as much as the costliest guided method in the same (prompt set, τ):
-    max(K, round(K × c_guided / c_BoN)), c = mean estimated FLOPs per prompt (``compute.flops``) of the
-    records so far. Deterministic: wall time plays no part."""
-    def mean_flops(method):
-        rs = [r for r in records if r["method"] == method and r["prompt_set"] == set_name
-              and r["temperature"] == temperature]
-        if not rs:
-            return None
+def is_plain(record: dict[str, Any]) -> bool:
+    """True for a record of unguided sampling (plain, or Best-of-N not matched): Best-of-N's cost per sample."""
+    s = record.get("settings")
+    if isinstance(s, dict):
+        return (s["guidance"]["rule"] == "none" and s["search"]["strategy"] in ("sample", "best_of_n")
+                and not record.get("matched"))
+    return record["method"] in ("none", "best_of_n")
+
+
+def is_guided(record: dict[str, Any]) -> bool:
+    """True for a record of a guided method (or particles), the candidates a matched Best-of-N matches."""
+    s = record.get("settings")
+    if isinstance(s, dict):
+        return s["guidance"]["rule"] != "none" or s["search"]["strategy"] == "particles"
+    return record["method"] not in ("none", "best_of_n", MATCHED_BON)
+
+
+def matched_n(records: list[dict[str, Any]], set_name: str, temperature: float, k: int,
+              match: tuple[str, ...] = ()) -> int:
+    """N such that Best-of-N costs as much as the methods ``match`` (default: the costliest guided method) in the same
+    (prompt set, τ): max(K, round(K × c_target / c_BoN)), c = mean estimated FLOPs per prompt (``compute.flops``: the
+    method's own cost) of the records so far, c_BoN from the plain (unguided) records with K samples. Deterministic:
+    wall time plays no part."""
+    here = [r for r in records if r["prompt_set"] == set_name and r["temperature"] == temperature]
+
+    def mean_flops(rs, what):
         fs = [r.get("compute", {}).get("flops") for r in rs]
         if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in fs):
-            raise ValueError(f"best_of_n_matched: the `{method}` records of {set_name!r} at τ={temperature} have no "
-                             "finite `compute.flops` (written before cost estimates were recorded); set "
-                             "`matched_bon_n`, or run into a new `out` directory.")
+            raise ValueError(f"best_of_n_matched: the {what} records of {set_name!r} at τ={temperature} have no "
+                             "finite `compute.flops`; set `matched_bon_n`, or run into a new `out` directory.")
         return math.fsum(fs) / len(fs)
-    c_bon = mean_flops("best_of_n")
-    if c_bon is None:
-        c_bon = mean_flops("none")  # unguided sampling costs the same
-    guided = [c for c in (mean_flops(m) for m in (*guided_methods(), APS_ANCHORED, *PARTICLE_METHODS)) if c is not None]
-    if c_bon is None or not guided:
-        raise ValueError("best_of_n_matched needs `best_of_n` (or `none`) and a guided method in the same run "
-                         "(or set `matched_bon_n`).")
+
+    plain = [r for r in here if is_plain(r) and r.get("num_samples", k) == k]
+    if match:
+        targets = {m: [r for r in here if r["method"] == m] for m in match}
+    else:
+        guided = [r for r in here if is_guided(r)]
+        targets = {m: [r for r in guided if r["method"] == m] for m in dict.fromkeys(r["method"] for r in guided)}
+    targets = {m: rs for m, rs in targets.items() if rs}
+    if not plain or not targets:
+        raise ValueError("best_of_n_matched needs plain sampling (`none` or `best_of_n`) and the method(s) it matches "
+                         "in the same run (or set `matched_bon_n`).")
+    c_bon = mean_flops(plain, "plain sampling's")
     if c_bon <= 0:
-        raise ValueError(f"best_of_n_matched: Best-of-N's `compute.flops` is {c_bon}, not positive; set "
+        raise ValueError(f"best_of_n_matched: plain sampling's `compute.flops` is {c_bon}, not positive; set "
                          "`matched_bon_n`.")
-    return max(k, round(k * max(guided) / c_bon))
+    return max(k, round(k * max(mean_flops(rs, f"`{m}`") for m, rs in targets.items()) / c_bon))
 
 
 def run_eval(cfg: EvalConfig, **kwargs) -> Path:

@@ -30,6 +30,15 @@ def method_label(m: str) -> str:
     return label if n is None else f"{label} (N={n})"
 
 
+def cell_label(name: str, own: str | None = None, preset: str | None = None) -> str:
+    """A method's label in the tables: its ``own`` label, else its name's (with the run's ``preset`` when one
+    applied to it: ``EntRGi (fast)``)."""
+    if own is not None:
+        return own
+    base = method_label(name)
+    return f"{base} ({preset})" if preset else base
+
+
 def is_finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -95,14 +104,17 @@ def non_finite_metrics(record: dict, names: list[str]) -> list[str]:
 
 
 def aggregate(records: list[dict]) -> dict[tuple[str, float, str], dict[str, Any]]:
-    """(prompt set, τ, method) -> {metric: (mean, sem), "seeds": n, "prompts": per-seed prompt count}."""
+    """(prompt set, τ, method) -> {metric: (mean, sem), "seeds": n, "prompts": per-seed prompt count, "label": the
+    method's label in the tables}."""
     by_seed: dict[tuple, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_seed[(r["prompt_set"], r["temperature"], r["method"])][r["seed"]].append(r)
     names = metric_names(records)
     table = {}
     for key, seeds in by_seed.items():
-        row: dict[str, Any] = {"seeds": len(seeds), "prompts": sorted({len(v) for v in seeds.values()})}
+        first = next(iter(seeds.values()))[0]
+        row: dict[str, Any] = {"seeds": len(seeds), "prompts": sorted({len(v) for v in seeds.values()}),
+                               "label": first.get("label") or method_label(key[2])}
         for name in names:
             per_seed = [finite_mean([_safe_metric(r, name) for r in rs]) for rs in seeds.values()]
             row[name] = mean_sem([v for v in per_seed if not math.isnan(v)])

@@ -1,10 +1,12 @@
 """Reward-gradient guidance: the mixing maths as pure functions (:mod:`.mixing`, docs/method.md §2), the guidance
-rules by name (:mod:`.rules`) and the inner loop that optimises the masked slots' logits (:mod:`.inner_loop`,
-docs/method.md §3)."""
+rules and optimisers by name (:mod:`.rules`, :mod:`.optimizers`), the inner loop that optimises the open slots'
+logits (:mod:`.inner_loop`, docs/method.md §3) and the guidance schedules (:mod:`.schedules`)."""
 
 from .inner_loop import GuideResult, guide_logits
 from .mixing import entropy_weight, mixing_weight, reward_input_embeddings
-from .rules import GuidanceRule, get_guidance_rule, guidance_rule_names, register_guidance_rule
+from .optimizers import Optimizer, get_optimizer, list_optimizers, register_optimizer
+from .rules import GuidanceRule, get_guidance_rule, list_guidance_rules, register_guidance_rule
 
-__all__ = ["GuidanceRule", "GuideResult", "entropy_weight", "get_guidance_rule", "guidance_rule_names", "guide_logits",
-           "mixing_weight", "register_guidance_rule", "reward_input_embeddings"]
+__all__ = ["GuidanceRule", "GuideResult", "Optimizer", "entropy_weight", "get_guidance_rule", "get_optimizer",
+           "guide_logits", "list_guidance_rules", "list_optimizers", "mixing_weight", "register_guidance_rule",
+           "register_optimizer", "reward_input_embeddings"]

@@ -9,8 +9,8 @@ intermediates for backward (docs/performance.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,15 @@ import torch.nn.functional as F
 from ..ops.logit_ops import draw, exp_flushed_, scale, upcast
 from ..registry import GUIDANCE_RULES
 
-if TYPE_CHECKING:
-    from .rules import GuidanceRule
+
+class WeightRule(Protocol):
+    """What the mixing needs of a guidance rule (:class:`entrgi.guidance.rules.GuidanceRule` is one)."""
+
+    name: str
+    needs_hard_sample: bool
+    params: Mapping[str, Any]  # the declared parameters and their defaults
+
+    def weight(self, logits: torch.Tensor, entropy_temperature: float, **params: Any) -> torch.Tensor: ...
 
 
 def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -198,12 +205,13 @@ def _expected_embeddings(logits, embedding_table, temperature, bias, chunk_size,
     return soft.view(*lead, embedding_table.shape[1]), lse
 
 
-def mixing_weight(logits: torch.Tensor, method: str | GuidanceRule, entropy_temperature: float = 1.0) -> torch.Tensor:
-    """w per position (``logits.shape[:-1]``) of the guidance rule ``method``: 0 (expectation), 1 (aps), the
-    entropy weight (entrgi) or a registered rule's. A registered rule's w must have that shape and lie in
-    [0, 1] (``ValueError`` otherwise)."""
-    rule = GUIDANCE_RULES.get(method) if isinstance(method, str) else method
-    w = rule.weight(logits, entropy_temperature)
+def mixing_weight(logits: torch.Tensor, rule: str | WeightRule, entropy_temperature: float = 1.0,
+                  params: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """w per position (``logits.shape[:-1]``) of the guidance rule ``rule`` (a registered name or a rule object)
+    with its ``params``: 0 (expectation), 1 (aps), the entropy weight (entrgi) or a registered rule's. A registered
+    rule's w must have that shape and lie in [0, 1] (``ValueError`` otherwise)."""
+    rule = GUIDANCE_RULES.get(rule) if isinstance(rule, str) else rule
+    w = rule.weight(logits, entropy_temperature, **{**getattr(rule, "params", {}), **(params or {})})
     if GUIDANCE_RULES.is_builtin(rule.name) and GUIDANCE_RULES.get(rule.name) is rule:
         return w
     return _checked_weight(rule.name, w, logits)
@@ -225,8 +233,9 @@ def _checked_weight(name: str, w: object, logits: torch.Tensor) -> torch.Tensor:
 def reward_input_embeddings(
     logits: torch.Tensor,
     embedding_table: torch.Tensor,
-    method: str | GuidanceRule,
+    rule: str | WeightRule,
     *,
+    rule_params: Mapping[str, Any] | None = None,
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int | None = None,
@@ -243,8 +252,8 @@ def reward_input_embeddings(
     2. x ~ top-p/top-k-filtered q (inverse CDF with ``uniforms`` (...,) if given, else uniforms drawn
        with ``generator``); hard = embedding_table[x]. Skipped when the rule has no hard sample
        (``expectation``: w = 0).
-    3. embeds = soft + stopgrad(w · (hard − soft)), w from the guidance rule ``method`` (a registered name
-       or a :class:`~entrgi.guidance.rules.GuidanceRule`; :func:`mixing_weight`).
+    3. embeds = soft + stopgrad(w · (hard − soft)), w from the guidance rule ``rule`` (a registered name
+       or a :class:`~entrgi.guidance.rules.GuidanceRule`) with its ``rule_params`` (:func:`mixing_weight`).
 
     Ids whose logit is −inf (invalid or unmapped ids) get q = 0 and are never sampled.
 
@@ -252,7 +261,7 @@ def reward_input_embeddings(
     (n, V) logits (w and the hard sample use ``logits + bias``, without gradient); ``chunk_size`` and
     ``soft_top_k`` go to :func:`expected_embeddings` (``soft_top_k`` is an approximation).
     """
-    rule = GUIDANCE_RULES.get(method) if isinstance(method, str) else method
+    rule = GUIDANCE_RULES.get(rule) if isinstance(rule, str) else rule
     if logits.shape[-1] != embedding_table.shape[0]:
         raise ValueError(
             f"`embedding_table` must have one row per logit ({logits.shape[-1]}), got {embedding_table.shape[0]}."
@@ -262,7 +271,7 @@ def reward_input_embeddings(
         return soft, torch.zeros(logits.shape[:-1], dtype=upcast(logits).dtype, device=logits.device)
     with torch.no_grad():
         x = logits.detach() if bias is None else logits.detach() + bias  # (..., V)
-        weight = mixing_weight(x, rule, entropy_temperature)  # (...,)
+        weight = mixing_weight(x, rule, entropy_temperature, rule_params)  # (...,)
         if uniforms is None:
             uniforms = torch.rand(logits.shape[:-1], generator=generator, device=logits.device)
         hard = embedding_table[draw(x, uniforms, temperature, top_p, top_k, lse=lse)]  # (..., d)

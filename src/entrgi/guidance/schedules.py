@@ -10,7 +10,7 @@ where it pays (``GuidanceConfig`` fields; the defaults guide every row at every 
 - ``guide_carry``: the steps not guided reuse each row's last guided logit shift (guided − prior) on its
   still-masked slots (:func:`carry_shift`), so guidance keeps steering between guided steps at no RM cost;
 - ``inner_tol`` ε: a row leaves the M inner steps once one of its inner steps raised its reward by
-  less than ε (:func:`inner_stop`, used by :func:`entrgi.guidance.inner_loop.guide_logits`).
+  less than ε (:class:`entrgi.guidance.inner_loop.EarlyStop`).
 
 Every decision is per row and depends only on the row's own state, so a sample stays independent of
 what it is batched with. A row without a candidate slot at a step is never guided (its guided logits
@@ -63,12 +63,6 @@ def guide_rows(cfg: GuidanceConfig, block_step: int, masked: torch.Tensor, candi
     return rows
 
 
-def inner_stop(previous: torch.Tensor, current: torch.Tensor, tol: float) -> torch.Tensor:
-    """Boolean (B,): the rows whose last inner step raised the reward by less than ``tol``,
-    ``current − previous < tol`` (the rewards (B,) before and after that step)."""
-    return (current - previous) < tol
-
-
 def carry_shift(shift: torch.Tensor | None, prior: torch.Tensor, guided: torch.Tensor, masked: torch.Tensor,
                 guided_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``guide_carry``: the step's logits and the updated shift (both (B, L, V)).
@@ -93,4 +87,4 @@ def ran_values(values: torch.Tensor) -> list[float]:
     return [v for v in values.tolist() if not math.isnan(v)]
 
 
-__all__ = ["carry_shift", "guide_rows", "inner_stop", "is_full_guidance", "needs_entropy_weight", "ran_values"]
+__all__ = ["carry_shift", "guide_rows", "is_full_guidance", "needs_entropy_weight", "ran_values"]

@@ -9,10 +9,12 @@
 
 from .base import DiffusionLM
 from .bidirectional import BidirectionalDLLM, BidirectionalLM
+from .diffusion_gemma import DiffusionGemma
 from .dream import Dream, DreamModule
 from .hf_mlm import HFMaskedLM
 from .llada import LLaDA, LLaDAModule
-from .registry import FAMILIES, detect_family, family_class, load_diffusion_lm, register_family
+from .registry import detect_family, get_family, list_families, load_diffusion_lm, register_family
 
-__all__ = ["FAMILIES", "BidirectionalDLLM", "BidirectionalLM", "DiffusionLM", "Dream", "DreamModule", "HFMaskedLM",
-           "LLaDA", "LLaDAModule", "detect_family", "family_class", "load_diffusion_lm", "register_family"]
+__all__ = ["BidirectionalDLLM", "BidirectionalLM", "DiffusionGemma", "DiffusionLM", "Dream", "DreamModule",
+           "HFMaskedLM", "LLaDA", "LLaDAModule", "detect_family", "get_family", "list_families", "load_diffusion_lm",
+           "register_family"]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..config import SamplerConfig
 from .cache import BlockKVCache
 
 #: The one EOS of the authors' released code (``SamplerConfig.match_released``).
@@ -47,6 +48,8 @@ class DiffusionLM(nn.Module):
     family = "generic"
     #: The family's own sampler settings (SamplerConfig fields); see :meth:`recommended_sampler`.
     SAMPLER_DEFAULTS: dict = {}
+    #: The step's stages for this family: ``masked`` (:mod:`entrgi.sampling.masked`) or ``canvas`` (DiffusionGemma).
+    transition = "masked"
 
     def __init__(self, module: nn.Module, tokenizer, *, mask_token_id: int, eos_token_ids: Iterable[int],
                  pad_token_id: int, shift_logits: bool = False, logit_width: int | None = None,
@@ -67,12 +70,18 @@ class DiffusionLM(nn.Module):
         invalid.update(range(len(tokenizer), self.logit_width))  # padded rows of the output layer
         self.invalid_token_ids = tuple(sorted(i for i in invalid if 0 <= i < self.logit_width))
         self._prompt_head, _ = special_token_wrap(tokenizer)
+        #: The model's layer of a run's settings (:func:`entrgi.settings.resolve_settings`): its family's sampler.
+        self.settings_defaults: dict = {"sampler": dict(self.SAMPLER_DEFAULTS)}
 
     @classmethod
-    def recommended_sampler(cls, **overrides):
+    def checkpoint_defaults(cls, name_or_path: str) -> dict:
+        """The model's layer of a run's settings for a checkpoint, read without loading it (the family's sampler)."""
+        return {"sampler": dict(cls.SAMPLER_DEFAULTS)}
+
+    @classmethod
+    def recommended_sampler(cls, **overrides) -> SamplerConfig:
         """A :class:`~entrgi.config.SamplerConfig` with this family's defaults (:attr:`SAMPLER_DEFAULTS`),
         then ``overrides``."""
-        from ..config import SamplerConfig
         return SamplerConfig(**{**cls.SAMPLER_DEFAULTS, **overrides})
 
     # ---- tokens ---------------------------------------------------------------------------------

@@ -7,43 +7,53 @@ remote code of model types transformers does not know. No loader here passes or 
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
+from ..registry import FAMILIES, origin_of
 from .base import DiffusionLM
 from .checkpoint import read_config
+from .diffusion_gemma import MODEL_TYPES as DIFFUSION_GEMMA_TYPES
+from .diffusion_gemma import DiffusionGemma
 from .dream import Dream
 from .hf_mlm import HFMaskedLM
 from .llada import LLaDA
 
-FAMILIES: dict[str, type[DiffusionLM]] = {"hf_mlm": HFMaskedLM, "dream": Dream, "llada": LLaDA}
 #: ``model_type`` (lower case) -> family.
-MODEL_TYPES: dict[str, str] = {"dream": "dream", "llada": "llada"}
-MODEL_TYPES.update(dict.fromkeys(LLaDA.MOE_MODEL_TYPES, "llada"))  # LLaDA-MoE: refused by the llada adapter
+MODEL_TYPES: dict[str, str] = {}
 ENCODER_MODEL_TYPES = ("bert", "roberta", "modernbert", "distilbert", "xlm-roberta", "electra", "deberta-v2")
 
 
-def register_family(name: str, model_types: tuple[str, ...] = ()):
-    """Class decorator: make an adapter loadable as ``family=name`` (and detected from ``model_types``)."""
+def register_family(name: str, model_types: tuple[str, ...] = (), *, builtin: bool = False):
+    """Class decorator: make an adapter loadable as ``family=name`` (and detected from ``model_types``). A built-in
+    family or model type cannot be taken."""
     def wrap(cls: type[DiffusionLM]) -> type[DiffusionLM]:
-        FAMILIES[name] = cls
+        if not (isinstance(cls, type) and issubclass(cls, DiffusionLM)):
+            raise ValueError(f"family {name!r}: register a DiffusionLM subclass, got {cls!r}.")
+        taken = [t for t in model_types if MODEL_TYPES.get(t.lower(), name) != name]
+        if taken:
+            raise ValueError(f"family {name!r}: model_type {taken[0]!r} belongs to family "
+                             f"{MODEL_TYPES[taken[0].lower()]!r}.")
+        FAMILIES.register(name, cls, origin=origin_of(cls), builtin=builtin)
         for t in model_types:
             MODEL_TYPES[t.lower()] = name
         return cls
     return wrap
 
 
-from .diffusion_gemma import MODEL_TYPES as DIFFUSION_GEMMA_TYPES, DiffusionGemma  # noqa: E402
+def get_family(name: str) -> type[DiffusionLM]:
+    """The adapter class registered as ``name`` (a ``ValueError`` naming the available ones otherwise)."""
+    return FAMILIES.get(name)
 
-register_family("diffusion_gemma", model_types=DIFFUSION_GEMMA_TYPES)(DiffusionGemma)
+
+def list_families() -> list[str]:
+    """Every registered family, built-ins first."""
+    return FAMILIES.names()
 
 
-def family_class(name: str) -> type[DiffusionLM]:
-    if name not in FAMILIES:
-        close = difflib.get_close_matches(name, FAMILIES, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown model family {name!r}.{hint} Available: {sorted(FAMILIES)}.")
-    return FAMILIES[name]
+for _name, _cls, _types in (("hf_mlm", HFMaskedLM, ()), ("dream", Dream, ("dream",)),
+                            ("llada", LLaDA, ("llada", *LLaDA.MOE_MODEL_TYPES)),  # LLaDA-MoE: refused by the adapter
+                            ("diffusion_gemma", DiffusionGemma, DIFFUSION_GEMMA_TYPES)):
+    register_family(_name, _types, builtin=True)(_cls)
 
 
 def detect_family(name_or_path: str | Path | dict, revision: str | None = None) -> str:
@@ -63,7 +73,7 @@ def detect_family(name_or_path: str | Path | dict, revision: str | None = None) 
         return "hf_mlm"
     where = name_or_path if not isinstance(name_or_path, dict) else "this config"
     raise ValueError(f"Cannot tell the model family of {where!r} (model_type={model_type!r}, "
-                     f"architectures={archs}); pass `family=` one of {sorted(FAMILIES)}.")
+                     f"architectures={archs}); pass `family=` one of {list_families()}.")
 
 
 def load_diffusion_lm(name_or_path: str | Path, *, family: str | None = None, dtype=None, device=None,
@@ -84,5 +94,5 @@ def load_diffusion_lm(name_or_path: str | Path, *, family: str | None = None, dt
             config.json, missing or truncated weights, a tokenizer that cannot be the model's, a RoPE type
             the adapter does not implement, or weights that do not fit.
     """
-    cls = family_class(family or detect_family(name_or_path, kwargs.get("revision")))
+    cls = get_family(family or detect_family(name_or_path, kwargs.get("revision")))
     return cls.from_pretrained(name_or_path, dtype=dtype, device=device, device_map=device_map, **kwargs)

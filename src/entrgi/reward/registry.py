@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..registry import REWARD_LOADERS, origin_of, unknown_name_message
+from ..registry import REWARD_KINDS, origin_of, unknown_name_message
 
 #: ``loader(target, *, device, dtype, device_map, template, gradient_checkpointing) -> reward``; a loader may take
 #: ``**options`` and use only what applies to it.
@@ -42,13 +42,18 @@ def register_reward(name: str, loader: RewardLoader | None = None):
     if not callable(loader):
         raise ValueError(f"the loader of reward kind {name!r} must be a function (target, **options) -> reward, "
                          f"got {type(loader).__name__}.")
-    REWARD_LOADERS.register(name, loader, origin=origin_of(loader))
+    REWARD_KINDS.register(name, loader, origin=origin_of(loader))
     return loader
 
 
-def reward_kinds() -> list[str]:
-    """Every registered kind, built-ins first."""
-    return REWARD_LOADERS.names()
+def get_reward(kind: str) -> RewardLoader:
+    """The loader registered for reward kind ``kind`` (``ValueError`` naming the available ones otherwise)."""
+    return REWARD_KINDS.get(kind)
+
+
+def list_rewards() -> list[str]:
+    """Every registered reward kind, built-ins first."""
+    return REWARD_KINDS.names()
 
 
 _NUMBER = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
@@ -110,7 +115,7 @@ def split_reward_spec(spec: str) -> tuple[str, str]:
     """``(kind, target)`` of a reward spelling: ``KIND:TARGET`` for a registered kind; an existing path or a hub
     id (no colon) is ``hf``. A ``word:...`` that names no kind and no file is a ``ValueError``."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"reward {spec!r}: give a path or hub id, or KIND:TARGET with KIND one of {reward_kinds()}.")
+        raise ValueError(f"reward {spec!r}: give a path or hub id, or KIND:TARGET with KIND one of {list_rewards()}.")
     spec = spec.strip()
     terms = split_composite_spec(spec)
     if terms is not None:
@@ -120,11 +125,11 @@ def split_reward_spec(spec: str) -> tuple[str, str]:
     kind, sep, target = spec.partition(":")
     if not sep or len(kind) == 1 or Path(spec).exists():  # no kind, a Windows drive letter, or a file named so
         return DEFAULT_KIND, spec
-    if kind in REWARD_LOADERS:
+    if kind in REWARD_KINDS:
         if not target.strip():
             raise ValueError(f"reward {spec!r}: nothing after {kind + ':'!r}; give {kind}:TARGET.")
         return kind, target.strip()
-    raise ValueError(f"reward {spec!r}: " + unknown_name_message("reward kind", kind, reward_kinds())
+    raise ValueError(f"reward {spec!r}: " + unknown_name_message("reward kind", kind, list_rewards())
                      + " A path or hub id needs no prefix.")
 
 
@@ -135,7 +140,7 @@ def load_reward(spec: str, *, device=None, dtype=None, device_map=None, template
     if kind == COMPOSITE_KIND:
         return _composite(target, device=device, dtype=dtype, device_map=device_map, template=template,
                           gradient_checkpointing=gradient_checkpointing)
-    return REWARD_LOADERS.get(kind)(target, device=device, dtype=dtype, device_map=device_map, template=template,
+    return REWARD_KINDS.get(kind)(target, device=device, dtype=dtype, device_map=device_map, template=template,
                                     gradient_checkpointing=gradient_checkpointing)
 
 
@@ -178,7 +183,7 @@ def _composite(spec: str, *, gradient_checkpointing=False, **options):
 
 
 for _name, _loader in (("hf", _hf), ("text", _text), ("likelihood", _likelihood)):
-    REWARD_LOADERS.register(_name, _loader, origin=__name__, builtin=True)
+    REWARD_KINDS.register(_name, _loader, origin=__name__, builtin=True)
 
-__all__ = ["COMPOSITE_KIND", "DEFAULT_KIND", "composite_spec", "load_reward", "register_reward", "reward_kinds",
+__all__ = ["COMPOSITE_KIND", "DEFAULT_KIND", "composite_spec", "get_reward", "list_rewards", "load_reward", "register_reward",
            "split_composite_spec", "split_reward_spec"]

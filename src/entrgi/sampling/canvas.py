@@ -1,102 +1,86 @@
-"""Reward-guided canvas sampling for block diffusion models with uniform-noise canvases (DiffusionGemma).
+"""The canvas transition of block diffusion models with uniform-noise canvases (DiffusionGemma).
 
-The loop is the native ``DiffusionGemmaGenerationMixin.generate`` of transformers, step for step (the same
-encoder / decoder calls, the native ``EntropyBoundSampler``, temperature schedule and stopping criteria, the
-same random calls in the same order): canvases of ``canvas_length`` random tokens are refined one after
-another; at each denoising step the decoder's logits are tempered, a canvas is drawn from them, the
-lowest-entropy tokens are accepted (entropy bound) and the rest renoised. Guidance adds one thing, before the
-acceptance rule: the tempered logits of the slots *not accepted at the previous step* are optimised with the
-library's inner loop (:func:`entrgi.guidance.inner_loop.guide_logits`: the guidance rule's mix of soft and
-hard RM embeddings, w from their entropy) on the RM's view of the response so far (finished canvases and the
-current one, through the vocabulary bridge). Method ``none`` reproduces the native ``generate`` exactly.
-docs/models.md, "DiffusionGemma".
+The same step as every family (forward → guide → draw → choose → commit), with DiffusionGemma's own stages, step
+for step the native ``DiffusionGemmaGenerationMixin.generate`` (through the adapter's seam,
+:class:`~entrgi.models.diffusion_gemma.NativeCanvasLoop`): canvases of ``canvas_length`` random tokens are refined
+one after another; at a step the decoder's logits are tempered (the t_max -> t_min schedule), a canvas is drawn from
+them, the lowest-entropy tokens are accepted (the entropy bound) and the rest renoised; the adaptive stop ends a
+canvas early. Guidance adds one thing before the draw: the tempered logits of the slots not accepted at the previous
+step are optimised by the common guidance stage, on the RM's view of the response so far (the finished canvases and
+the current one). Rule ``none`` reproduces the native ``generate`` exactly. docs/models.md, "DiffusionGemma".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_float, check_int
-from ..errors import NonFiniteError
-from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
-from ..guidance.schedules import ran_values
+from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
 from ..models.base import DiffusionLM
-from ..ops.rng import RowStreams, row_seed
-from ..reward.base import RewardBatch, RewardModel, left_pad
-from ..reward.vocab import VocabBridge
-from .outputs import ComputeStats, GenerationOutput, StepTrace, collect_output, rm_call_tokens, rm_recomputes_forward
-from .state import Row
+from .state import DenoisingState
 
-#: SamplerConfig fields the canvas sampler reads (``steps`` and ``temperature`` only when changed, see
-#: :meth:`CanvasConfig.from_sampler`); every other field must keep its default.
-SAMPLER_FIELDS = ("max_new_tokens", "num_samples", "seed", "batch_size", "steps", "temperature")
-#: GuidanceConfig fields (the guidance schedules) that the canvas sampler does not implement.
+#: SamplerConfig fields the canvas transition reads (``temperature`` only as 0 = argmax canvases); every other
+#: field must keep its default.
+SAMPLER_FIELDS = ("max_new_tokens", "num_samples", "seed", "batch_size", "steps", "temperature", "entropy_bound",
+                  "t_min", "t_max", "stability_threshold", "confidence_threshold")
+#: GuidanceConfig fields (the guidance schedules) the canvas transition does not implement.
 UNSUPPORTED_GUIDANCE = ("guide_every", "guide_until", "guide_min_weight", "guide_carry")
+#: The native generation config's names of the canvas fields.
+NATIVE_NAMES = {"steps": "max_denoising_steps", "max_new_tokens": "max_new_tokens", "entropy_bound": "entropy_bound",
+                "t_min": "t_min", "t_max": "t_max", "stability_threshold": "stability_threshold",
+                "confidence_threshold": "confidence_threshold"}
 
 
-def _opt(help_text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help_text})
+@dataclass
+class CanvasState:
+    """The canvas transition's part of a :class:`~entrgi.sampling.state.DenoisingState`.
+
+    Attributes:
+        loop: the native loop of the batch (the adapter's seam).
+        canvas: the index of the current canvas; step: the step within it.
+        current: (B, C) the canvas the decoder reads; argmax: (B, C) its argmax tokens so far.
+        sc_logits: (B, C, V) the self-conditioning logits (None at a canvas's first step).
+        accepted: (B, C) the slots accepted at the previous step (none at a canvas's first step).
+        finished: (B,) the rows whose denoising of this canvas stopped (adaptive stop).
+        active: (B,) the rows the current step runs for; proposal_canvas: the accepted canvas between choose
+            and commit.
+    """
+
+    loop: Any
+    current: torch.Tensor
+    argmax: torch.Tensor
+    sc_logits: torch.Tensor | None
+    accepted: torch.Tensor
+    finished: torch.Tensor
+    canvas: int = 0
+    step: int = 0
+    active: torch.Tensor | None = None
+    proposal_canvas: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
-class CanvasConfig:
-    """Settings of the canvas sampler; the native ``DiffusionGemmaGenerationConfig`` names, ``None`` = the
-    model's generation config (its ``generation_config.json``, else the native defaults)."""
+class CanvasTransition:
+    """DiffusionGemma's stages of the denoising step (see the module docstring). One instance serves the batches
+    of one run: the global random stream, seeded with ``sampler.seed`` at the first batch, carries over them as
+    in one native ``generate`` call under ``torch.manual_seed(seed)``."""
 
-    max_new_tokens: int = _opt("Response length: ceil(this / canvas_length) canvases (all their tokens are "
-                               "returned, as natively).", 256)
-    max_denoising_steps: int | None = _opt("Denoising steps per canvas at most (native default 48).")
-    entropy_bound: float | None = _opt("EntropyBoundSampler bound: accept the lowest-entropy tokens while "
-                                       "sum(H) - max(H) <= this (native default 0.1).")
-    t_min: float | None = _opt("Temperature at the last denoising step (native default 0.4).")
-    t_max: float | None = _opt("Temperature at the first denoising step (native default 0.8).")
-    stability_threshold: int | None = _opt("Adaptive stop: steps the argmax canvas must stay unchanged "
-                                           "(native default 1).")
-    confidence_threshold: float | None = _opt("Adaptive stop: mean entropy of the tempered logits below this "
-                                              "(native default 0.005).")
-    greedy: bool = _opt("Draw each canvas as the argmax of the (guided) tempered logits instead of sampling "
-                        "(the renoising stays random).", False)
-    num_samples: int = _opt("Trajectories K per prompt.", 1)
-    seed: int = _opt("Seed of the torch generator the canvas noise and draws use (as torch.manual_seed(seed) "
-                     "before the native generate).", 0)
-    batch_size: int | None = _opt("Rows per native batch (None = all at once); results depend on the batch.")
+    name = "canvas"
+    tracks_reward = False
 
-    def __post_init__(self) -> None:
-        check_int("max_new_tokens", self.max_new_tokens, 1)
-        if self.max_denoising_steps is not None:
-            check_int("max_denoising_steps", self.max_denoising_steps, 1)
-        if self.entropy_bound is not None:
-            check_float("entropy_bound", self.entropy_bound, 0.0, low_open=True)
-        for name in ("t_min", "t_max"):
-            if getattr(self, name) is not None:
-                check_float(name, getattr(self, name), 0.0)
-        if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
-            raise ValueError(f"`t_max` ({self.t_max}) must be > `t_min` ({self.t_min}).")
-        if self.stability_threshold is not None:
-            check_int("stability_threshold", self.stability_threshold, 0)
-        if self.confidence_threshold is not None:
-            check_float("confidence_threshold", self.confidence_threshold, 0.0, low_open=True)
-        if not isinstance(self.greedy, bool):
-            raise ValueError(f"`greedy` must be True or False, got {self.greedy!r}.")
-        check_int("num_samples", self.num_samples, 1)
-        check_int("seed", self.seed, 0)
-        if self.batch_size is not None:
-            check_int("batch_size", self.batch_size, 1)
+    def __init__(self, model: DiffusionLM):
+        self.model = model
+        self.rng_state: tuple | None = None
+        self.seed: int | None = None
 
-    @classmethod
-    def from_sampler(cls, sampler: SamplerConfig, **canvas: Any) -> CanvasConfig:
-        """The canvas settings of a :class:`~entrgi.config.SamplerConfig` (plus ``canvas`` fields): its
-        ``max_new_tokens``, ``num_samples``, ``seed``, ``batch_size``; ``steps`` when changed from its default
-        is ``max_denoising_steps``; ``temperature`` 0 is ``greedy`` (another changed value is an error: the
-        temperature is the t_max -> t_min schedule). Any other changed field raises ``ValueError``."""
+    # ---- checks and set-up ----------------------------------------------------------------------------------
+    def check(self, sampler: SamplerConfig, guidance: GuidanceConfig | None = None) -> None:
+        """``ValueError`` for settings that do not apply to canvases (masks, remasking, blocks, KV-cache modes,
+        a temperature other than 0 or the schedule's, the guidance schedules)."""
         default = SamplerConfig()
         changed = [(f.name, getattr(sampler, f.name), getattr(default, f.name)) for f in dataclasses.fields(sampler)
                    if f.name not in SAMPLER_FIELDS and getattr(sampler, f.name) != getattr(default, f.name)]
@@ -105,333 +89,182 @@ class CanvasConfig:
             raise ValueError(f"{what}: does not apply to the canvas sampler of DiffusionGemma (entropy-bound "
                              "acceptance of random-token canvases: no masks, remasking, blocks or KV-cache modes); "
                              "leave it at its default (docs/models.md, DiffusionGemma).")
-        kw: dict[str, Any] = dict(max_new_tokens=sampler.max_new_tokens, num_samples=sampler.num_samples,
-                                  seed=sampler.seed, batch_size=sampler.batch_size)
-        if sampler.steps != default.steps:
-            given = canvas.get("max_denoising_steps")
-            if given is not None and given != sampler.steps:
-                raise ValueError(f"`steps` ({sampler.steps}) and `max_denoising_steps` ({given}) disagree: for "
-                                 "DiffusionGemma they are the same setting, give one.")
-            kw["max_denoising_steps"] = sampler.steps
-        if sampler.temperature == 0:
-            kw["greedy"] = True
-        elif sampler.temperature != default.temperature:
+        if sampler.temperature not in (0, default.temperature):
             raise ValueError(f"`temperature` = {sampler.temperature}: DiffusionGemma's temperature follows the "
                              "schedule t_max -> t_min over the denoising steps; set `t_min` / `t_max` (CLI --t-min, "
                              "--t-max) instead, or `temperature` 0 for greedy draws.")
-        kw.update(canvas)
-        return cls(**kw)
+        if guidance is not None:
+            base = GuidanceConfig()
+            for name in UNSUPPORTED_GUIDANCE:
+                if getattr(guidance, name) != getattr(base, name):
+                    raise ValueError(f"`{name}` = {getattr(guidance, name)!r} does not apply to the canvas sampler of "
+                                     f"DiffusionGemma (it guides every denoising step): leave it at "
+                                     f"{getattr(base, name)!r}.")
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        """The fields set here as ``DiffusionGemmaGenerationConfig`` keyword arguments."""
-        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+    def resolve_guidance(self, guidance: GuidanceConfig, sampler: SamplerConfig) -> ResolvedGuidance:
+        """The logits guided are already tempered by the schedule and drawn from in full: ``None`` means 1.0 for
+        both temperatures and for the hard sample's top-p."""
+        one = lambda v: 1.0 if v is None else v  # noqa: E731
+        return ResolvedGuidance(guidance, relaxation_temperature=one(guidance.relaxation_temperature),
+                                entropy_temperature=one(guidance.entropy_temperature),
+                                hard_top_p=one(guidance.hard_top_p), top_k=None)
 
-        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
-        for name in ("max_denoising_steps", "t_min", "t_max", "stability_threshold", "confidence_threshold"):
-            if getattr(self, name) is not None:
-                kw[name] = getattr(self, name)
-        if self.entropy_bound is not None:
-            kw["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(self.entropy_bound))
-        return kw
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def is_canvas_model(model) -> bool:
-    """True for adapters sampled by this module (``sampling_loop = "canvas"``, e.g. DiffusionGemma)."""
-    return getattr(model, "sampling_loop", None) == "canvas"
-
-
-def check_guidance(guidance: GuidanceConfig) -> None:
-    """``ValueError`` for guidance options the canvas sampler does not implement (the guidance schedules)."""
-    default = GuidanceConfig()
-    for name in UNSUPPORTED_GUIDANCE:
-        if getattr(guidance, name) != getattr(default, name):
-            raise ValueError(f"`{name}` = {getattr(guidance, name)!r} does not apply to the canvas sampler of "
-                             f"DiffusionGemma (it guides every denoising step): leave it at "
-                             f"{getattr(default, name)!r}.")
-
-
-def resolve_guidance(guidance: GuidanceConfig) -> ResolvedGuidance:
-    """Temperatures and top-p of the inner loop: the logits guided are already tempered by the schedule and
-    drawn from in full, so ``None`` means 1.0 for both temperatures and for the hard sample's top-p."""
-    return ResolvedGuidance(
-        guidance,
-        relaxation_temperature=1.0 if guidance.relaxation_temperature is None else guidance.relaxation_temperature,
-        entropy_temperature=1.0 if guidance.entropy_temperature is None else guidance.entropy_temperature,
-        hard_top_p=1.0 if guidance.hard_top_p is None else guidance.hard_top_p, top_k=None)
-
-
-class CanvasSampler:
-    """The canvas loop of one :class:`~entrgi.models.diffusion_gemma.DiffusionGemma` adapter, with an optional
-    reward model and the vocabulary bridge between them."""
-
-    def __init__(self, model: DiffusionLM, reward: RewardModel | None = None, bridge: VocabBridge | None = None):
-        if not is_canvas_model(model):
-            raise ValueError(f"the canvas sampler needs a canvas (block diffusion) adapter such as DiffusionGemma, "
-                             f"got {type(model).__name__}: pass a SamplerConfig, not a CanvasConfig, for it.")
-        self.model = model
-        self.reward = reward
-        self._bridge = bridge
-
-    @property
-    def bridge(self) -> VocabBridge:
-        if self._bridge is None:
-            self._bridge = VocabBridge.from_tokenizers(self.model.tokenizer, self.reward.tokenizer,
-                                                       self.model.logit_width, exclude=self.model.invalid_token_ids)
-        return self._bridge
-
-    def rows_for(self, prompts: str | Sequence[str], cfg: CanvasConfig) -> list[Row]:
-        """``cfg.num_samples`` rows per prompt, prompt-major (seeds: the guidance's hard-sample streams)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("`prompts` must contain at least one prompt, got an empty list.")
+    def response_length(self, sampler: SamplerConfig) -> int:
+        """Every canvas's slots: ceil(max_new_tokens / C) · C (all returned, as natively)."""
         C = self.model.canvas_length
-        length = math.ceil(cfg.max_new_tokens / C) * C
-        rows = []
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"`prompts[{i}]` must be a non-empty string, got {p!r}.")
-            ids = self.model.encode_prompt(p)
-            limit = self.model.max_length
-            if limit is not None and len(ids) + length > limit:
-                raise ValueError(f"`prompts[{i}]` is {len(ids)} tokens; with {length} new tokens "
-                                 f"(`max_new_tokens` = {cfg.max_new_tokens} in canvases of {C}) that exceeds the "
-                                 f"model's context of {limit} tokens.")
-            for k in range(cfg.num_samples):
-                rows.append(Row(i, k, p, ids, row_seed(cfg.seed, ids, k), row_seed(cfg.seed, ids, k, stream="trace")))
-        return rows
+        return math.ceil(sampler.max_new_tokens / C) * C
 
-    def generate(self, prompts: str | Sequence[str], cfg: CanvasConfig | None = None,
-                 guidance: GuidanceConfig | None = None, *, progress: bool = True,
-                 trace: bool = True) -> GenerationOutput:
-        """Sample ``cfg.num_samples`` responses per prompt (see the module docstring)."""
-        cfg = cfg or CanvasConfig()
-        guidance = guidance or GuidanceConfig()
-        check_guidance(guidance)
-        if guidance.needs_reward and self.reward is None:
-            raise ValueError(f"`reward` is required for method {guidance.method!r} (only method 'none' runs "
-                             "without one).")
-        if guidance.guided and not isinstance(self.reward, RewardModel):
-            raise ValueError(f"method {guidance.method!r} needs a differentiable reward model (a RewardModel), got "
-                             f"{type(self.reward).__name__}.")
-        rg = resolve_guidance(guidance)
-        rows = self.rows_for(prompts, cfg)
-        stats = ComputeStats()
-        start = time.perf_counter()
-        chunk = cfg.batch_size or len(rows)
-        tokens: list[list[int]] = []
-        traces: list[list[StepTrace] | None] = []
-        device = self.model.device
-        fork = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() \
-            else []
-        bar = tqdm(total=len(rows), disable=not progress, desc=f"{guidance.method}", unit="row", leave=False)
-        with torch.random.fork_rng(devices=fork):  # the native loop's global random calls, seeded, then restored
-            torch.manual_seed(cfg.seed)
-            for lo in range(0, len(rows), chunk):
-                batch = rows[lo:lo + chunk]
-                ids, batch_traces = self.run_batch(batch, cfg, rg, stats, trace, device)
-                tokens += ids
-                traces += [t if trace else None for t in batch_traces]
-                bar.update(len(batch))
-        bar.close()
-        texts = [self.model.decode_response(t) for t in tokens]
-        return collect_output(self.model, self.reward, rows, tokens, texts, traces, stats, cfg, guidance, start)
+    def invalid_bias(self, sampler: SamplerConfig, device) -> torch.Tensor:
+        """No id is barred (the native sampler draws from the whole vocabulary)."""
+        return torch.zeros(self.model.logit_width, device=device)
 
-    @torch.no_grad()
-    def run_batch(self, rows: list[Row], cfg: CanvasConfig, rg: ResolvedGuidance, stats: ComputeStats,
-                  trace: bool, device) -> tuple[list[list[int]], list[list[StepTrace]]]:
-        """One native batch: the response ids of ``rows`` (every canvas, pad after the first EOS) and traces.
+    def generation_kwargs(self, sampler: SamplerConfig) -> dict[str, Any]:
+        """The native generation config's fields set by ``sampler`` (None = the checkpoint's own)."""
+        return {native: getattr(sampler, name) for name, native in NATIVE_NAMES.items()
+                if getattr(sampler, name) is not None}
 
-        Mirrors ``DiffusionGemmaGenerationMixin.generate`` (uncompiled path) with the guidance step added."""
-        m = self.model.module
-        gc, _ = m._prepare_generation_config(None, **cfg.generation_kwargs())
-        input_ids, attention_mask = left_pad([r.prompt_ids for r in rows], self.model.pad_token_id, device)
-        attention_mask = attention_mask.bool()
-        B, cur_len = input_ids.shape
-        P = cur_len
-        max_length, max_new_tokens = m._prepare_generated_length(gc, cur_len)
-        C = m.config.canvas_length
-        n_canvases = math.ceil(max_new_tokens / C)
-        finished_sequences = torch.zeros(B, dtype=torch.bool, device=device)
-        cache = m._prepare_cache_for_generation(generation_config=gc, batch_size=B, max_length=max_length)
-        eos_tensor = torch.tensor(gc.eos_token_id, device=device) if gc.eos_token_id is not None else None
-        encoder_position_ids = torch.arange(0, cur_len, dtype=torch.int32, device=device).unsqueeze(0)
-        decoder_position_ids = torch.arange(cur_len, cur_len + C, dtype=torch.int32, device=device).unsqueeze(0)
-        decoder_attention_mask = torch.nn.functional.pad(attention_mask, (0, C), value=True)
-        sampler = m._prepare_sampler(gc)
-        logits_processor = m._prepare_logits_processor(gc, None)
-        stopping_criteria = m._prepare_ar_stopping_criteria(gc, None)
-        diffusion_stop = m._prepare_diffusion_stopping_criteria(gc)
-        embeddings_dtype = m.model.decoder.embed_tokens.weight.dtype
-        V = m.config.text_config.vocab_size
+    def begin(self, state: DenoisingState) -> None:
+        """Start the batch's native loop and its first canvas."""
+        if self.seed is None:
+            self.seed = state.sampler.seed
+        P = state.prompt_length
+        loop = self.model.native_loop(state.x[:, :P], state.attention_mask[:, :P].bool(),
+                                      **self.generation_kwargs(state.sampler))
+        state.transition_state = self.start_canvas(state, loop, 0)
 
-        guide = self._guidance_setup(rows, rg, n_canvases * C, trace, device, stats)
-        if guide is not None:
-            guide["steps"] = n_canvases * gc.max_denoising_steps  # at most (adaptive stopping)
-        traces: list[list[StepTrace]] = [[] for _ in rows]
-        global_step = 0
-        is_prefill = True
-        for canvas_index in range(n_canvases):
-            unprocessed, encoder_mask = m._prepare_encoder_inputs(
-                input_ids=input_ids, attention_mask=attention_mask, encoder_position_ids=encoder_position_ids,
-                cache=cache, is_prefill=is_prefill, canvas_length=C, batch_size=B)
-            cache = m.model.encoder(input_ids=unprocessed, attention_mask=encoder_mask, cache=cache,
-                                    position_ids=encoder_position_ids).cache
-            is_prefill = False
-            stats.dllm_forwards += B
-            stats.dllm_tokens += B * unprocessed.shape[1]
-            current_canvas, sc_logits, mask_mapping, finished_denoising = m._prepare_denoiser_inputs(
-                decoder_attention_mask=decoder_attention_mask, cache=cache, sampler=sampler,
-                diffusion_stopping_criteria=diffusion_stop, batch_size=B, device=device, model_kwargs={})
-            argmax_canvas = current_canvas
-            accepted_before = torch.zeros((B, C), dtype=torch.bool, device=device)  # none before the first step
-            for cur_step in reversed(range(1, gc.max_denoising_steps + 1)):
-                step_t = torch.tensor(cur_step, device=device, dtype=torch.int32)
-                raw = m(decoder_input_ids=current_canvas, self_conditioning_logits=sc_logits,
-                        decoder_attention_mask=mask_mapping, cache=cache,
-                        decoder_position_ids=decoder_position_ids).logits
-                stats.dllm_forwards += B
-                stats.dllm_tokens += B * C
-                stats.dllm_logit_tokens += B * C
-                processed = logits_processor(input_ids, raw, cur_step=step_t)
-                active = ~(finished_denoising | finished_sequences)  # (B,)
-                unaccepted = ~accepted_before & active[:, None]
-                result, w = None, None
-                if guide is not None and unaccepted.any():
-                    prior = processed
-                    processed, result = self._guide(guide, prior, unaccepted, current_canvas, input_ids[:, P:],
-                                                    stats, global_step, cfg)
-                    w = mean_entropy_weight(prior, unaccepted, rg.entropy_temperature).cpu()
-                elif trace:
-                    w = mean_entropy_weight(processed, unaccepted, rg.entropy_temperature).cpu()
-                # the native draw, acceptance and renoising, on the (guided) tempered logits
-                if cfg.greedy:
-                    denoiser_canvas = processed.argmax(-1)
-                else:
-                    probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
-                    denoiser_canvas = torch.multinomial(probs.view(-1, V), num_samples=1).squeeze(-1).view(B, C)
-                new_argmax = torch.argmax(processed, dim=-1)
-                accepted_canvas = sampler.accept_canvas(current_canvas, denoiser_canvas, processed, step_t).clone()
-                accepted_now = sampler.accepted_token_mask.clone()
-                new_current = sampler.renoise_canvas(accepted_canvas, step_t).clone()
-                if diffusion_stop is not None:
-                    if finished_denoising.any():
-                        new_argmax = torch.where(finished_denoising[:, None], argmax_canvas, new_argmax)
-                        new_current = torch.where(finished_denoising[:, None], current_canvas, new_current)
-                        processed = torch.where(finished_denoising[:, None, None], sc_logits, processed)
-                    finished_denoising |= diffusion_stop(new_argmax, processed)
-                sc_logits = processed.to(embeddings_dtype)
-                if trace:
-                    self._trace(traces, active, unaccepted, accepted_now, w, result, global_step, canvas_index)
-                current_canvas, argmax_canvas = new_current, new_argmax
-                accepted_before = torch.where(active[:, None], accepted_now, accepted_before)
-                global_step += 1
-                if torch.all(finished_denoising):
-                    break
-            input_ids = torch.cat([input_ids, argmax_canvas], dim=-1)
-            input_ids, finished_sequences = m._finalize_canvas(
-                input_ids=input_ids, finished_sequences=finished_sequences, generation_config=gc,
-                stopping_criteria=stopping_criteria, canvas_length=C, eos_tensor=eos_tensor)
-            if torch.all(finished_sequences):
-                break
-            cur_len, decoder_attention_mask, attention_mask, encoder_position_ids, decoder_position_ids = (
-                m._prepare_kwargs_for_next_canvas(attention_mask=attention_mask,
-                                                  decoder_attention_mask=decoder_attention_mask,
-                                                  decoder_position_ids=decoder_position_ids, canvas_length=C,
-                                                  cur_len=cur_len))
-        return input_ids[:, P:].tolist(), traces
+    def start_canvas(self, state: DenoisingState, loop: Any, index: int) -> CanvasState:
+        with self.rng():
+            tokens, canvas, sc_logits, finished = loop.start_canvas()
+        state.stats.count_dllm_forward(canvas.shape[0], tokens, 0)
+        accepted = torch.zeros(canvas.shape, dtype=torch.bool, device=canvas.device)  # none before the first step
+        return CanvasState(loop, canvas, canvas, sc_logits, accepted, finished, canvas=index)
 
-    # ---- guidance ---------------------------------------------------------------------------------------
-    def _guidance_setup(self, rows: list[Row], rg: ResolvedGuidance, length: int, trace: bool, device,
-                        stats: ComputeStats) -> dict | None:
-        """The RM layout of the batch (``length`` response slots: every canvas) and the aligned table, or None
-        when the method does not guide."""
-        if not rg.config.guided:
-            return None
-        if rg.config.compile:
-            if not hasattr(self.reward, "enable_compile"):
-                raise ValueError(f"`compile`: {type(self.reward).__name__} has no compiled path (HFRewardModel has).")
-            self.reward.enable_compile()
-        batch = RewardBatch(self.reward, [self.reward.context(r.prompt) for r in rows], length,
-                            prefix_cache=rg.config.prefix_cache)
-        if batch.prefix_cached:
-            stats.rm_forward_tokens += batch.prefix_attention.numel()
-        eos = self.model.eos_ids() or (-1,)
-        return dict(batch=batch, rg=rg, table=self.bridge.rm_table(self.reward.embedding_table(), device),
-                    mapped=self.bridge.mapped.to(device), eos=torch.tensor(eos, device=device),
-                    streams=RowStreams([r.seed for r in rows], device),
-                    samples=[(r.prompt_index, r.sample_index) for r in rows],
-                    trace_streams=RowStreams([r.trace_seed for r in rows], device) if trace else None)
-
-    def _guide(self, g: dict, logits: torch.Tensor, masked: torch.Tensor, canvas: torch.Tensor,
-               previous: torch.Tensor, stats: ComputeStats, step: int, cfg: CanvasConfig):
-        """Guided copy of ``logits`` (B, C, V) at ``masked`` and the inner loop's result; the RM reads the
-        finished canvases ``previous`` (B, k·C), then the current canvas, the later slots unattended."""
-        batch, table, mapped, eos = g["batch"], g["table"], g["mapped"], g["eos"]
-        B, C = canvas.shape
-        prev_embeds = table[previous]
-        prev_attn = response_attention(previous, torch.zeros_like(previous, dtype=torch.bool), eos, mapped)
-        tail = batch.response_length - previous.shape[1] - C
-
-        def score(resp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-            embeds = torch.cat([prev_embeds.to(resp.dtype), resp, resp.new_zeros((B, tail, resp.shape[-1]))], 1)
-            full = torch.cat([prev_attn, attn, attn.new_zeros((B, tail))], 1)
-            return batch.score(embeds, full)
-
-        with torch.enable_grad():
+    @contextmanager
+    def rng(self) -> Iterator[None]:
+        """The run's own global random stream (the native loop draws from the global generator)."""
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and \
+            torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            if self.rng_state is None:
+                torch.manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self.rng_state[0])
+                for d, s in zip(devices, self.rng_state[1]):
+                    torch.cuda.set_rng_state(s, d)
             try:
-                result = guide_logits(logits, masked, canvas, score, table, mapped, g["rg"], eos, g["streams"],
-                                      g["trace_streams"])
-            except NonFiniteError as e:
-                raise e.located(step, g["steps"], g["samples"]) from None
-        self._count(g, result, int(masked.sum()), B, stats)
-        return result.logits, result
+                yield
+            finally:
+                self.rng_state = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices])
 
-    def _count(self, g: dict, result, n_masked: int, B: int, stats: ComputeStats) -> None:
-        """Cost of one inner loop (docs/performance.md, "Cost count"), as the masked sampler counts it."""
-        config = g["rg"].config
-        F = config.inner_steps if result.forwards is None else result.forwards
-        M = config.inner_steps if result.backwards is None else result.backwards
-        V, d = g["table"].shape
-        width = min(config.soft_top_k, V) if config.soft_top_k is not None else V
-        stats.count_inner_loop(B, rm_call_tokens(g["batch"]), n_masked, width, d, F, M,
-                               extra=int(g["trace_streams"] is not None), recompute=rm_recomputes_forward(self.reward))
+    # ---- the counters ---------------------------------------------------------------------------------------
+    def block(self, state: DenoisingState) -> int:
+        """The current canvas."""
+        return state.transition_state.canvas
 
-    @staticmethod
-    def _trace(traces, active, unaccepted, accepted, w, result, step: int, canvas_index: int) -> None:
-        guided = unaccepted.any(-1).tolist() if result is not None else [False] * len(traces)
-        for b in range(len(traces)):
-            if not bool(active[b]):
-                continue
-            committed = accepted[b].nonzero().flatten().tolist()
-            traces[b].append(StepTrace(
-                step=step, block=canvas_index, masked=int(unaccepted[b].sum()), committed=committed,
-                entropy_weight=None if w is None or torch.isnan(w[b]) else float(w[b]),
-                rewards=ran_values(result.rewards[b]) if guided[b] else [],
-                grad_norms=ran_values(result.grad_norms[b]) if guided[b] else [],
-                num_committed=len(committed), guided=guided[b]))
+    def max_steps(self, state: DenoisingState) -> int:
+        loop = state.transition_state.loop
+        return loop.n_canvases * loop.max_denoising_steps
+
+    def schedule_step(self, state: DenoisingState) -> int:
+        return state.transition_state.step
+
+    def open_slots(self, state: DenoisingState) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        """(the slots not accepted at the previous step of the rows still denoising (B, C), the same as candidates,
+        the current canvas's window)."""
+        cs = state.transition_state
+        cs.active = ~(cs.finished | cs.loop.finished_sequences)
+        open_ = ~cs.accepted & cs.active[:, None]
+        C = cs.loop.canvas_length
+        return open_, open_, slice(cs.canvas * C, (cs.canvas + 1) * C)
+
+    def idle(self, state: DenoisingState, candidates: torch.Tensor) -> bool:
+        """Never: a canvas step runs for its active rows until the adaptive stop or the last step ends it."""
+        return False
+
+    def active_rows(self, state: DenoisingState) -> torch.Tensor:
+        """(B,) the rows still denoising the current canvas."""
+        return state.transition_state.active.cpu()
+
+    def window_ids(self, state: DenoisingState) -> torch.Tensor:
+        return state.transition_state.current
+
+    def rm_score(self, state: DenoisingState):
+        cs = state.transition_state
+        return state.reward_view.window_score(cs.loop.response_ids(), cs.loop.canvas_length)
+
+    def native_step(self, state: DenoisingState) -> torch.Tensor:
+        """The native loop's step counter (it counts down from ``max_denoising_steps`` to 1)."""
+        cs = state.transition_state
+        return torch.tensor(cs.loop.max_denoising_steps - cs.step, device=cs.current.device, dtype=torch.int32)
+
+    # ---- the stages -----------------------------------------------------------------------------------------
+    def forward(self, state: DenoisingState, masked: torch.Tensor) -> torch.Tensor:
+        """The decoder's tempered logits of the current canvas (B, C, V); counted in ``state.stats``."""
+        cs = state.transition_state
+        logits = cs.loop.logits(cs.current, cs.sc_logits, self.native_step(state))
+        B, C = cs.current.shape
+        state.stats.count_dllm_forward(B, C, C)
+        return logits
+
+    def draw(self, state: DenoisingState, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """A whole canvas (B, C) from the (guided) tempered logits: sampled, or their argmax at ``temperature`` 0."""
+        if state.sampler.temperature == 0:
+            return logits.argmax(-1)
+        B, C, V = logits.shape
+        with self.rng():
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            return torch.multinomial(probs.view(-1, V), num_samples=1).squeeze(-1).view(B, C)
+
+    def choose(self, state: DenoisingState, logits: torch.Tensor, guided: torch.Tensor, candidates: torch.Tensor,
+               drawn: torch.Tensor) -> torch.Tensor:
+        """The slots the entropy bound accepts (B, C), on the (guided) tempered logits."""
+        cs = state.transition_state
+        cs.proposal_canvas, accepted = cs.loop.accept(cs.current, drawn, guided, self.native_step(state))
+        return accepted
+
+    def commit(self, state: DenoisingState, commit: torch.Tensor, candidates: torch.Tensor, drawn: torch.Tensor,
+               guided: torch.Tensor) -> torch.Tensor:
+        """Renoise the slots not accepted, update the adaptive stop and the self-conditioning logits; returns the
+        drawn canvas (B, C)."""
+        cs, loop = state.transition_state, state.transition_state.loop
+        new_argmax = guided.argmax(-1)
+        with self.rng():
+            new_current = loop.renoise(cs.proposal_canvas, self.native_step(state))
+        processed = guided
+        if loop.adaptive_stop:
+            if cs.finished.any():
+                new_argmax = torch.where(cs.finished[:, None], cs.argmax, new_argmax)
+                new_current = torch.where(cs.finished[:, None], cs.current, new_current)
+                processed = torch.where(cs.finished[:, None, None], cs.sc_logits, processed)
+            cs.finished |= loop.stopped(new_argmax, processed)
+        cs.sc_logits = processed.to(loop.embeddings_dtype)
+        cs.accepted = torch.where(cs.active[:, None], commit, cs.accepted)
+        cs.current, cs.argmax = new_current, new_argmax
+        C = loop.canvas_length
+        state.response[:, cs.canvas * C:(cs.canvas + 1) * C] = new_argmax
+        return drawn
+
+    def advance(self, state: DenoisingState) -> None:
+        """Next step; at a canvas's end (adaptive stop, or its last step) finish it and start the next."""
+        cs, loop = state.transition_state, state.transition_state.loop
+        state.step += 1
+        cs.step += 1
+        if not (bool(torch.all(cs.finished)) or cs.step >= loop.max_denoising_steps):
+            return
+        all_done = loop.finish_canvas(cs.argmax)
+        C = loop.canvas_length
+        state.response[:, cs.canvas * C:(cs.canvas + 1) * C] = loop.input_ids[:, -C:]
+        if all_done or cs.canvas + 1 >= loop.n_canvases:
+            state.finished = True
+            return
+        state.transition_state = self.start_canvas(state, loop, cs.canvas + 1)
+
+    def skip_block(self, state: DenoisingState) -> None:
+        raise AssertionError("a canvas step is never idle")
+
+    def tokens(self, state: DenoisingState) -> list[list[int]]:
+        """Every finished canvas of every row (pad after the first EOS), as the native ``generate`` returns them."""
+        return state.transition_state.loop.response_ids().tolist()
 
 
-def generate_canvas(model: DiffusionLM, prompts: str | Sequence[str], reward: RewardModel | None = None, *,
-                    sampler: CanvasConfig | SamplerConfig | None = None, guidance: GuidanceConfig | None = None,
-                    bridge: VocabBridge | None = None, progress: bool = True, trace: bool = True,
-                    track_reward: bool = False, callback=None) -> GenerationOutput:
-    """:func:`entrgi.generate` for a canvas adapter (DiffusionGemma): ``sampler`` a :class:`CanvasConfig`, or
-    a :class:`~entrgi.config.SamplerConfig` read by :meth:`CanvasConfig.from_sampler`. ``track_reward`` and
-    ``callback`` (masked-sampler step outputs) do not apply and raise ``ValueError``."""
-    if track_reward:
-        raise ValueError("`track_reward` does not apply to the canvas sampler of DiffusionGemma: leave it False.")
-    if callback is not None:
-        raise ValueError("`callback` (masked-sampler StepOutput) does not apply to the canvas sampler of "
-                         "DiffusionGemma: use `trace=True` and read `Sample.trace`.")
-    canvas = CanvasSampler(model, reward, bridge)
-    if sampler is None or isinstance(sampler, SamplerConfig):
-        sampler = CanvasConfig.from_sampler(sampler or SamplerConfig())
-    elif not isinstance(sampler, CanvasConfig):
-        raise ValueError(f"`sampler` must be a CanvasConfig or a SamplerConfig, got {type(sampler).__name__}.")
-    return canvas.generate(prompts, sampler, guidance, progress=progress, trace=trace)
-
-
-__all__ = ["CanvasConfig", "CanvasSampler", "check_guidance", "generate_canvas", "is_canvas_model"]
+__all__ = ["CanvasState", "CanvasTransition"]

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from ..config import GuidanceConfig, SamplerConfig
+from ..config import GuidanceConfig, SamplerConfig, SearchConfig, method_name
 from ..errors import check_rewards
 
 
@@ -105,6 +105,21 @@ class ComputeStats:
         input gradients only (the models are frozen); a multiply-add is 2 FLOPs (docs/performance.md)."""
         return (2 * n_dllm * self.dllm_tokens + 2 * n_dllm_head * self.dllm_logit_tokens
                 + 2 * n_rm * (self.rm_forward_tokens + self.rm_backward_tokens) + 2 * self.soft_embedding_macs)
+
+    def count_dllm_forward(self, rows: int, tokens: int, logit_tokens: int) -> None:
+        """Add one DLLM forward of ``rows`` rows, each running ``tokens`` positions and its output layer on
+        ``logit_tokens`` response slots."""
+        self.dllm_forwards += rows
+        self.dllm_tokens += rows * tokens
+        self.dllm_logit_tokens += rows * logit_tokens
+
+    def move_rm_forward(self, to: ComputeStats, rows: int, tokens: int) -> None:
+        """Move one RM forward of ``rows`` rows and ``tokens`` tokens from these counts to ``to`` (work an observer
+        did that the method then used: the ``track_reward`` estimate that weighs particles)."""
+        self.rm_forwards -= rows
+        self.rm_forward_tokens -= tokens
+        to.rm_forwards += rows
+        to.rm_forward_tokens += tokens
 
     def count_inner_loop(self, rows: int, call_tokens: int, n_masked: int, width: int, d: int, forwards: int,
                          backwards: int, extra: int = 0, recompute: bool = False) -> None:
@@ -205,12 +220,15 @@ def rescore_tokens(reward, prompts: Sequence[str], texts: Sequence[str], batch_s
 
 @dataclass
 class GenerationOutput:
-    """``samples[i][k]``: sample k of prompt i."""
+    """``samples[i][k]``: sample k of prompt i; ``stats``: the method's compute; ``observer_stats``: what watching it
+    added (the trace's extra evaluations, the ``track_reward`` estimates), not in ``stats.flops``."""
 
     samples: list[list[Sample]]
     sampler: SamplerConfig
     guidance: GuidanceConfig
     stats: ComputeStats
+    search: SearchConfig = field(default_factory=SearchConfig)
+    observer_stats: ComputeStats = field(default_factory=ComputeStats)
 
     def best(self, prompt_index: int) -> Sample:
         """The highest-reward sample of a prompt (Best-of-N / Top@1's pick)."""
@@ -231,13 +249,16 @@ class GenerationOutput:
         return {
             "sampler": self.sampler.to_dict(),
             "guidance": self.guidance.to_dict(),
+            "search": self.search.to_dict(),
             "stats": asdict(self.stats),
+            "observer_stats": asdict(self.observer_stats),
             "samples": [[s.to_dict(with_trace) for s in g] for g in self.samples],
         }
 
 
 def collect_output(model, reward, rows, tokens: list[list[int]], texts: list[str], traces: list, stats: ComputeStats,
-                   sampler, guidance: GuidanceConfig, start: float) -> GenerationOutput:
+                   sampler, guidance: GuidanceConfig, start: float, *, search: SearchConfig | None = None,
+                   observer_stats: ComputeStats | None = None) -> GenerationOutput:
     """The samplers' common end: re-score the decoded ``texts`` with ``reward`` (checked finite, counted in
     ``stats``), price ``stats`` in FLOPs, stamp the wall time since ``start`` (``time.perf_counter()``) and group
     the samples by prompt. ``rows`` carry ``prompt_index``, ``sample_index`` and ``prompt``."""
@@ -245,14 +266,17 @@ def collect_output(model, reward, rows, tokens: list[list[int]], texts: list[str
     if reward is not None:
         prompts = [r.prompt for r in rows]
         scores = reward.score_texts(prompts, texts)
-        check_rewards(scores, "the re-score of the decoded samples", guidance.method,
+        check_rewards(scores, "the re-score of the decoded samples", method_name(guidance, search),
                       [(r.prompt_index, r.sample_index) for r in rows])
         rewards = scores.tolist()
         stats.rm_forwards += len(rows)
         stats.rm_forward_tokens += rescore_tokens(reward, prompts, texts)
-    stats.flops = stats.estimate_flops(*cost_parameters(model, reward))
+    params = cost_parameters(model, reward)
+    stats.flops = stats.estimate_flops(*params)
+    observer_stats = observer_stats or ComputeStats()
+    observer_stats.flops = observer_stats.estimate_flops(*params)
     stats.wall_time_s = time.perf_counter() - start
     samples: list[list[Sample]] = [[] for _ in range(max(r.prompt_index for r in rows) + 1)]
     for r, t, txt, rew, tr in zip(rows, tokens, texts, rewards, traces):
         samples[r.prompt_index].append(Sample(r.prompt_index, r.sample_index, r.prompt, txt, t, rew, tr))
-    return GenerationOutput(samples, sampler, guidance, stats)
+    return GenerationOutput(samples, sampler, guidance, stats, search or SearchConfig(), observer_stats)

@@ -36,7 +36,7 @@ def register_remasking_rule(rule: str | RemaskingRule, confidence: ConfidenceFn 
                             needs_uniforms: bool = False, description: str = ""):
     """Register a remasking rule; the same three spellings as
     :func:`~entrgi.guidance.rules.register_guidance_rule` (a :class:`RemaskingRule`, a name and a function, or
-    a decorator). Built-in names, ``origin`` and the alias ``anchored`` cannot be taken."""
+    a decorator). Built-in names, ``origin`` and ``anchored`` (APS's remasking) cannot be taken."""
     if isinstance(rule, RemaskingRule):
         if confidence is not None:
             raise ValueError("give either a RemaskingRule or a name and a confidence function, not both.")
@@ -58,7 +58,7 @@ def get_remasking_rule(name: str | RemaskingRule) -> RemaskingRule:
     return name if isinstance(name, RemaskingRule) else REMASKING_RULES.get(name)
 
 
-def remasking_rule_names() -> list[str]:
+def list_remasking_rules() -> list[str]:
     """Every registered rule, built-ins first (``origin`` is not one: it has no confidence)."""
     return REMASKING_RULES.names()
 
@@ -100,4 +100,4 @@ for _rule in (
 ):
     REMASKING_RULES.register(_rule.name, _rule, origin=__name__, builtin=True)
 
-__all__ = ["RemaskingRule", "get_remasking_rule", "probabilities", "register_remasking_rule", "remasking_rule_names"]
+__all__ = ["RemaskingRule", "get_remasking_rule", "probabilities", "register_remasking_rule", "list_remasking_rules"]

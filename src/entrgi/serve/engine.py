@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import GuidanceConfig, SamplerConfig
+from ..config import GuidanceConfig, SamplerConfig
 from ..config import check_float, check_int
 
 #: The id the embedded default pair is served under (``GET /v1/models``).
@@ -48,7 +48,7 @@ class Engine:
 
     Attributes:
         model: the diffusion LM adapter.
-        reward: the reward model, or None (then only ``guidance.method = "none"`` is served).
+        reward: the reward model, or None (then only ``guidance.rule = "none"`` is served).
         model_id: the name clients pass as ``model``.
         sampler, guidance: the server's default configs (``num_samples`` is set per request from ``n``).
         limits: the caps of :class:`ServerLimits`.
@@ -64,8 +64,8 @@ class Engine:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
-        if self.reward is None and self.guidance.method != "none":
-            self.guidance = dataclasses.replace(self.guidance, method="none")
+        if self.reward is None and self.guidance.rule != "none":
+            self.guidance = dataclasses.replace(self.guidance, rule="none")
 
     @property
     def context_length(self) -> int | None:
@@ -109,5 +109,5 @@ def load_engine(model: str | None = None, reward: str | None = None, *, family: 
                          reward_template=reward_template)  # the rule of every front end (entrgi.pair)
     check_differentiable(rm, reward, "serving guided requests")
     sampler = type(dllm).recommended_sampler(num_samples=1)
-    guidance = GuidanceConfig() if rm is not None else GuidanceConfig(method="none")
+    guidance = GuidanceConfig() if rm is not None else GuidanceConfig(rule="none")
     return Engine(dllm, rm, served_model_name or model, sampler, guidance, limits or ServerLimits(), reward_id=reward)

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import entropy_weight, generate
+from ..guidance.mixing import entropy_weight
+from ..sampling.sampler import generate
 from .engine import Engine
 from .schemas import ParsedRequest, RequestError
 
@@ -74,7 +75,7 @@ class Job:
     @property
     def key(self) -> tuple:
         sampler = self.req.sampler if self.req.seeded else dataclasses.replace(self.req.sampler, seed=0)
-        return sampler, self.req.guidance, self.req.seeded, self.req.canvas_events
+        return sampler, self.req.guidance, self.req.search, self.req.seeded, self.req.canvas_events
 
     @property
     def rows(self) -> int:
@@ -246,6 +247,7 @@ class Scheduler:
         engine = self.engine
         try:
             out = generate(engine.model, prompts, engine.reward, sampler=sampler, guidance=req0.guidance,
+                           search=req0.search,
                            progress=False, trace=False, track_reward=req0.canvas_events,
                            callback=self._callback(jobs, owner))
         except _Abort:

@@ -19,7 +19,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from .. import GuidanceConfig, SamplerConfig
+from ..config import GuidanceConfig, SamplerConfig, SearchConfig
+from ..settings import method_fields
 from .engine import Engine
 
 #: Sampler fields set through standard OpenAI fields (or by the server), not through ``sampler``.
@@ -27,7 +28,7 @@ SAMPLER_FROM_STANDARD = {"max_new_tokens": "max_tokens", "num_samples": "n` / `b
                          "top_p": "top_p", "seed": "seed", "batch_size": None}
 SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name not in SAMPLER_FROM_STANDARD)
 #: ``compile`` changes the shared reward model for every request: a server setting, not a request field.
-GUIDANCE_FIELDS = tuple(f.name for f in dataclasses.fields(GuidanceConfig) if f.name != "compile")
+GUIDANCE_FIELDS = (*(f.name for f in dataclasses.fields(GuidanceConfig) if f.name != "compile"), "method")
 
 COMMON_FIELDS = ("model", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
                  "guidance", "sampler", "canvas_events")
@@ -69,6 +70,7 @@ class ParsedRequest:
     sampler: SamplerConfig  # num_samples = K = best_of (or n); seed = the request's (0 when unseeded)
     guidance: GuidanceConfig
     n: int  # choices returned per prompt
+    search: SearchConfig
     seeded: bool
     stop: tuple[str, ...]
     stream: bool
@@ -263,15 +265,23 @@ def parse_request(body: Any, engine: Engine, *, chat: bool) -> ParsedRequest:
     if isinstance(inner, int) and not isinstance(inner, bool) and inner > limits.max_inner_steps:
         raise RequestError(f"`guidance.inner_steps` must be an integer in [0, {limits.max_inner_steps}] (the "
                            f"server's cap), got {inner}.", "guidance.inner_steps")
+    search = SearchConfig()
+    if "method" in extra_g:  # the paper's names for a rule and a search (entrgi.settings)
+        try:
+            spelled = method_fields(extra_g.pop("method"))
+        except ValueError as e:
+            raise _config_error(e, "guidance.") from None
+        extra_g = {**spelled["guidance"], **extra_g}
+        search = SearchConfig(**spelled["search"])
     try:
         guidance = dataclasses.replace(engine.guidance, **extra_g)
     except ValueError as e:
         raise _config_error(e, "guidance.") from None
     except TypeError as e:
         raise RequestError(f"`guidance`: {e}", "guidance") from None
-    if guidance.needs_reward and engine.reward is None:
-        raise RequestError(f"`guidance.method` {guidance.method!r} needs a reward model; this server has none "
-                           "(only 'none' is served).", "guidance.method")
+    if (guidance.rule != "none" or search.needs_reward) and engine.reward is None:
+        raise RequestError(f"`guidance.rule` {guidance.rule!r} needs a reward model; this server has none "
+                           "(only 'none' is served).", "guidance.rule")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -295,7 +305,7 @@ def parse_request(body: Any, engine: Engine, *, chat: bool) -> ParsedRequest:
         k = "best_of" if best_of != n else "n"
         raise RequestError(f"`{k}` = {best_of} samples x {len(prompts)} prompts = {rows} rows; this server runs at "
                            f"most {limits.max_batch_rows} per request: lower `{k}` or send fewer prompts.", k)
-    return ParsedRequest(chat, tuple(prompts), tuple(counts), sampler, guidance, n, seeded, stops, stream,
+    return ParsedRequest(chat, tuple(prompts), tuple(counts), sampler, guidance, n, search, seeded, stops, stream,
                          include_usage, canvas, float(resolved.entropy_temperature))
 
 

@@ -1,15 +1,17 @@
-"""The reference sampler: docs/method.md (1)–(9) as one straight function, in the style of LLaDA's ``generate()``.
+"""Read this first: EntRGi as one straight function (docs/method.md (1)–(9)), in the style of LLaDA's ``generate()``.
 
-Slow on purpose: dense full-vocabulary tensors, the RM over the whole row at every inner step, Adam written
-out. It draws from the same per-row streams (:class:`entrgi.ops.rng.RowStreams`) in the same order as
-:class:`entrgi.sampling.sampler.MaskedDiffusionSampler`, so its tokens must equal the sampler's exactly and its
-rewards to float rounding. Supported: the built-in methods (none, best_of_n, expectation, aps, entrgi) guiding
-every row at every step; ``optimizer`` adam / ascent; ``sampling`` inverse_cdf; ``remasking`` entropy /
-maskgit_plus / topk_margin / low_confidence / random with ``remasking_temperature`` 0; ``confidence_from``,
-``schedule``, blocks, τ (0 = greedy), top-k, top-p, ``min_new_tokens``, ``deprioritize_eos``, ``match_released``,
-``batch_size``. Anything else (gumbel, origin, registered rules, guidance schedules, parallel decoding, the KV
-cache, ``soft_top_k``) raises ``ValueError``; the exact cost switches (``prefix_cache``, ``vocab_chunk``,
-``compile``) do not apply.
+    python examples/reference_sampler.py      # runs it and entrgi.generate on the embedded default pair: same tokens
+
+Slow on purpose: dense full-vocabulary tensors, the RM over the whole row at every inner step, Adam written out.
+It draws from the same per-row streams (:class:`entrgi.ops.rng.RowStreams`) in the same order as
+:class:`entrgi.DiffusionSampler`, so its tokens must equal the library's exactly and its rewards to float rounding
+(tests/test_contract.py checks it). Supported: the built-in rules (none, expectation, aps, entrgi) guiding every
+row at every step; ``optimizer`` adam / ascent; ``sampling`` inverse_cdf; ``remasking`` entropy / maskgit_plus /
+topk_margin / low_confidence / random with ``remasking_temperature`` 0; ``confidence_from``, ``schedule``, blocks,
+τ (0 = greedy), top-k, top-p, ``min_new_tokens``, ``deprioritize_eos``, ``match_released``, ``batch_size``.
+Anything else (gumbel, origin, registered rules, guidance schedules, parallel decoding, the KV cache,
+``soft_top_k``) raises ``ValueError``; the exact cost switches (``prefix_cache``, ``vocab_chunk``, ``compile``) do
+not apply.
 """
 
 from __future__ import annotations
@@ -20,17 +22,24 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from entrgi.config import GuidanceConfig, SamplerConfig
-from entrgi.models.base import DiffusionLM
+from entrgi import (
+    ComputeStats,
+    DiffusionLM,
+    GenerationOutput,
+    GuidanceConfig,
+    RewardModel,
+    Row,
+    Sample,
+    SamplerConfig,
+    StepOutput,
+    StepTrace,
+)
 from entrgi.ops.rng import RowStreams, row_seed
-from entrgi.reward.base import RewardModel
-from entrgi.sampling.outputs import ComputeStats, GenerationOutput, Sample, StepTrace
 from entrgi.sampling.sampler import bridge_for
-from entrgi.sampling.state import Row, StepOutput
 
 NEG_INF = float("-inf")
 REMASKING = ("entropy", "maskgit_plus", "topk_margin", "low_confidence", "random")
-METHODS = ("none", "best_of_n", "expectation", "aps", "entrgi")
+RULES = ("none", "expectation", "aps", "entrgi")
 
 
 def dense_draw(logits: torch.Tensor, u: torch.Tensor, tau: float, top_p: float, top_k: int | None) -> torch.Tensor:
@@ -67,14 +76,14 @@ def check_supported(sampler: SamplerConfig, guidance: GuidanceConfig) -> None:
                    "remasking_temperature": sampler.remasking_temperature != 0,
                    "kv_cache": getattr(sampler, "kv_cache", "none") != "none",
                    "parallel_threshold": getattr(sampler, "parallel_threshold", None) is not None,
-                   "method": guidance.method not in METHODS, "soft_top_k": guidance.soft_top_k is not None,
+                   "rule": guidance.rule not in RULES, "soft_top_k": guidance.soft_top_k is not None,
                    "guide_every": getattr(guidance, "guide_every", 1) != 1,
                    "guide_until": getattr(guidance, "guide_until", 1.0) != 1.0,
                    "guide_min_weight": getattr(guidance, "guide_min_weight", 0.0) != 0.0,
                    "inner_tol": getattr(guidance, "inner_tol", None) is not None}
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise ValueError(f"the reference sampler does not implement {bad}: see tests/support/reference.py.")
+        raise ValueError(f"the reference sampler does not implement {bad}: see examples/reference_sampler.py.")
 
 
 @torch.no_grad()
@@ -84,8 +93,8 @@ def reference_generate(model: DiffusionLM, prompts: str | Sequence[str], reward:
     """What :func:`entrgi.generate` computes (traced: M + 1 rewards per guided step), written out."""
     sampler, guidance = sampler or SamplerConfig(), guidance or GuidanceConfig()
     check_supported(sampler, guidance)
-    if guidance.needs_reward and reward is None:
-        raise ValueError(f"`reward` is required for method {guidance.method!r}.")
+    if guidance.rule != "none" and reward is None:
+        raise ValueError(f"`reward` is required for rule {guidance.rule!r}.")
     rg = guidance.resolve(sampler)  # τ of the relaxation, τ_H and the hard top-p, filled from the sampler
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     L, T, K, M = sampler.max_new_tokens, sampler.steps, sampler.num_samples, guidance.inner_steps
@@ -146,11 +155,11 @@ def reference_generate(model: DiffusionLM, prompts: str | Sequence[str], reward:
                         q = (z / rg.relaxation_temperature).softmax(-1)  # q = softmax(φ / τ)
                         soft = q @ E  # (4) ē = q · E_R
                         e_hat = soft  # Expectation: w = 0
-                        if guidance.method != "expectation":
+                        if guidance.rule != "expectation":
                             u = source.uniform_at(masked)[masked]  # one uniform per masked slot, the row's stream
                             hard = E[dense_draw(z.detach(), u, rg.relaxation_temperature, rg.hard_top_p,
                                                 rg.top_k)]  # (5) ẽ = E_R[x̃], a fresh hard sample every step
-                            w = (torch.ones(len(z), device=dev) if guidance.method == "aps"
+                            w = (torch.ones(len(z), device=dev) if guidance.rule == "aps"
                                  else entropy_weight(z.detach(), rg.entropy_temperature))  # APS: 1; EntRGi: (7)
                             e_hat = soft + (w.unsqueeze(-1) * (hard - soft)).detach()  # (6) ê = ē + sg(w(ẽ − ē))
                         emb = E[resp.clamp_max(V - 1)].masked_scatter(masked.unsqueeze(-1), e_hat)  # (B, L, d)
@@ -234,3 +243,16 @@ def reference_generate(model: DiffusionLM, prompts: str | Sequence[str], reward:
     for r, t, txt, s, tr in zip(rows, tokens, texts, scores, traces):
         samples[r.prompt_index].append(Sample(r.prompt_index, r.sample_index, r.prompt, txt, t, s, tr))
     return GenerationOutput(samples, sampler, guidance, ComputeStats())
+
+
+if __name__ == "__main__":
+    from entrgi import generate, load_pair
+
+    model, rm = load_pair()  # the embedded default pair
+    sampler = SamplerConfig(max_new_tokens=16, steps=16, num_samples=2, seed=1)
+    guidance = GuidanceConfig(rule="entrgi", lr=1.0)
+    ours = reference_generate(model, ["she was", "the weather was"], rm, sampler, guidance)
+    lib = generate(model, ["she was", "the weather was"], rm, sampler=sampler, guidance=guidance, progress=False)
+    for a, b in zip(ours.samples, lib.samples):
+        for s, t in zip(a, b):
+            print(f"same tokens: {s.token_ids == t.token_ids}  reward {s.reward:+.4f} / {t.reward:+.4f}  {s.text!r}")
