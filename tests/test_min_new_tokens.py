@@ -6,7 +6,7 @@ from conftest import table_model
 from support.naive_reference import NaiveSampler
 
 from entrgi import DiffusionSampler, GuidanceConfig, SamplerConfig
-from entrgi.sampling.sampler import response_bias
+from entrgi.sampling.masked import response_bias
 
 L = 12
 

@@ -106,7 +106,7 @@ def outcome(out):
 
 CASES = {
     "entrgi": (small(), GuidanceConfig(rule="entrgi", lr=1.0)),
-    "aps-anchored": (small(remasking="anchored"), GuidanceConfig(rule="aps", lr=2.0)),
+    "aps-anchored": (small(remasking="maskgit_plus", confidence_from="guided"), GuidanceConfig(rule="aps", lr=2.0)),
     "expectation-linear5": (small(steps=5, remasking="maskgit_plus"), GuidanceConfig(rule="expectation")),
     "none-blocks": (small(max_new_tokens=12, block_length=4, steps=6, schedule="uniform"), NONE),
     "entrgi-blocks-gumbel": (small(max_new_tokens=12, block_length=4, steps=6, schedule="uniform", sampling="gumbel",
