@@ -16,6 +16,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from ..conversation import Conversation
 from ..errors import NonFiniteError
 from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
 from ..guidance.mixing import upcast
@@ -69,14 +70,16 @@ class MaskedDiffusionSampler:
     # ---- rows -----------------------------------------------------------------------------------
     def rows_for(self, prompts: str | Sequence[str], sampler: SamplerConfig) -> list[Row]:
         """The validated rows of ``prompts``: ``sampler.num_samples`` per prompt, prompt-major, with their seeds."""
-        if isinstance(prompts, str):
+        if isinstance(prompts, (str, Conversation)):
             prompts = [prompts]
         prompts = list(prompts)
         if not prompts:
             raise ValueError("`prompts` must contain at least one prompt, got an empty list.")
         rows = []
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not (p.strip() or sampler.match_released):  # released code: raw prompts
+            if isinstance(p, Conversation):  # validated when made; the chat template renders it
+                pass
+            elif not isinstance(p, str) or not (p.strip() or sampler.match_released):  # released code: raw prompts
                 what = "a string" if sampler.match_released else "a non-empty string"
                 raise ValueError(f"`prompts[{i}]` must be {what}, got {p!r}.")
             ids = self.model.encode_prompt(p)
@@ -144,7 +147,7 @@ class MaskedDiffusionSampler:
         :class:`ComputeStats` by default)."""
         sampler = sampler or SamplerConfig()
         rg = self.resolve(sampler, guidance, track_reward)
-        rows = list(prompts) if not isinstance(prompts, str) and prompts and all(
+        rows = list(prompts) if not isinstance(prompts, (str, Conversation)) and prompts and all(
             isinstance(p, Row) for p in prompts) else self.rows_for(prompts, sampler)
         model = self.model
         device = model.device
@@ -344,7 +347,8 @@ def generate(model: DiffusionLM, prompts: str | Sequence[str], reward: RewardMod
 
     Args:
         model: a :class:`~entrgi.models.base.DiffusionLM` adapter.
-        prompts: one prompt or a list (user messages for chat models, text prefixes otherwise).
+        prompts: one prompt or a list (user messages for chat models, text prefixes otherwise); a prompt may
+            also be a :class:`~entrgi.conversation.Conversation` (system / user / assistant messages).
         reward: the reward model (required unless ``guidance.method == 'none'``); also re-scores
             every decoded sample on discrete text.
         sampler, guidance: the configs (defaults: the paper's Dream settings, EntRGi M=3, Adam 0.5).
