@@ -569,6 +569,32 @@ def test_chat_with_a_system_prompt_and_history_reads_the_whole_conversation(clie
     assert guided.choices[0].finish_reason in ("stop", "length") and guided.usage.model_extra["rm_backwards"] == 4
 
 
+def test_conversation_prompts_in_the_library(engine, tok, mlm):
+    """A lone user message renders as the str prompt does; longer conversations by the template or the fallback."""
+    from entrgi.conversation import Conversation
+
+    one = Conversation.of([{"role": "user", "content": "she was"}])
+    assert engine.model.encode_prompt(one) == engine.model.encode_prompt("she was")
+    assert engine.reward.context(one) == engine.reward.context("she was")
+    whole = Conversation.of(HISTORY)
+    assert whole.plain_text() == HISTORY_TEXT and str(whole) == HISTORY_TEXT
+    templated = mlm  # the tiny word-level MLM: its tokenizer has a chat template
+    templated.use_chat_template, before = True, templated.use_chat_template
+    try:
+        assert templated.encode_prompt(Conversation.of([{"role": "user", "content": "a dog"}])) == \
+            templated.encode_prompt("a dog")
+        ids = templated.encode_prompt(whole)
+        text = tok.apply_chat_template(whole.as_dicts(), add_generation_prompt=True, tokenize=False)
+        assert text.startswith("<|im_start|> system You write") and text.endswith("<|im_start|> assistant ")
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    finally:
+        templated.use_chat_template = before
+    for bad in ([], [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                [{"role": "tool", "content": "a"}]):
+        with pytest.raises(ValueError):
+            Conversation.of(bad)
+
+
 CHAT_BAD = [
     ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "messages[1].role", "'user'"),
     ([{"role": "tool", "content": "x"}, {"role": "user", "content": "hi"}], "messages[0].role", "'system'"),
