@@ -22,7 +22,6 @@ an HTTP answer and none answered 5xx (a 429 is retried after its Retry-After, co
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics

@@ -24,10 +24,10 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from entrgi import GuidanceConfig, SamplerConfig, generate  # noqa: E402
-from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE, SAMPLER_DEFAULTS as DEMO_SAMPLER  # noqa: E402
 from entrgi.cli.commands import main  # noqa: E402
-from entrgi.serve.app import BackgroundServer, create_app  # noqa: E402
+from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE, SAMPLER_DEFAULTS as DEMO_SAMPLER  # noqa: E402
 from entrgi.presets import get_preset  # noqa: E402
+from entrgi.serve.app import BackgroundServer, create_app  # noqa: E402
 from entrgi.serve.cost import estimate_stats  # noqa: E402
 from entrgi.serve.engine import DEFAULT_PAIR_ID, ServerLimits, default_pair_engine, server_guidance  # noqa: E402
 from entrgi.serve.scheduler import state_field  # noqa: E402

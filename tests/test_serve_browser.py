@@ -129,12 +129,12 @@ def test_page_behind_a_key_fills_both_canvases_with_words_and_rewards(browser, e
 def test_cors_as_a_browser_sees_it(browser, engine):
     """A page from another origin may call the API only when the server names that origin (--cors-origin): the
     page of one server (origin A) calls a server that allows A, and a server that allows no origin."""
-    with BackgroundServer(create_app(engine)) as closed:
-        with BackgroundServer(create_app(engine, cors_origins=[closed.url])) as allowed:
-            page = browser.new_page()
-            page.goto(allowed.url + "/")
-            fetch = ("async (url) => { try { const r = await fetch(url + '/v1/models', {headers: {'Authorization': "
-                     "'Bearer x'}}); return r.status; } catch (e) { return 'blocked'; } }")
-            assert page.evaluate(fetch, closed.url) == "blocked"  # off by default
-            page.goto(closed.url + "/")
-            assert page.evaluate(fetch, allowed.url) == 200
+    with BackgroundServer(create_app(engine)) as closed, \
+            BackgroundServer(create_app(engine, cors_origins=[closed.url])) as allowed:
+        page = browser.new_page()
+        page.goto(allowed.url + "/")
+        fetch = ("async (url) => { try { const r = await fetch(url + '/v1/models', {headers: {'Authorization': "
+                 "'Bearer x'}}); return r.status; } catch (e) { return 'blocked'; } }")
+        assert page.evaluate(fetch, closed.url) == "blocked"  # off by default
+        page.goto(closed.url + "/")
+        assert page.evaluate(fetch, allowed.url) == 200

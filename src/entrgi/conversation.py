@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 #: The roles a message may have (OpenAI's ``developer`` is read as ``system``).
 ROLES = ("system", "user", "assistant")
@@ -70,7 +70,7 @@ class Conversation:
 
 
 #: What :func:`entrgi.generate` takes per prompt.
-Prompt = Union[str, Conversation]
+Prompt = str | Conversation
 
 
 def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:

@@ -16,11 +16,10 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-from collections.abc import Sequence
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -152,9 +151,8 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:  # static, no secrets: behind a key it asks for the key itself
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={
-            "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer",
-            "X-Entrgi-Key-Required": "true" if api_key else "false"})
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
 
     @app.post("/v1/completions", dependencies=secured)
     async def completions(request: Request):
@@ -167,7 +165,7 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
     async def _handle(request: Request, chat: bool):
         req = parse_request(await read_json(request, limits.max_body_bytes), engine, chat=chat)
         job = sched.submit(req)
-        deadline = job.submitted + limits.timeout_s
+        deadline = job.deadline
         try:
             if req.stream:  # answer only once it runs, so that a queue timeout is still a 504
                 await _wait(request, job, job.started, deadline)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .. import GuidanceConfig, SamplerConfig
@@ -100,14 +101,19 @@ class Engine:
         """Whether prompts are wrapped in the DLLM's chat template (the default pair has none)."""
         return bool(self.model.use_chat_template)
 
+    @cached_property
+    def shortest_prompt(self) -> int:
+        """Tokens of the shortest prompt: one character, with the chat template around it."""
+        return len(self.model.encode_prompt("a"))
+
     @property
     def max_tokens(self) -> int:
-        """The largest ``max_tokens`` a request can get: the cap, lowered so that the shortest prompt (one
-        character; with the chat template around it) still fits the model's context."""
+        """The largest ``max_tokens`` a request can get: the cap, lowered so that the shortest prompt still fits
+        the model's context."""
         limit = self.context_length
         if limit is None:
             return self.limits.max_tokens
-        return max(1, min(self.limits.max_tokens, limit - len(self.model.encode_prompt("a"))))
+        return max(1, min(self.limits.max_tokens, limit - self.shortest_prompt))
 
     @property
     def default_max_tokens(self) -> int:

@@ -309,18 +309,14 @@ def _check_limits(engine: Engine, sampler: SamplerConfig, guidance: GuidanceConf
                            f"{guidance.vocab_chunk}.", "guidance.vocab_chunk")
 
 
-def _check_budget(engine: Engine, gflops: float, req: dict[str, Any]) -> None:
-    """A 400 naming the field to lower when the estimated work exceeds the server's budget."""
+def _check_budget(engine: Engine, gflops: float, culprit: str, shape: str) -> None:
+    """A 400 naming ``culprit`` (the field to lower first) when the estimated work exceeds the server's budget."""
     budget = engine.budget_gflops
-    if gflops <= budget:
-        return
-    param = next((k for k in ("best_of", "n", "guidance.inner_steps", "sampler.steps", "max_tokens")
-                  if req.get(k)), "prompt")
-    raise RequestError(
-        f"this request needs an estimated {gflops:,.0f} GFLOP ({req['rows']} rows x T = {req['steps']} steps of "
-        f"L = {req['length']} slots, M = {req['inner']} inner steps); the server's budget is {budget:,.0f} GFLOP per "
-        f"request (--max-request-gflops): lower `n` / `best_of`, `max_tokens`, `sampler.steps` or "
-        "`guidance.inner_steps`, or send fewer prompts.", param, code="over_budget")
+    if gflops > budget:
+        raise RequestError(
+            f"this request needs an estimated {gflops:,.0f} GFLOP ({shape}); the server's budget is {budget:,.0f} "
+            "GFLOP per request (--max-request-gflops): lower `n` / `best_of`, `max_tokens`, `sampler.steps` or "
+            "`guidance.inner_steps`, or send fewer prompts.", culprit, code="over_budget")
 
 
 def parse_request(body: Any, engine: Engine, *, chat: bool) -> ParsedRequest:
@@ -425,11 +421,11 @@ def parse_request(body: Any, engine: Engine, *, chat: bool) -> ParsedRequest:
         raise RequestError(f"`{k}` = {best_of} samples x {len(prompts)} prompts = {rows} rows; this server runs at "
                            f"most {limits.max_batch_rows} per request: lower `{k}` or send fewer prompts.", k)
     gflops = request_gflops(engine, prompts, [len(x) for x in ids], sampler, guidance, track_reward=canvas)
-    _check_budget(engine, gflops, {"best_of": best_of > n, "n": n > 1,
-                                   "guidance.inner_steps": guidance.guided and "inner_steps" in extra_g,
-                                   "sampler.steps": "steps" in extra_s, "max_tokens": True, "rows": rows,
-                                   "steps": sampler.steps, "length": length,
-                                   "inner": guidance.inner_steps if guidance.guided else 0})
+    culprit = ("best_of" if best_of > n else "n" if n > 1 else
+               "guidance.inner_steps" if guidance.guided and "inner_steps" in extra_g else
+               "sampler.steps" if "steps" in extra_s else length_field)
+    M = guidance.inner_steps if guidance.guided else 0
+    _check_budget(engine, gflops, culprit, f"{rows} rows x T = {sampler.steps} steps of L = {length} slots, M = {M}")
     return ParsedRequest(chat, tuple(prompts), tuple(ids), sampler, guidance, n, seeded, stops, stream,
                          include_usage, canvas, float(resolved.entropy_temperature), echo, gflops)
 
