@@ -328,3 +328,44 @@ def test_cli_prints_a_canvas_run(folder, capsys):
                  "4", "--steps", "2", "--t-min", "0.2", "--t-max", "0.5", "--device", "cpu", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "method=none" in out and "T=2" in out and "prompt 0: 'the cat'" in out
+
+
+# ---- entrgi serve ------------------------------------------------------------------------------------
+def test_serve_answers_through_the_openai_client(folder, tmp_path):
+    """The server runs the canvas family like any other: plain and guided requests through the unmodified ``openai``
+    client, its own steps per canvas (not T = L), answers cut to ``max_tokens``, equal to the library's tokens,
+    streaming that delivers the final text, and a 400 for what canvases do not have."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from entrgi.serve.app import BackgroundServer, create_app
+    from entrgi.serve.engine import ServerLimits, load_engine
+    from entrgi.serve.streaming import CompletionText
+
+    rm = write_reward_checkpoint(tmp_path / "rm", word_tokenizer(chat_template=CHAT_TEMPLATE))
+    engine = load_engine(str(folder), str(rm), device="cpu", limits=ServerLimits(max_tokens=16, timeout_s=120))
+    assert engine.defaults().sampler.steps == 6  # the checkpoint's own denoising steps per canvas
+    with BackgroundServer(create_app(engine)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        out = {}
+        for rule in ("none", "entrgi"):
+            r = client.completions.create(model=engine.model_id, prompt=PROMPTS[0], max_tokens=6, seed=3,
+                                          extra_body={"guidance": {"rule": rule, "inner_steps": 3, "lr": 1.0}})
+            out[rule] = r
+            assert r.usage.completion_tokens <= 6 and r.choices[0].finish_reason in ("stop", "length")
+        assert out["entrgi"].usage.rm_backwards > 0 and out["none"].usage.rm_backwards == 0
+        settings = resolve_settings(model_defaults=model_defaults(engine.model),
+                                    overrides={"sampler": {"max_new_tokens": 6, "num_samples": 1, "seed": 3},
+                                               "guidance": {"rule": "none"}})
+        lib = generate(engine.model, [PROMPTS[0]], engine.reward, sampler=settings.sampler,
+                       guidance=settings.guidance, progress=False)
+        ids = lib.samples[0][0].token_ids
+        assert len(ids) % 4 == 0  # whole canvases of C = 4 slots (up to 8); the server answers with the first 6
+        text_of = CompletionText(engine.model, tuple(engine.model.encode_prompt(PROMPTS[0])), False)
+        assert out["none"].choices[0].text == text_of(ids[:6])
+        chunks = list(client.completions.create(model=engine.model_id, prompt=PROMPTS[0], max_tokens=6, seed=3,
+                                                stream=True, extra_body={"guidance": {"rule": "none"}}))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == out["none"].choices[0].text
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=engine.model_id, prompt=PROMPTS[0], max_tokens=6, stream=True,
+                                      extra_body={"canvas_events": True})
+        assert "canvas_events" in str(err.value)

@@ -135,8 +135,12 @@ def resolve_settings(*, model_defaults: Mapping[str, Any] | None = None, config:
     layers = [("the model's defaults", model_defaults or {}), (config_source, config or {}),
               (overrides_source, overrides or {})]
     parsed = [(source, *_sections(layer, source)) for source, layer in layers]
-    preset_name = next((p for _, _, p in reversed(parsed) if p is not None), None)
-    preset = get_preset(preset_name) if preset_name is not None else None
+    named = next(((source, p) for source, _, p in reversed(parsed) if p is not None), None)
+    preset_name = named[1] if named else None
+    try:
+        preset = get_preset(preset_name) if preset_name is not None else None
+    except ValueError as e:
+        raise ValueError(f"`preset`: {e} ({named[0]})") from None
     if preset is not None:  # at its place: above the model's defaults, below the config file
         fields = {"sampler": dict(preset.sampler), "guidance": dict(preset.guidance), "search": dict(preset.search)}
         parsed.insert(1, (f"preset {preset.name!r}", fields, None))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import SamplerConfig
+from ..conversation import Conversation, Prompt, prompt_messages
 from .cache import BlockKVCache
 
 #: The one EOS of the authors' released code (``SamplerConfig.match_released``).
@@ -85,16 +86,19 @@ class DiffusionLM(nn.Module):
         return SamplerConfig(**{**cls.SAMPLER_DEFAULTS, **overrides})
 
     # ---- tokens ---------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids that precede the response: the chat template with a generation prompt, or the
-        tokenizer's leading special tokens (e.g. [CLS]) followed by the text, to be continued."""
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids that precede the response: the chat template with a generation prompt (a ``str`` is one
+        user message, a :class:`~entrgi.conversation.Conversation` all its messages), or the tokenizer's
+        leading special tokens (e.g. [CLS]) followed by the text to be continued (a conversation's
+        :meth:`~entrgi.conversation.Conversation.plain_text`)."""
         if self.use_chat_template:
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True)
+            ids = self.tokenizer.apply_chat_template(prompt_messages(prompt), add_generation_prompt=True,
+                                                     tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             return list(ids)
-        return self._prompt_head + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        text = prompt.plain_text() if isinstance(prompt, Conversation) else prompt
+        return self._prompt_head + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def response_ids(self, ids: Sequence[int]) -> list[int]:
         """The response up to (not including) its first EOS."""

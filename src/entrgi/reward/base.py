@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..conversation import Prompt, prompt_messages, prompt_text
 from ..models.base import special_token_wrap
 
 PLACEHOLDER = "<<ENTRGI_RESPONSE_PLACEHOLDER>>"
@@ -83,23 +84,24 @@ class RewardModel(nn.Module):
         raise NotImplementedError
 
     # ---- text formatting ------------------------------------------------------------------------
-    def render(self, prompt: str, response: str) -> tuple[str, str, str]:
-        """(text before, response, text after) as the RM's template lays them out."""
+    def render(self, prompt: Prompt, response: str) -> tuple[str, str, str]:
+        """(text before, response, text after) as the RM's template lays them out; a
+        :class:`~entrgi.conversation.Conversation` prompt is the whole conversation (``plain``: its plain text)."""
         if self.template == "chat":
-            conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": PLACEHOLDER}]
+            conv = [*prompt_messages(prompt), {"role": "assistant", "content": PLACEHOLDER}]
             text = self.tokenizer.apply_chat_template(conv, tokenize=False)
             if text.count(PLACEHOLDER) != 1:
                 raise ValueError("the reward tokenizer's chat template must render the assistant content once.")
             before, after = text.split(PLACEHOLDER)
             return before, response, after
         if self.template == "plain":
-            return prompt + " ", response, ""
+            return prompt_text(prompt) + " ", response, ""
         return "", response, ""
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    def context(self, prompt: str) -> RewardContext:
+    def context(self, prompt: Prompt) -> RewardContext:
         """Prefix/suffix ids around the response for ``prompt`` (cached per prompt)."""
         if prompt not in self._contexts:
             before, _, after = self.render(prompt, "")
@@ -109,7 +111,7 @@ class RewardModel(nn.Module):
             self._contexts[prompt] = RewardContext(tuple(head + prefix), tuple(self._encode(after) + self._tail))
         return self._contexts[prompt]
 
-    def text_ids(self, prompt: str, response: str) -> list[int]:
+    def text_ids(self, prompt: Prompt, response: str) -> list[int]:
         """Discrete RM ids of (prompt, response): prefix + tokenised response + suffix."""
         ctx = self.context(prompt)
         return [*ctx.prefix_ids, *self._encode(response), *ctx.suffix_ids]

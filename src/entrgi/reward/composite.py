@@ -98,7 +98,7 @@ class CompositeReward(RewardModel):
             contexts = [m.context(prompt) for m in self.members]
             for name, c in zip(self.names[1:], contexts[1:]):
                 if c != contexts[0]:
-                    raise self._layout_error(f"member {name!r} lays out prompt {prompt[:40]!r} differently from "
+                    raise self._layout_error(f"member {name!r} lays out prompt {str(prompt)[:40]!r} differently from "
                                              f"{self.names[0]!r} (another template)")
             self._contexts[prompt] = contexts[0]
         return self._contexts[prompt]

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, SearchConfig
+from ..conversation import Conversation, Prompt
 from ..models.base import DiffusionLM
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardModel, left_pad, position_ids_from
@@ -32,10 +33,15 @@ from .outputs import ComputeStats, GenerationOutput, collect_output, rm_recomput
 from .particles import is_differentiable
 from .reward_view import RewardView
 from .search import get_search
-from .state import DenoisingState, Prompt, Row, StepObserver, StepOutput
+from .state import DenoisingState, Row, StepObserver, StepOutput
 
 #: The transitions by name (``DiffusionLM.transition``).
 TRANSITIONS = {"masked": MaskedTransition, "canvas": CanvasTransition}
+
+
+def transition_for(model: DiffusionLM):
+    """A fresh transition of the model's family (``model.transition``: ``masked`` unless the family says)."""
+    return TRANSITIONS[getattr(model, "transition", "masked")](model)
 
 
 def bridge_for(model: DiffusionLM, reward: RewardModel) -> VocabBridge:
@@ -92,13 +98,13 @@ class DiffusionSampler:
 
     def transition(self):
         """A fresh transition of the model's family (one per run: DiffusionGemma's keeps the run's random stream)."""
-        return TRANSITIONS[getattr(self.model, "transition", "masked")](self.model)
+        return transition_for(self.model)
 
     # ---- rows and settings ----------------------------------------------------------------------------------
     def rows_for(self, prompts: Prompt | Sequence[Prompt], sampler: SamplerConfig,
                  response_length: int | None = None) -> list[Row]:
         """The validated rows of ``prompts``: ``sampler.num_samples`` per prompt, prompt-major, with their seeds."""
-        if isinstance(prompts, str):
+        if isinstance(prompts, (str, Conversation)):
             prompts = [prompts]
         prompts = list(prompts)
         if not prompts:
@@ -106,7 +112,9 @@ class DiffusionSampler:
         length = sampler.max_new_tokens if response_length is None else response_length
         rows = []
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not (p.strip() or sampler.match_released):  # released code: raw prompts
+            if isinstance(p, Conversation):  # validated when made; the chat template renders it
+                pass
+            elif not isinstance(p, str) or not (p.strip() or sampler.match_released):  # released code: raw prompts
                 what = "a string" if sampler.match_released else "a non-empty string"
                 raise ValueError(f"`prompts[{i}]` must be {what}, got {p!r}.")
             ids = self.model.encode_prompt(p)
@@ -169,7 +177,7 @@ class DiffusionSampler:
         transition = transition or self.transition()
         rg = self.resolve(sampler, guidance, search, track_reward, transition)
         length = transition.response_length(sampler)
-        rows = list(prompts) if not isinstance(prompts, str) and prompts and all(
+        rows = list(prompts) if not isinstance(prompts, (str, Conversation)) and prompts and all(
             isinstance(p, Row) for p in prompts) else self.rows_for(prompts, sampler, length)
         model, device, B = self.model, self.model.device, len(rows)
         prompt_ids, prompt_attn = left_pad([r.prompt_ids for r in rows], model.pad_token_id, device)
@@ -308,7 +316,8 @@ def generate(model: DiffusionLM, prompts: Prompt | Sequence[Prompt], reward=None
 
     Args:
         model: a :class:`~entrgi.models.base.DiffusionLM` adapter (any family).
-        prompts: one prompt or a list (user messages for chat models, text prefixes otherwise).
+        prompts: one prompt or a list (user messages for chat models, text prefixes otherwise); a prompt may
+            also be a :class:`~entrgi.conversation.Conversation` (system / user / assistant messages).
         reward: the reward model (required unless the rule is ``none`` and the search ``sample``); also re-scores
             every decoded sample on discrete text.
         sampler, guidance: the configs (defaults: the paper's Dream settings, EntRGi M=3, Adam 0.5).
@@ -330,4 +339,4 @@ def generate(model: DiffusionLM, prompts: Prompt | Sequence[Prompt], reward=None
         callback=callback)
 
 
-__all__ = ["TRANSITIONS", "DiffusionSampler", "bridge_for", "generate"]
+__all__ = ["TRANSITIONS", "DiffusionSampler", "bridge_for", "generate", "transition_for"]

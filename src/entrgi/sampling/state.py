@@ -10,20 +10,17 @@ W the slots of the step's window (L, or one canvas), V the logit width, d the re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ..config import ResolvedGuidance, SamplerConfig, SearchConfig
+from ..conversation import Prompt
 from ..guidance.inner_loop import GuideResult
 from ..ops.rng import RowStreams
 from .outputs import ComputeStats, StepTrace
-
-#: A prompt: a text, or a conversation of ``{"role": ..., "content": ...}`` messages (chat models).
-Prompt = str | Sequence[dict[str, str]]
-
 
 @dataclass
 class Row:
@@ -190,4 +187,4 @@ class StepOutput:
         return getattr(self, name)
 
 
-__all__ = ["DenoisingState", "Prompt", "Row", "StepObserver", "StepOutput"]
+__all__ = ["DenoisingState", "Row", "StepObserver", "StepOutput"]

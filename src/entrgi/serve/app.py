@@ -2,8 +2,9 @@
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``
 (``/v1/models/{id}``), ``GET /health`` and the page at ``/``. With an API key every route but
-``/health`` needs ``Authorization: Bearer <key>`` (the page also takes ``/?api_key=<key>`` and sends
-it on). Every refused request answers an OpenAI-style ``{"error": {...}}`` with a 4xx status.
+``/health`` and the page (static HTML; it asks for the key and sends it as a header, never in a URL)
+needs ``Authorization: Bearer <key>``. ``cors_origins`` adds CORS headers for those origins (none by
+default). Every refused request answers an OpenAI-style ``{"error": {...}}`` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,7 +41,7 @@ from .schemas import (
     parse_request,
     response_payload,
 )
-from .streaming import ChoiceStream, TokenText, canvas_choice
+from .streaming import ChoiceStream, CompletionText, TokenText, canvas_choice, rescored_differently
 
 log = logging.getLogger("entrgi.serve")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -66,6 +69,8 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(buf)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(f"the request body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise RequestError("the request body nests too deeply to parse.", code="body_too_deep") from None
 
 
 async def _disconnected(request: Request) -> None:
@@ -80,8 +85,10 @@ class _ClientGone(Exception):
     pass
 
 
-def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str | None = None) -> FastAPI:
-    """The server's ASGI app around a loaded :class:`~entrgi.serve.engine.Engine`."""
+def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str | None = None,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The server's ASGI app around a loaded :class:`~entrgi.serve.engine.Engine`; ``cors_origins``: the
+    browser origins allowed to call the API from their pages (``--cors-origin``; none by default)."""
     sched = scheduler or Scheduler(engine)
     limits = engine.limits
     token_text = TokenText(engine.model.tokenizer)
@@ -97,14 +104,15 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
     app = FastAPI(title="entrgi serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.engine, app.state.scheduler = engine, sched
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     def auth(request: Request) -> None:
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else None
-        if given is None and request.url.path == "/":
-            given = request.query_params.get("api_key")
         if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
             raise RequestError("missing or wrong API key: send `Authorization: Bearer <key>`.", status=401,
                                code="invalid_api_key")
@@ -141,9 +149,10 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
                                "model", 404, code="model_not_found")
         return engine.model_card()
 
-    @app.get("/", dependencies=secured, response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:  # static, no secrets: behind a key it asks for the key itself
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
 
     @app.post("/v1/completions", dependencies=secured)
     async def completions(request: Request):
@@ -156,7 +165,7 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
     async def _handle(request: Request, chat: bool):
         req = parse_request(await read_json(request, limits.max_body_bytes), engine, chat=chat)
         job = sched.submit(req)
-        deadline = job.submitted + limits.timeout_s
+        deadline = job.deadline
         try:
             if req.stream:  # answer only once it runs, so that a queue timeout is still a 504
                 await _wait(request, job, job.started, deadline)
@@ -187,20 +196,28 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
                             "(queue + sampling): ask for fewer tokens, samples or steps, or retry later.",
                             status=504, type="timeout", code="timeout")
 
-    def _choices(req: ParsedRequest, result: JobResult) -> tuple[list[dict[str, Any]], int]:
-        choices, completion_tokens = [], 0
+    def _texts(req: ParsedRequest) -> list[CompletionText]:
+        return [CompletionText(engine.model, ids, req.chat) for ids in req.prompt_ids]
+
+    def _choices(req: ParsedRequest, result: JobResult, echo: bool) -> tuple[list[dict[str, Any]], list[Any], int]:
+        """The choices (text, finish reason, reward), the samples they show, and the completion tokens."""
+        choices, shown, completion_tokens = [], [], 0
         L = req.sampler.max_new_tokens
-        for i, group in enumerate(result.samples):
-            lengths = {id(s): len(engine.model.response_ids(s.token_ids)) for s in group}
+        for i, (group, text_of) in enumerate(zip(result.samples, _texts(req))):
+            # a canvas model returns whole canvases: the answer is its first L slots (the reward scored them all)
+            lengths = {id(s): len(engine.model.response_ids(s.token_ids[:L])) for s in group}
             completion_tokens += sum(lengths.values())
             picked = group
             if req.best_of > req.n and all(s.reward is not None for s in group):
                 picked = sorted(group, key=lambda s: -s.reward)[:req.n]
             for j, s in enumerate(picked[:req.n]):
-                text, stopped = apply_stop(s.text, req.stop)
+                text, stopped = apply_stop(text_of(s.token_ids[:L]), req.stop)
+                if echo:
+                    text = req.prompts[i] + text
                 choices.append(choice_payload(req, i * req.n + j, text, finish_reason(lengths[id(s)], L, stopped),
                                               s.reward))
-        return choices, completion_tokens
+                shown.append(s)
+        return choices, shown, completion_tokens
 
     def _usage(req: ParsedRequest, result: JobResult, completion_tokens: int) -> dict[str, Any]:
         prompt_tokens = sum(req.prompt_tokens)
@@ -209,19 +226,22 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
 
     def _info(req: ParsedRequest, result: JobResult) -> dict[str, Any]:
         return {"seed": result.seed, "seeded": req.seeded, "sampler": {**req.sampler.to_dict(), "seed": result.seed},
-                "guidance": req.guidance.to_dict(), "batch_requests": result.batch_requests,
+                "guidance": req.guidance.to_dict(), "search": req.search.to_dict(),
+                "batch_requests": result.batch_requests,
                 "batch_rows": result.batch_rows, "queue_s": round(result.queue_s, 4),
-                "run_s": round(result.run_s, 4), "chat_template": engine.chat_template}
+                "run_s": round(result.run_s, 4), "chat_template": engine.chat_template, "lane": req.lane,
+                "estimated_gflops": round(req.gflops, 3), "prompt_token_ids": [list(p) for p in req.prompt_ids]}
 
     def _response(req: ParsedRequest, result: JobResult) -> dict[str, Any]:
-        choices, completion_tokens = _choices(req, result)
+        choices, _, completion_tokens = _choices(req, result, req.echo)
         return response_payload(req, engine, new_id(req.chat), choices, _usage(req, result, completion_tokens),
                                 _info(req, result))
 
     async def _stream(job: Job, deadline: float):
         req, rid, created = job.req, new_id(job.req.chat), int(time.time())
         n = req.n
-        streams = {(i, k): ChoiceStream(engine.model, req.stop) for i in range(len(req.prompts)) for k in range(n)}
+        texts = _texts(req)
+        streams = {(i, k): ChoiceStream(texts[i], req.stop) for i in range(len(req.prompts)) for k in range(n)}
 
         def sse(payload: dict[str, Any], event: str | None = None) -> str:
             head = f"event: {event}\n" if event else ""
@@ -231,6 +251,9 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
         try:
             if req.chat:
                 yield sse(chunk_payload(req, engine, rid, created, [chunk_choice(req, i * n + k, "", first=True)
+                                                                    for (i, k) in streams]))
+            elif req.echo:
+                yield sse(chunk_payload(req, engine, rid, created, [chunk_choice(req, i * n + k, req.prompts[i])
                                                                     for (i, k) in streams]))
             while True:
                 remaining = deadline - time.monotonic()
@@ -261,13 +284,16 @@ def create_app(engine: Engine, scheduler: Scheduler | None = None, api_key: str 
                 except RequestError as e:
                     yield sse(e.body())
                     break
-                choices, completion_tokens = _choices(req, result)
+                choices, shown, completion_tokens = _choices(req, result, False)
                 final = []
-                for c in choices:
+                for c, s in zip(choices, shown):
                     i, k = divmod(c["index"], n)
                     text = c["message"]["content"] if req.chat else c["text"]
-                    final.append(chunk_choice(req, c["index"], streams[(i, k)].finish(text), c["finish_reason"],
-                                              c["reward"]))
+                    out = chunk_choice(req, c["index"], streams[(i, k)].finish(text), c["finish_reason"], c["reward"])
+                    if req.canvas_events:  # why the final reward may differ from the last step's estimate
+                        out["rescored_tokens_differ"] = rescored_differently(engine.model, engine.reward,
+                                                                             req.prompts[i], s.token_ids, s.text)
+                    final.append(out)
                 yield sse(chunk_payload(req, engine, rid, created, final))
                 if req.include_usage:
                     usage = _usage(req, result, completion_tokens)
