@@ -17,12 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import GUIDANCE_RULES, ORIGIN, PLAIN_METHODS, REMASKING_ALIASES, REMASKING_RULES
+from .typecheck import check_types
 
 CONFIDENCE_SOURCES = ("prior", "guided")
 OPTIMIZERS = ("adam", "ascent")
 SCHEDULES = ("linear", "uniform")
 SAMPLING = ("inverse_cdf", "gumbel")
 KV_CACHE_MODES = ("none", "prefix", "dual")  # entrgi.models.cache
+
+# ---- documented limits (docs/performance.md, "Limits"): beyond them a run takes hours, its memory grows without
+# bound, or its floats overflow to inf/NaN (which would then look like the reward model's fault).
+#: Denoising steps T (the masked samplers also need T <= max_new_tokens: :func:`check_masked_steps`).
+MAX_STEPS = 1 << 16
+#: Trajectories K per prompt.
+MAX_NUM_SAMPLES = 1024
+#: Inner optimisation steps M per denoising step.
+MAX_INNER_STEPS = 100
+#: Chunks of the vocabulary per soft embedding: `vocab_chunk` >= ceil(V / this) (:func:`check_vocab_chunk`).
+MAX_VOCAB_CHUNKS = 1024
+#: Largest temperature, step size `lr`, `kl_weight` or λ; smallest positive temperature.
+MAX_SCALE = 1e6
+MIN_TEMPERATURE = 1e-6
 
 
 def guided_methods() -> tuple[str, ...]:
@@ -74,6 +89,39 @@ def check_float(name: str, value: Any, low: float, high: float | None = None, *,
         raise ValueError(f"`{name}` must be {rng}, got {value}.")
 
 
+def check_limit(name: str, value: float, maximum: float, why: str) -> None:
+    """Raise ``ValueError`` when ``value`` (already checked to be a number) exceeds the documented ``maximum``."""
+    if value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum:g} ({why}), got {value:g}.")
+
+
+def check_temperature(name: str, value: float) -> None:
+    """A temperature (already checked >= 0): 0, or in [MIN_TEMPERATURE, MAX_SCALE] (logits / τ stay finite)."""
+    if value > MAX_SCALE or 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"`{name}` must be 0 or in [{MIN_TEMPERATURE:g}, {MAX_SCALE:g}] (beyond, logits / τ "
+                         f"overflow to inf/NaN), got {value:g}.")
+
+
+def check_masked_steps(sampler: SamplerConfig) -> None:
+    """``ValueError`` unless ``steps`` <= ``max_new_tokens``: the masked samplers commit at least one slot per step
+    (a canvas model's steps are per canvas and are not checked here)."""
+    if sampler.steps > sampler.max_new_tokens:
+        raise ValueError(f"`steps` ({sampler.steps}) must be <= `max_new_tokens` ({sampler.max_new_tokens}) for the "
+                         "masked diffusion sampler (each step commits at least one of the L slots); set `steps` to "
+                         f"at most {sampler.max_new_tokens}.")
+
+
+def check_vocab_chunk(guidance: GuidanceConfig, vocab_size: int) -> None:
+    """``ValueError`` when ``vocab_chunk`` splits a vocabulary of ``vocab_size`` ids into more than
+    :data:`MAX_VOCAB_CHUNKS` chunks per soft embedding (hours of tiny matmuls)."""
+    chunk = guidance.vocab_chunk
+    if chunk is not None and guidance.soft_top_k is None and -(-vocab_size // chunk) > MAX_VOCAB_CHUNKS:
+        least = -(-vocab_size // MAX_VOCAB_CHUNKS)
+        raise ValueError(f"`vocab_chunk` = {chunk} splits the vocabulary of {vocab_size} ids into "
+                         f"{-(-vocab_size // chunk)} chunks per soft embedding (at most {MAX_VOCAB_CHUNKS}): use "
+                         f"`vocab_chunk` >= {least}, or None (one dense pass).")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices`` (suggesting close spellings)."""
     if value not in choices:
@@ -87,10 +135,11 @@ class SamplerConfig:
     """How the masked diffusion LM commits tokens (Dream's sampler, with LLaDA's blocks as an option)."""
 
     max_new_tokens: int = _help("Response length L (masked slots appended to the prompt).", default=128)
-    steps: int = _help("Denoising steps T over the whole response (split evenly over the blocks when `block_length` is set).",
-                       default=128)
-    num_samples: int = _help("Trajectories K per prompt.", default=4)
-    temperature: float = _help("Sampling temperature τ; 0 = greedy.", default=0.7)
+    steps: int = _help("Denoising steps T over the whole response (split evenly over the blocks when `block_length` is "
+                       f"set); at most {MAX_STEPS}, and for the masked samplers at most `max_new_tokens`.", default=128)
+    num_samples: int = _help(f"Trajectories K per prompt, at most {MAX_NUM_SAMPLES}.", default=4)
+    temperature: float = _help(f"Sampling temperature τ; 0 = greedy, else in [{MIN_TEMPERATURE:g}, {MAX_SCALE:g}].",
+                               default=0.7)
     top_p: float = _help("Nucleus filter for sampled tokens, in (0, 1].", default=0.95)
     top_k: int | None = _help("Keep only the top-k ids when sampling (None = off).", default=None)
     sampling: str = _help(
@@ -138,8 +187,13 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         check_int("max_new_tokens", self.max_new_tokens, 1)
         check_int("steps", self.steps, 1)
+        check_limit("steps", self.steps, MAX_STEPS, "the documented limit; the masked samplers need steps <= "
+                    "max_new_tokens")
         check_int("num_samples", self.num_samples, 1)
+        check_limit("num_samples", self.num_samples, MAX_NUM_SAMPLES, "the documented limit; more samples per prompt "
+                    "need memory without bound")
         check_float("temperature", self.temperature, 0.0)
+        check_temperature("temperature", self.temperature)
         check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         if self.top_k is not None:
             check_int("top_k", self.top_k, 1)
@@ -148,6 +202,7 @@ class SamplerConfig:
         for key, value in REMASKING_ALIASES.get(self.remasking, {}).items():  # the one spelling it stands for
             object.__setattr__(self, key, value)
         check_float("remasking_temperature", self.remasking_temperature, 0.0)
+        check_temperature("remasking_temperature", self.remasking_temperature)
         check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)
         if not isinstance(self.deprioritize_eos, bool):
             raise ValueError(f"`deprioritize_eos` must be True or False, got {self.deprioritize_eos!r}.")
@@ -174,6 +229,7 @@ class SamplerConfig:
         check_choice("kv_cache", self.kv_cache, KV_CACHE_MODES)
         if self.parallel_threshold is not None:
             check_float("parallel_threshold", self.parallel_threshold, 0.0, 1.0)
+        check_types(self)  # every field by its annotation (the checks above give the range messages)
 
     @property
     def num_blocks(self) -> int:
@@ -191,10 +247,12 @@ class GuidanceConfig:
         "none (plain sampling), best_of_n (plain sampling, best by reward), expectation (w=0), aps (w=1, "
         "straight-through), entrgi (w = normalised entropy), or a registered guidance rule (docs/extending.md).",
         default="entrgi", choices=methods)
-    inner_steps: int = _help("Optimisation steps M on the logits per denoising step.", default=3)
+    inner_steps: int = _help(f"Optimisation steps M on the logits per denoising step, at most {MAX_INNER_STEPS}.",
+                             default=3)
     optimizer: str = _help("adam (released code, fresh state each step) or ascent (poster: φ += lr·∇R).",
                            default="adam", choices=OPTIMIZERS)
-    lr: float = _help("Step size η on the logits (Adam's lr; for ascent lr = 1/β).", default=0.5)
+    lr: float = _help(f"Step size η on the logits (Adam's lr; for ascent lr = 1/β), in (0, {MAX_SCALE:g}].",
+                      default=0.5)
     entropy_temperature: float | None = _help(
         "Temperature of the entropy in w; 1.0 as the released code, None = the sampling τ (the formula).",
         default=1.0)
@@ -208,7 +266,7 @@ class GuidanceConfig:
     vocab_chunk: int | None = _help(
         "Ids per chunk when the soft embedding q·E and its gradient are computed over the vocabulary in "
         "chunks (no (n, V) intermediates besides the gradient); None = one dense softmax and matmul. Same "
-        "values to float rounding.", default=4096)
+        f"values to float rounding. At most {MAX_VOCAB_CHUNKS} chunks: at least V / {MAX_VOCAB_CHUNKS}.", default=4096)
     compile: bool = _help(
         "torch.compile the reward model's forward (off: measured not to pay on CPU; see docs/performance.md).",
         default=False)
@@ -228,7 +286,7 @@ class GuidanceConfig:
         default=None)
     kl_weight: float = _help(
         "λ of the KL penalty: the inner loop maximises R − λ·Σ_slots KL(softmax(φ/τ) ‖ softmax(φ₀/τ)), φ₀ the "
-        "prior logits, τ the relaxation temperature (docs/rewards.md, KL penalty); 0 = off (finite, >= 0).",
+        "prior logits, τ the relaxation temperature (docs/rewards.md, KL penalty); 0 = off (in [0, 1e6]).",
         default=0.0)
     guide_carry: bool = _help(
         "On the steps the schedule does not guide, add the row's last guided logit shift (guided − prior "
@@ -238,12 +296,16 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         check_choice("method", self.method, methods())
         check_int("inner_steps", self.inner_steps, 0)
+        check_limit("inner_steps", self.inner_steps, MAX_INNER_STEPS, "the documented limit; the cost grows linearly")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_float("lr", self.lr, 0.0, low_open=True)
+        check_limit("lr", self.lr, MAX_SCALE, "a larger step overflows the guided logits to inf/NaN")
         if self.entropy_temperature is not None:
             check_float("entropy_temperature", self.entropy_temperature, 0.0)
+            check_temperature("entropy_temperature", self.entropy_temperature)
         if self.relaxation_temperature is not None:
             check_float("relaxation_temperature", self.relaxation_temperature, 0.0, low_open=True)
+            check_temperature("relaxation_temperature", self.relaxation_temperature)
         if self.hard_top_p is not None:
             check_float("hard_top_p", self.hard_top_p, 0.0, 1.0, low_open=True)
         for name in ("prefix_cache", "compile", "guide_carry"):
@@ -259,6 +321,8 @@ class GuidanceConfig:
         if self.inner_tol is not None:
             check_float("inner_tol", self.inner_tol, 0.0)
         check_float("kl_weight", self.kl_weight, 0.0)
+        check_limit("kl_weight", self.kl_weight, MAX_SCALE, "a larger λ overflows the inner loop's objective")
+        check_types(self)  # every field by its annotation (the checks above give the range messages)
 
     @property
     def guided(self) -> bool:

@@ -22,6 +22,7 @@ from ..config import GuidanceConfig, SamplerConfig, check_choice, check_float, c
 from ..dtypes import DTYPES
 from ..pair import check_pair
 from ..plugins import load_plugins
+from ..typecheck import check_keys, check_types
 from .prompts import SUBSAMPLING
 
 #: Best-of-N with N chosen so that its estimated FLOPs match the costliest guided method's.
@@ -114,9 +115,11 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 value = (value,)
-            object.__setattr__(self, name, tuple(value))
-            if not getattr(self, name) and name != "plugins":
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(value))
+            if not value and name != "plugins":
                 raise ValueError(f"`{name}` must not be empty.")
+        check_types(self)  # by annotation: a string is not a boolean, a number not a path or a list
         load_plugins(self.plugins)  # first: they may register the methods and rules named below
         for m in self.methods:
             check_choice("methods", split_method(m)[0], eval_methods())
@@ -148,6 +151,9 @@ class EvalConfig:
         for grid_key, section in (("temperature", "sampler"), ("seed", "sampler"), ("method", "guidance")):
             if grid_key in getattr(self, section):
                 raise ValueError(f"`{section}.{grid_key}` is set by the grid; use `{grid_key}s` instead.")
+        for section in GRID_SET:
+            check_keys(getattr(self, section), [f.name for f in dataclasses.fields(_section_class(section))],
+                       f"field(s) of `{section}`")
         self.sampler_config(self.temperatures[0], self.seeds[0])  # validates the overrides now
         self.guidance_config("entrgi")
         self.particle_config(self.methods[0])  # validated always: the identity holds the resolved values
@@ -206,10 +212,7 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(names)}.")
+        check_keys(data, [f.name for f in dataclasses.fields(cls)], "eval config keys")
         return cls(**data)
 
 

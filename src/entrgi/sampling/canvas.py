@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_float, check_int
+from ..config import (MAX_NUM_SAMPLES, MAX_STEPS, GuidanceConfig, ResolvedGuidance, SamplerConfig, check_float,
+                      check_int, check_limit)
+from ..typecheck import check_types
 from ..errors import NonFiniteError
 from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
 from ..guidance.schedules import ran_values
@@ -90,6 +92,10 @@ class CanvasConfig:
         check_int("seed", self.seed, 0)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, 1)
+        if self.max_denoising_steps is not None:
+            check_limit("max_denoising_steps", self.max_denoising_steps, MAX_STEPS, "the documented limit")
+        check_limit("num_samples", self.num_samples, MAX_NUM_SAMPLES, "the documented limit")
+        check_types(self)
 
     @classmethod
     def from_sampler(cls, sampler: SamplerConfig, **canvas: Any) -> CanvasConfig:

@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from ..config import (GuidanceConfig, ResolvedGuidance, SamplerConfig, check_choice, check_float, check_int,
-                      guided_methods)
+from ..config import (MAX_SCALE, GuidanceConfig, ResolvedGuidance, SamplerConfig, check_choice, check_float,
+                      check_int, check_limit, guided_methods)
 from ..errors import check_rewards
+from ..typecheck import check_types
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardModel
 from .outputs import GenerationOutput, rescore_tokens
@@ -54,6 +55,7 @@ class ParticleConfig:
             raise ValueError(f"`guided` must be True or False, got {self.guided!r}.")
         check_int("resample_every", self.resample_every, 1)
         check_float("lam", self.lam, 0.0)
+        check_limit("lam", self.lam, MAX_SCALE, "a larger λ overflows the weights exp(λ·potential)")
         check_choice("potential", self.potential, POTENTIALS)
         check_float("ess_threshold", self.ess_threshold, 0.0, 1.0)
         if self.potential_reward is not None:
@@ -66,6 +68,7 @@ class ParticleConfig:
                 split_reward_spec(self.potential_reward)
             except ValueError as e:
                 raise ValueError(f"`potential_reward`: {e}") from None
+        check_types(self)
 
 
 def systematic_resample(weights: torch.Tensor, u: float) -> torch.Tensor:

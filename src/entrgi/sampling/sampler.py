@@ -15,7 +15,7 @@ import torch
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_masked_steps, check_vocab_chunk
 from ..errors import NonFiniteError
 from ..guidance.inner_loop import guide_logits, mean_entropy_weight, response_attention
 from ..guidance.mixing import upcast
@@ -143,7 +143,10 @@ class MaskedDiffusionSampler:
         reward model's layout when guided or ``track_reward``. Its work is counted in ``stats`` (a new
         :class:`ComputeStats` by default)."""
         sampler = sampler or SamplerConfig()
+        check_masked_steps(sampler)  # T <= L (docs/performance.md, "Limits")
         rg = self.resolve(sampler, guidance, track_reward)
+        if rg.config.guided:
+            check_vocab_chunk(rg.config, int(self.bridge.mapped.shape[0]))
         rows = list(prompts) if not isinstance(prompts, str) and prompts and all(
             isinstance(p, Row) for p in prompts) else self.rows_for(prompts, sampler)
         model = self.model
