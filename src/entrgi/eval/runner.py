@@ -2,8 +2,9 @@
 
 A cell is (prompt set, method, τ, seed). Records are keyed by a hash of the run identity, the cell and the
 prompt, so a run resumes where it stopped and never depends on the number of workers (prompts are sharded
-round-robin). Records on disk (reading, appending, the one-writer lock): :mod:`entrgi.eval.records`. See
-docs/evaluation.md.
+round-robin). Records on disk (reading, appending, the one-writer lock): :mod:`entrgi.eval.records`. The run folder
+is an :class:`~entrgi.files.OwnedFolder`: the runner replaces or appends to only the files its manifest proves
+it wrote, and refuses a folder whose records are of another configuration. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import guided_methods
+from ..files import OwnedFolder
 from ..sampling.outputs import GenerationOutput
 from .config import (
     APS_ANCHORED,
+    GRID_SET,
     MATCHED_BON,
     PARTICLE_METHODS,
     TEXT_SELECTED,
@@ -35,10 +37,13 @@ from .config import (
     resolve_identity,
     split_method,
 )
-from .judges import Judge, load_judge
+from .judges import Judge, load_judge, run_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
-from .records import append_record, cut_torn_tail, read_records, results_lock
+from .records import config_difference, configurations, load_results, read_records, results_lock
+
+#: The files an eval run writes besides its results files (``matched_n.json`` only with ``best_of_n_matched``).
+RUN_FILES = ("run.json", "matched_n.json")
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,13 @@ def record_key(identity: str, set_name: str, cell: Cell, prompt: Prompt, num_sam
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def check_run_dir(cfg: EvalConfig, out: Path) -> str:
-    """Create ``run.json`` or refuse to mix results of a different identity into ``out``; returns the folder's
-    identity hash (the one its records are keyed with). Identities compare on resolved values (every default
-    filled in), so run.json files of older versions, which stored only the overrides, still resume."""
+def check_run_dir(cfg: EvalConfig, out: Path, folder: OwnedFolder | None = None) -> str:
+    """Create ``run.json`` (through ``folder``, which records it in its manifest) or refuse to mix results of a
+    different identity into ``out``; returns the folder's identity hash (the one its records are keyed with).
+    Identities compare on resolved values (every default filled in), so run.json files of older versions, which
+    stored only the overrides, still resume."""
     out.mkdir(parents=True, exist_ok=True)
+    folder = folder or OwnedFolder(out, kind="eval", command="entrgi eval")
     meta = out / "run.json"
     if meta.exists():
         try:
@@ -106,20 +113,31 @@ def check_run_dir(cfg: EvalConfig, out: Path) -> str:
         return old_hash
     text = json.dumps({"identity": cfg.identity(), "identity_hash": cfg.identity_hash(), "config": cfg.to_dict(),
                        "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1, default=list)
-    tmp = meta.with_name(f".run.json.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, meta)  # atomic: data-parallel workers may race here
+    folder.write_text("run.json", text)  # atomic: data-parallel workers may race here
     return cfg.identity_hash()
+
+
+def read_matched_n(folder: OwnedFolder) -> dict[str, int]:
+    """The N of ``best_of_n_matched`` fixed so far per (prompt set, τ) (``matched_n.json``); a ``ValueError``
+    naming the file when it is not such a mapping."""
+    fixed = folder.read_json("matched_n.json", {})
+    if not isinstance(fixed, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 1 for k, v in fixed.items()):
+        raise ValueError(f"{str(folder.path / 'matched_n.json')!r} must map 'prompt set|τ' to a positive integer N, "
+                         f"got {json.dumps(fixed)[:60]}; restore it, or delete it to fix N again.")
+    return fixed
 
 
 class EvalRunner:
     """Loads the models once and runs the cells of an :class:`EvalConfig`."""
 
     def __init__(self, cfg: EvalConfig, *, shard: Shard | None = None, model=None, reward=None,
-                 judges: list[Judge] | None = None, progress: bool = True, text_reward=None):
+                 judges: list[Judge] | None = None, progress: bool = True, text_reward=None,
+                 folder: OwnedFolder | None = None):
         self.cfg = cfg
         self.shard = shard or Shard.from_env()
         self.out = Path(cfg.out)
+        self.folder = folder or OwnedFolder(self.out, kind="eval", command="entrgi eval")
         self.progress = progress
         self.device = cfg.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
         self.model, self.reward = (model, reward) if model is not None else self._load_pair()
@@ -163,21 +181,51 @@ class EvalRunner:
                             yield Cell(ps, m, t, seed)
 
     def run(self) -> Path:
+        """Run (or resume) the grid. Reads and checks come first; then the results file's lock is taken before
+        anything else in the folder; files of the folder that the manifest does not prove ours are never replaced or
+        appended to, and records of another configuration in the folder are refused (nothing is written)."""
         cfg = self.cfg
-        identity = check_run_dir(cfg, self.out)
         raw = cfg.sampler_config(cfg.temperatures[0], cfg.seeds[0]).match_released  # released code: raw prompts
         sets = {ps: load_prompt_set(ps, raw=raw) for ps in cfg.prompt_sets}
         self.set_names = {ps: sets[ps].name for ps in cfg.prompt_sets}
         path = self.shard.results_file(self.out)
-        with results_lock(path):
-            cut = cut_torn_tail(path)
-            if cut:
-                warnings.warn(f"{path}: removed the torn last line ({cut} bytes) of a killed run; its record is "
-                              "computed again.", stacklevel=2)
-            self._run(identity, sets, path)
+        ours = [path.name, "run.json", *(["matched_n.json"] if MATCHED_BON in cfg.methods else [])]
+        self.folder.check_kind()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with results_lock(path, reentrant=True):  # first: a running owner's files are never judged half-written
+            self.folder.refuse_foreign(ours)
+            identity = check_run_dir(cfg, self.out, self.folder)
+            self.check_records(identity)
+            self._run(identity, sets, self.folder.appender(path.name))
         return self.out
 
-    def _run(self, identity: str, sets: dict, path: Path) -> None:
+    def check_records(self, identity: str) -> None:
+        """``ValueError`` when the folder holds records computed under another run identity (or without one): a
+        resumed run would mix them into one report."""
+        res = load_results(self.out)
+        groups = configurations(res.records)
+        other = next((k for k in groups if k != identity), False)
+        if other is False:
+            return
+        i = groups[other][0]
+        where = f"{res.sources[i][0]} line {res.sources[i][1]}"
+        mine = next((r.get("config") for r in res.records if r.get("run") == identity), None) or self.cfg.identity()
+        detail = config_difference(res.records[i].get("config"), mine)
+        raise ValueError(f"run folder {str(self.out)!r} holds {len(groups[other])} record(s) of another configuration "
+                         f"(first at {where}: {detail}); resuming would mix them with this run's. Use a new `out` "
+                         "folder, or move those results files away.")
+
+    def cell_config(self, cell: Cell, output: GenerationOutput) -> dict[str, Any]:
+        """The cell's resolved configuration, as its records store it: the sampler / guidance settings generation
+        ran with (and the particle settings of a particle method), plus the run identity's other fields."""
+        config = {k: v for k, v in self.cfg.identity().items() if k not in GRID_SET}
+        config["sampler"] = dataclasses.asdict(output.sampler)
+        config["guidance"] = dataclasses.asdict(output.guidance)
+        particle = split_method(cell.method)[0] in PARTICLE_METHODS
+        config["particles"] = dataclasses.asdict(self.cfg.particle_config(cell.method)) if particle else None
+        return json.loads(json.dumps(config, default=list))
+
+    def _run(self, identity: str, sets: dict, results) -> None:
         cfg = self.cfg
         done = {r["key"] for r in read_records(self.out)}
         work = []
@@ -195,7 +243,7 @@ class EvalRunner:
             for lo in range(0, len(todo), cfg.prompts_per_batch):
                 batch = todo[lo:lo + cfg.prompts_per_batch]
                 for rec in self.evaluate(cell, batch, k, identity):
-                    append_record(path, rec)
+                    results.append(json.dumps(rec))
                     done.add(rec["key"])
                 bar.update(len(batch))
         bar.close()
@@ -214,12 +262,11 @@ class EvalRunner:
             raise ValueError("`matched_bon_n` must be set for sharded runs (each worker sees only its own "
                              "prompts' costs when it gets there).")
         # Fixed once per (prompt set, τ) and stored, so that every seed and every resume uses the same N.
-        path = self.out / "matched_n.json"
-        fixed = json.loads(path.read_text()) if path.exists() else {}
+        fixed = read_matched_n(self.folder)
         key = f"{self.set_names[cell.prompt_set]}|{cell.temperature}"
         if key not in fixed:
             fixed[key] = matched_n(read_records(self.out), self.set_names[cell.prompt_set], cell.temperature, k)
-            path.write_text(json.dumps(fixed, indent=1))
+            self.folder.write_text("matched_n.json", json.dumps(fixed, indent=1))
         return fixed[key]
 
     # ---- one batch of prompts -------------------------------------------------------------------
@@ -269,7 +316,7 @@ class EvalRunner:
             judges = {}
             for judge in self.judges:
                 idx = list(range(len(group))) if judge.on == "all" else [best]
-                scores = judge.score([p.text] * len(idx), [texts[j] for j in idx])
+                scores = run_judge(judge, [p.text] * len(idx), [texts[j] for j in idx])
                 for j, sc in zip(idx, scores):
                     samples[j].setdefault("judges", {})[judge.name] = sc
                 judges[judge.name] = {"top1": scores[idx.index(best)],
@@ -286,6 +333,7 @@ class EvalRunner:
                 "samples": samples, "curves": curves(group),
                 "compute": per_prompt(stats, n),
                 "rank": self.shard.rank,
+                "run": identity, "config": self.cell_config(cell, out),
             }
             if selection is not None:
                 rec["selection"] = {"reward": self.cfg.text_reward or getattr(self.text_reward, "name", "text_reward"),
