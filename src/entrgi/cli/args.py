@@ -17,8 +17,9 @@ def _parse_optional(inner: type):
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                       skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of ``cls`` (defaults left unset so only given flags override)."""
+                       skip: tuple[str, ...] = (), registry_choices: bool = True) -> None:
+    """Add one flag per field of ``cls`` (defaults left unset so only given flags override). ``registry_choices``
+    False: values a registry decides are not checked here (the plugins that register them have not run yet)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -42,8 +43,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
             continue  # nested sections come from YAML (or their own flags)
         choices = f.metadata.get("choices")
         if callable(choices):  # a registry decides: read it now, after the plugins were loaded
-            choices = choices()
-            kw["help"] += f"; one of: {', '.join(choices)}"
+            choices = choices() if registry_choices else None
+            if choices is not None:
+                kw["help"] += f"; one of: {', '.join(choices)}"
         if choices:
             kw["choices"] = list(choices)
         kw["type"] = _parse_optional(base) if optional else base
