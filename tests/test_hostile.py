@@ -392,3 +392,14 @@ def test_a_plugin_raising_system_exit_3_is_reported_as_its_failure(tmp_path, cap
     assert main(["generate", "--plugin", str(plugin), "--prompt", "x", *NO_MODEL]) == 2
     line = one_line(capsys.readouterr().err, "generate")
     assert "plugin" in line and "exits.py" in line and "sys.exit(3)" in line
+
+
+def test_an_empty_lock_left_by_an_older_run_does_not_block_forever(tmp_path):
+    results = tmp_path / "results.jsonl"
+    lock = lock_path(results)
+    lock.write_text("")  # what a run that died on a full disk left before the fix
+    os.utime(lock, (lock.stat().st_mtime - 60,) * 2)
+    with pytest.warns(UserWarning, match="removed an empty lock file"):
+        with results_lock(results):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()

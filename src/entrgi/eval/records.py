@@ -334,6 +334,20 @@ def _acquire(lock: Path, me: dict[str, Any]) -> None:
             if unreadable < 20:  # an owner between creating and writing it
                 time.sleep(0.05)
                 continue
+            try:
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if lock.stat().st_size == 0 and age > 5:  # created, never written: a writer that died (a full disk)
+                grab = lock.with_name(f"{lock.name}.stale-{me['token']}")
+                try:
+                    os.rename(lock, grab)
+                except FileNotFoundError:
+                    continue
+                grab.unlink()
+                warnings.warn(f"{lock}: removed an empty lock file left {age:.0f} s ago by a run that could not "
+                              "write it (a full disk?).", stacklevel=4)
+                continue
             raise ValueError(f"run folder {str(out)!r} has an unreadable lock file {str(lock)!r}; if no `entrgi "
                              "eval` is running on this folder, delete that file and run again.")
         here = owner["host"] == me["host"]
