@@ -104,10 +104,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Diffusion LM: hub id or local folder (default: the embedded pair).")
     g.add_argument("--family", type=text_arg("a model family"),
                    help="Model family adapter (default: detected from the config).")
-    g.add_argument("--reward", type=text_arg("a reward spelling"), help="Reward: an HF sequence classifier's hub id or folder, text:MODULE:FUNCTION or "
-                                    "text:FILE.py:FUNCTION (code on text: none/best_of_n only), likelihood:PATH_OR_ID, "
-                                    "a registered KIND:TARGET, or a weighted sum W*SPEC+W*SPEC (e.g. 0.7*PATH+0.3*likelihood:PATH) "
-                                    "(default: the embedded pair's).")
+    g.add_argument("--reward", type=text_arg("a reward spelling"),
+                   help="Reward: an HF sequence classifier's hub id or folder, text:MODULE:FUNCTION or "
+                        "text:FILE.py:FUNCTION (code on text: none/best_of_n only), likelihood:PATH_OR_ID, "
+                        "a registered KIND:TARGET, or a weighted sum W*SPEC+W*SPEC (e.g. 0.7*PATH+0.3*likelihood:PATH) "
+                        "(default: the embedded pair's).")
     g.add_argument("--reward-template", default="auto", choices=["auto", "chat", "plain", "response"],
                    help="How the RM sees (prompt, response) (default: auto = its chat template if any).")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=text_arg("a device"),

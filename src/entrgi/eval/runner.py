@@ -42,9 +42,6 @@ from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
 from .records import config_difference, configurations, load_results, read_records, results_lock
 
-#: The files an eval run writes besides its results files (``matched_n.json`` only with ``best_of_n_matched``).
-RUN_FILES = ("run.json", "matched_n.json")
-
 
 @dataclass(frozen=True)
 class Shard:
