@@ -225,10 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig.from_dict(data)
     check_device(cfg.device)
     check_writable(cfg.out, "--out", folder=True)
-    if not args.no_report:  # a report would replace these at the end: refused now, before any model work
-        from ..eval.report import REPORT_FILES
-        OwnedFolder(cfg.out, kind="eval", command="entrgi eval").refuse_foreign(REPORT_FILES, "would replace with its "
-                                                                                "report")
+    check_eval_folder(cfg, report=not args.no_report)
     if args.quiet:
         silence_progress_bars()
     out = run_eval(cfg, progress=not args.quiet)
@@ -237,6 +234,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print((out / "table.md").read_text())
         print(f"report: {report}")
     return 0
+
+
+def check_eval_folder(cfg, report: bool) -> None:
+    """Refuse now, before any model work (the runner checks again under its lock), an `out` folder where the run
+    would replace or append to files it did not write: its results file, run.json, matched_n.json and (``report``)
+    the report's files."""
+    from ..eval.config import MATCHED_BON
+    from ..eval.report import REPORT_FILES
+    from ..eval.runner import Shard
+
+    names = [Shard.from_env().results_file(Path(cfg.out)).name, "run.json"]
+    names += ["matched_n.json"] if MATCHED_BON in cfg.methods else []
+    names += list(REPORT_FILES) if report else []
+    OwnedFolder(cfg.out, kind="eval", command="entrgi eval").refuse_foreign(names)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
