@@ -93,7 +93,7 @@ def test_demo_leaves_a_folder_it_did_not_make_untouched(user_folder, args, needl
     line = assert_error(res, "demo", *needles)
     if args[1] == "1":
         assert str(user_folder) in line
-    assert snapshot(user_folder) == before  # not one byte changed, no marker written
+    assert snapshot(user_folder) == before  # not one byte changed, no manifest or lock written
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -118,40 +118,42 @@ def test_demo_checks_everything_before_disk_and_models(user_folder, tmp_path, mo
     assert not (tmp_path / "new").exists()  # bad arguments: nothing created
 
 
-def test_claim_demo_dir_replaces_only_its_own_files(tmp_path):
+def test_claim_demo_dir_replaces_only_what_its_manifest_proves(tmp_path):
     new = tmp_path / "a" / "b"
-    assert demo.claim_demo_dir(new) == set()
-    assert sorted(os.listdir(new)) == [demo.MARKER]
-    # a folder the demo wrote, where the user later added a file: demo files go, the user's stays
-    ours = tmp_path / "ours"
-    ours.mkdir()
+    assert demo.claim_demo_dir(demo.demo_folder(new)) == [] and os.listdir(new) == []
+    # a folder the demo wrote, where the user later added a file and edited none: demo files go, the user's stays
+    ours = demo.demo_folder(tmp_path / "ours")
     for name in demo.DEMO_FILES:
-        (ours / name).write_text("old demo output")
-    (ours / "results.rank1-of-2.jsonl").write_text("x")
-    (ours / demo.MARKER).write_text(json.dumps({"files": [*demo.DEMO_FILES, "results.rank1-of-2.jsonl",
-                                                          "../escape.txt"]}))
-    (ours / "notes.txt").write_text("keep")
+        ours.write_text(name, "old demo output")
+    (ours.path / "notes.txt").write_text("keep")
     (tmp_path / "escape.txt").write_text("outside")
-    assert demo.claim_demo_dir(ours) == {"notes.txt"}
-    assert sorted(os.listdir(ours)) == sorted([demo.MARKER, "notes.txt"])
-    assert (ours / "notes.txt").read_text() == "keep" and (tmp_path / "escape.txt").read_text() == "outside"
-    assert json.loads((ours / demo.MARKER).read_text())["files"] == list(demo.DEMO_FILES)
-    # a demo folder from before the marker existed (only demo files, demo.json among them) is the demo's
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
+    assert demo.claim_demo_dir(ours) == ["notes.txt"]
+    assert sorted(os.listdir(ours.path)) == sorted([files.MANIFEST, "notes.txt"])
+    assert (ours.path / "notes.txt").read_text() == "keep" and (tmp_path / "escape.txt").read_text() == "outside"
+    # a demo file edited since the demo wrote it is not the demo's any more: refused, nothing removed
+    ours.write_text("demo.txt", "new demo output")
+    ours.write_text("run.json", "{}")
+    (ours.path / "demo.txt").write_text("my edits")
+    with pytest.raises(ValueError, match=r"holds demo.txt, which `entrgi demo` would replace but did not write"):
+        demo.claim_demo_dir(ours)
+    assert (ours.path / "run.json").read_text() == "{}" and (ours.path / "demo.txt").read_text() == "my edits"
+    # files named like the demo's, without a manifest, are not the demo's: refused, untouched
+    named = tmp_path / "named"
+    named.mkdir()
     for name in ("demo.json", "demo.txt", "results.jsonl", "run.json"):
-        (legacy / name).write_text("old")
-    assert demo.claim_demo_dir(legacy) == set() and sorted(os.listdir(legacy)) == [demo.MARKER]
-    # an eval run folder (run.json + results.jsonl, no demo.json) is not
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text("{}")
-    (run / "results.jsonl").write_text("{}\n")
+        (named / name).write_text("mine")
+    before = snapshot(named)
     with pytest.raises(ValueError, match="not written by `entrgi demo`"):
-        demo.claim_demo_dir(run)
-    assert sorted(os.listdir(run)) == ["results.jsonl", "run.json"]
+        demo.claim_demo_dir(demo.demo_folder(named))
+    assert snapshot(named) == before
+    # an eval run folder (its manifest says so) is not the demo's either
+    run = files.OwnedFolder(tmp_path / "run", kind="eval")
+    run.write_text("run.json", "{}")
+    with pytest.raises(ValueError, match="holds the files of `entrgi eval`"):
+        demo.claim_demo_dir(demo.demo_folder(run.path))
+    assert (run.path / "run.json").read_text() == "{}"
     with pytest.raises(ValueError, match="is a file, not a folder"):
-        demo.claim_demo_dir(run / "run.json")
+        demo.claim_demo_dir(demo.demo_folder(run.path / "run.json"))
 
 
 @pytest.mark.slow
@@ -166,8 +168,8 @@ def test_demo_reruns_into_its_own_folder(tmp_path):
     assert (out / "notes.txt").read_text() == "keep"
     records = (out / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(r)["method"] for r in records) == sorted(demo.DEMO_METHODS)  # replaced, not appended
-    listed = json.loads((out / demo.MARKER).read_text())["files"]
-    assert sorted(listed) == sorted(set(os.listdir(out)) - {"notes.txt", demo.MARKER})
+    listed = json.loads((out / files.MANIFEST).read_text())["files"]
+    assert sorted(listed) == sorted(set(os.listdir(out)) - {"notes.txt", files.MANIFEST})
     assert {"results.jsonl", "demo.txt", "reward_vs_step.png"} <= set(listed)
 
 

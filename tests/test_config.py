@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 import typing
 
 import pytest
@@ -134,10 +135,15 @@ def test_every_float_field_refuses_inf_and_nan(cls, field, value):
     assert str(info.value).endswith(f"got {value!r}.")
 
 
-def test_large_finite_values_are_still_accepted():
-    assert GuidanceConfig(lr=1e30, entropy_temperature=1e30, relaxation_temperature=1e30).lr == 1e30
-    assert SamplerConfig(temperature=1e30, remasking_temperature=1e30).temperature == 1e30
-    assert SearchConfig(lam=1e30).lam == 1e30
+def test_large_values_are_accepted_up_to_the_documented_limit():
+    assert GuidanceConfig(lr=1e6, entropy_temperature=1e6, relaxation_temperature=1e-6, kl_weight=1e6).lr == 1e6
+    assert SamplerConfig(temperature=1e6, remasking_temperature=1e6).temperature == 1e6
+    assert SearchConfig(lam=1e6).lam == 1e6
+    for cls, field, value in ((GuidanceConfig, "lr", 1e300), (GuidanceConfig, "kl_weight", 2e6),
+                              (GuidanceConfig, "relaxation_temperature", 1e-300), (SamplerConfig, "temperature", 1e308),
+                              (SamplerConfig, "temperature", 1e-300), (SearchConfig, "lam", 1e30)):
+        with pytest.raises(ValueError, match=rf"`{field}` must be .*got {re.escape(f'{value:g}')}"):
+            cls(**{field: value})
 
 
 def test_check_float_allows_inf_only_when_asked():

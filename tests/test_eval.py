@@ -30,6 +30,11 @@ WORKER = Path(__file__).with_name("eval_worker.py")
 VOLATILE = ("compute", "rank")  # timing and worker id legitimately differ between runs
 
 
+def worker_path() -> str:
+    """PYTHONPATH of a worker process: the tests' folder, then this process's own PYTHONPATH (its entrgi)."""
+    return os.pathsep.join([str(WORKER.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
 def same(a, b, path="record"):
     """Equal structures; floats to 1e-4 (worker processes use other thread counts, so reductions differ
     in the last bits), everything else (keys, texts, token ids, counts) exactly."""
@@ -202,7 +207,7 @@ def test_rerun_skips_done_work_and_changed_config_is_refused(full_run):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(full_run, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parent)}
+    env = {**os.environ, "PYTHONPATH": worker_path()}
     proc = subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env)
     results = out / "results.jsonl"
     deadline = time.time() + 120
@@ -240,7 +245,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(full_run, tmp_path):
 def test_two_worker_processes_give_the_single_process_result(full_run, tmp_path):
     out = tmp_path / "sharded"
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(out)],
-                              env={**os.environ, "PYTHONPATH": str(WORKER.parent), "RANK": str(r), "WORLD_SIZE": "2"})
+                              env={**os.environ, "PYTHONPATH": worker_path(), "RANK": str(r), "WORLD_SIZE": "2"})
              for r in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert sorted(p.name for p in out.glob("results*.jsonl")) == ["results.rank0-of-2.jsonl",

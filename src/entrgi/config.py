@@ -27,12 +27,27 @@ from .registry import (
     SEARCH_STRATEGIES,
     check_params,
 )
+from .typecheck import check_types
 
 CONFIDENCE_SOURCES = ("prior", "guided")
 SCHEDULES = ("linear", "uniform")
 SAMPLING = ("inverse_cdf", "gumbel")
 KV_CACHE_MODES = ("none", "prefix", "dual")  # entrgi.models.cache
 POTENTIALS = ("diff", "value")
+
+# ---- documented limits (docs/performance.md, "Limits"): beyond them a run takes hours, its memory grows without
+# bound, or its floats overflow to inf/NaN (which would then look like the reward model's fault).
+#: Denoising steps T (the masked samplers also need T <= max_new_tokens: :func:`check_masked_steps`).
+MAX_STEPS = 1 << 16
+#: Trajectories K per prompt.
+MAX_NUM_SAMPLES = 1024
+#: Inner optimisation steps M per denoising step.
+MAX_INNER_STEPS = 100
+#: Chunks of the vocabulary per soft embedding: `vocab_chunk` >= ceil(V / this) (:func:`check_vocab_chunk`).
+MAX_VOCAB_CHUNKS = 1024
+#: Largest temperature, step size `lr`, `kl_weight` or λ; smallest positive temperature.
+MAX_SCALE = 1e6
+MIN_TEMPERATURE = 1e-6
 
 
 def rule_choices() -> tuple[str, ...]:
@@ -79,6 +94,39 @@ def check_float(name: str, value: Any, low: float, high: float | None = None, *,
         raise ValueError(f"`{name}` must be {rng}, got {value}.")
 
 
+def check_limit(name: str, value: float, maximum: float, why: str) -> None:
+    """Raise ``ValueError`` when ``value`` (already checked to be a number) exceeds the documented ``maximum``."""
+    if value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum:g} ({why}), got {value:g}.")
+
+
+def check_temperature(name: str, value: float) -> None:
+    """A temperature (already checked >= 0): 0, or in [MIN_TEMPERATURE, MAX_SCALE] (logits / τ stay finite)."""
+    if value > MAX_SCALE or 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"`{name}` must be 0 or in [{MIN_TEMPERATURE:g}, {MAX_SCALE:g}] (beyond, logits / τ "
+                         f"overflow to inf/NaN), got {value:g}.")
+
+
+def check_masked_steps(sampler: SamplerConfig) -> None:
+    """``ValueError`` unless ``steps`` <= ``max_new_tokens``: the masked samplers commit at least one slot per step
+    (a canvas model's steps are per canvas and are not checked here)."""
+    if sampler.steps > sampler.max_new_tokens:
+        raise ValueError(f"`steps` ({sampler.steps}) must be <= `max_new_tokens` ({sampler.max_new_tokens}) for the "
+                         "masked diffusion sampler (each step commits at least one of the L slots); set `steps` to "
+                         f"at most {sampler.max_new_tokens}.")
+
+
+def check_vocab_chunk(guidance: GuidanceConfig, vocab_size: int) -> None:
+    """``ValueError`` when ``vocab_chunk`` splits a vocabulary of ``vocab_size`` ids into more than
+    :data:`MAX_VOCAB_CHUNKS` chunks per soft embedding (hours of tiny matmuls)."""
+    chunk = guidance.vocab_chunk
+    if chunk is not None and guidance.soft_top_k is None and -(-vocab_size // chunk) > MAX_VOCAB_CHUNKS:
+        least = -(-vocab_size // MAX_VOCAB_CHUNKS)
+        raise ValueError(f"`vocab_chunk` = {chunk} splits the vocabulary of {vocab_size} ids into "
+                         f"{-(-vocab_size // chunk)} chunks per soft embedding (at most {MAX_VOCAB_CHUNKS}): use "
+                         f"`vocab_chunk` >= {least}, or None (one dense pass).")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices`` (suggesting close spellings)."""
     if value not in choices:
@@ -93,10 +141,12 @@ class SamplerConfig:
 
     max_new_tokens: int = _help("Response length L (masked slots appended to the prompt).", default=128)
     steps: int = _help("Denoising steps T over the whole response (split evenly over the blocks when `block_length` is "
-                       "set); canvas models (DiffusionGemma): the most denoising steps per canvas.", default=128)
-    num_samples: int = _help("Trajectories K per prompt.", default=4)
-    temperature: float = _help("Sampling temperature τ; 0 = greedy (canvas models: 0 = argmax canvases, the default "
-                               "0.7 = the model's t_max -> t_min schedule).", default=0.7)
+                       f"set); at most {MAX_STEPS}, and for the masked samplers at most `max_new_tokens`; canvas "
+                       "models (DiffusionGemma): the most denoising steps per canvas.", default=128)
+    num_samples: int = _help(f"Trajectories K per prompt, at most {MAX_NUM_SAMPLES}.", default=4)
+    temperature: float = _help(f"Sampling temperature τ; 0 = greedy, else in [{MIN_TEMPERATURE:g}, {MAX_SCALE:g}] "
+                               "(canvas models: 0 = argmax canvases, the default 0.7 = the model's t_max -> t_min "
+                               "schedule).", default=0.7)
     top_p: float = _help("Nucleus filter for sampled tokens, in (0, 1].", default=0.95)
     top_k: int | None = _help("Keep only the top-k ids when sampling (None = off).", default=None)
     sampling: str = _help(
@@ -159,8 +209,13 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         check_int("max_new_tokens", self.max_new_tokens, 1)
         check_int("steps", self.steps, 1)
+        check_limit("steps", self.steps, MAX_STEPS, "the documented limit; the masked samplers need steps <= "
+                    "max_new_tokens")
         check_int("num_samples", self.num_samples, 1)
+        check_limit("num_samples", self.num_samples, MAX_NUM_SAMPLES, "the documented limit; more samples per prompt "
+                    "need memory without bound")
         check_float("temperature", self.temperature, 0.0)
+        check_temperature("temperature", self.temperature)
         check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         if self.top_k is not None:
             check_int("top_k", self.top_k, 1)
@@ -170,6 +225,7 @@ class SamplerConfig:
                              "confidence_from='guided' (the CLI, YAML and requests still read 'anchored' so).")
         check_choice("remasking", self.remasking, remasking_choices())
         check_float("remasking_temperature", self.remasking_temperature, 0.0)
+        check_temperature("remasking_temperature", self.remasking_temperature)
         check_choice("confidence_from", self.confidence_from, CONFIDENCE_SOURCES)
         if not isinstance(self.deprioritize_eos, bool):
             raise ValueError(f"`deprioritize_eos` must be True or False, got {self.deprioritize_eos!r}.")
@@ -201,12 +257,14 @@ class SamplerConfig:
         for name in ("t_min", "t_max"):
             if getattr(self, name) is not None:
                 check_float(name, getattr(self, name), 0.0)
+                check_temperature(name, getattr(self, name))
         if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
             raise ValueError(f"`t_max` ({self.t_max}) must be > `t_min` ({self.t_min}).")
         if self.stability_threshold is not None:
             check_int("stability_threshold", self.stability_threshold, 0)
         if self.confidence_threshold is not None:
             check_float("confidence_threshold", self.confidence_threshold, 0.0, low_open=True)
+        check_types(self)  # every field by its annotation (the checks above give the range messages)
 
     @property
     def num_blocks(self) -> int:
@@ -243,13 +301,15 @@ class GuidanceConfig:
     rule_params: Mapping[str, Any] = _help(
         "The rule's own parameters (name: value; docs/extending.md); the rule's defaults for the others.",
         default_factory=Params)
-    inner_steps: int = _help("Optimisation steps M on the logits per denoising step.", default=3)
+    inner_steps: int = _help(f"Optimisation steps M on the logits per denoising step, at most {MAX_INNER_STEPS}.",
+                             default=3)
     optimizer: str = _help("adam (released code, fresh state each step), ascent (poster: φ += lr·∇R) or a "
                            "registered optimizer (docs/extending.md).", default="adam",
                            choices=lambda: tuple(OPTIMIZERS.names()))
     optimizer_params: Mapping[str, Any] = _help("The optimizer's own parameters (name: value).",
                                                 default_factory=Params)
-    lr: float = _help("Step size η on the logits (Adam's lr; for ascent lr = 1/β).", default=0.5)
+    lr: float = _help(f"Step size η on the logits (Adam's lr; for ascent lr = 1/β), in (0, {MAX_SCALE:g}].",
+                      default=0.5)
     entropy_temperature: float | None = _help(
         "Temperature of the entropy in w; 1.0 as the released code, None = the sampling τ (the formula).",
         default=1.0)
@@ -263,7 +323,7 @@ class GuidanceConfig:
     vocab_chunk: int | None = _help(
         "Ids per chunk when the soft embedding q·E and its gradient are computed over the vocabulary in "
         "chunks (no (n, V) intermediates besides the gradient); None = one dense softmax and matmul. Same "
-        "values to float rounding.", default=4096)
+        f"values to float rounding. At most {MAX_VOCAB_CHUNKS} chunks: at least V / {MAX_VOCAB_CHUNKS}.", default=4096)
     compile: bool = _help(
         "torch.compile the reward model's forward (off: measured not to pay on CPU; see docs/performance.md).",
         default=False)
@@ -283,7 +343,7 @@ class GuidanceConfig:
         default=None)
     kl_weight: float = _help(
         "λ of the KL penalty: the inner loop maximises R − λ·Σ_slots KL(softmax(φ/τ) ‖ softmax(φ₀/τ)), φ₀ the "
-        "prior logits, τ the relaxation temperature (docs/rewards.md, KL penalty); 0 = off (finite, >= 0).",
+        "prior logits, τ the relaxation temperature (docs/rewards.md, KL penalty); 0 = off (in [0, 1e6]).",
         default=0.0)
     guide_carry: bool = _help(
         "On the steps the schedule does not guide, add the row's last guided logit shift (guided − prior "
@@ -296,15 +356,19 @@ class GuidanceConfig:
         check_params(f"guidance rule {self.rule!r} (`rule_params`)", params, self.rule_params)
         object.__setattr__(self, "rule_params", Params(self.rule_params))
         check_int("inner_steps", self.inner_steps, 0)
+        check_limit("inner_steps", self.inner_steps, MAX_INNER_STEPS, "the documented limit; the cost grows linearly")
         check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS.names()))
         check_params(f"optimizer {self.optimizer!r} (`optimizer_params`)", OPTIMIZERS.get(self.optimizer).params,
                      self.optimizer_params)
         object.__setattr__(self, "optimizer_params", Params(self.optimizer_params))
         check_float("lr", self.lr, 0.0, low_open=True)
+        check_limit("lr", self.lr, MAX_SCALE, "a larger step overflows the guided logits to inf/NaN")
         if self.entropy_temperature is not None:
             check_float("entropy_temperature", self.entropy_temperature, 0.0)
+            check_temperature("entropy_temperature", self.entropy_temperature)
         if self.relaxation_temperature is not None:
             check_float("relaxation_temperature", self.relaxation_temperature, 0.0, low_open=True)
+            check_temperature("relaxation_temperature", self.relaxation_temperature)
         if self.hard_top_p is not None:
             check_float("hard_top_p", self.hard_top_p, 0.0, 1.0, low_open=True)
         for name in ("prefix_cache", "compile", "guide_carry"):
@@ -320,6 +384,8 @@ class GuidanceConfig:
         if self.inner_tol is not None:
             check_float("inner_tol", self.inner_tol, 0.0)
         check_float("kl_weight", self.kl_weight, 0.0)
+        check_limit("kl_weight", self.kl_weight, MAX_SCALE, "a larger λ overflows the inner loop's objective")
+        check_types(self)  # every field by its annotation (the checks above give the range messages)
 
     @property
     def guided(self) -> bool:
@@ -392,12 +458,14 @@ class SearchConfig:
         check_choice("strategy", self.strategy, tuple(SEARCH_STRATEGIES.names()))
         check_int("resample_every", self.resample_every, 1)
         check_float("lam", self.lam, 0.0)
+        check_limit("lam", self.lam, MAX_SCALE, "a larger λ overflows the weights exp(λ·potential)")
         check_choice("potential", self.potential, POTENTIALS)
         check_float("ess_threshold", self.ess_threshold, 0.0, 1.0)
         if self.potential_reward is not None and (not isinstance(self.potential_reward, str)
                                                   or not self.potential_reward.strip()):
             raise ValueError(f"`potential_reward` must be a reward spelling (str) or None, got "
                              f"{self.potential_reward!r}; pass a reward object to the sampler instead.")
+        check_types(self)
 
     @property
     def needs_reward(self) -> bool:

@@ -25,6 +25,8 @@ def import_file(where: str, label: str) -> ModuleType:
     """Run the Python file ``where`` once as a module (again: the same module); errors are ``ValueError``
     starting with ``label``."""
     path = Path(where).expanduser().resolve()
+    if path.is_dir():
+        raise ValueError(f"{label}: {where!r} is a folder, not a .py file; give the path of the Python file.")
     if not path.is_file():
         raise ValueError(f"{label}: file {where!r} not found (resolved to {str(path)!r}).")
     name = f"entrgi_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
@@ -37,10 +39,16 @@ def import_file(where: str, label: str) -> ModuleType:
     sys.modules[name] = module  # before running it: dataclasses and pickling look the module up
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in user code is its failure, not the command's end
         del sys.modules[name]
-        raise ValueError(f"{label}: running {where!r} failed: {type(e).__name__}: {e}") from e
+        raise ValueError(f"{label}: running {where!r} failed: {_failure(e)}") from e
     return module
+
+
+def _failure(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r}); a plugin must only define and register things"
+    return f"{type(e).__name__}: {e}"
 
 
 def import_module(where: str, label: str, hint: str = "") -> ModuleType:
@@ -53,8 +61,8 @@ def import_module(where: str, label: str, hint: str = "") -> ModuleType:
             hint = hint or "check the spelling and that it is installed or on PYTHONPATH"
             raise ValueError(f"{label}: no module named {where!r} ({hint}).") from e
         raise ValueError(f"{label}: importing {where!r} failed: {e}") from e
-    except Exception as e:
-        raise ValueError(f"{label}: importing {where!r} failed: {type(e).__name__}: {e}") from e
+    except (Exception, SystemExit) as e:
+        raise ValueError(f"{label}: importing {where!r} failed: {_failure(e)}") from e
 
 
 def load_plugin(spec: str) -> ModuleType:

@@ -24,9 +24,11 @@ def _parse_optional(inner: type):
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                       skip: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> None:
+                       skip: tuple[str, ...] = (), rename: dict[str, str] | None = None,
+                       registry_choices: bool = True) -> None:
     """Add one flag per field of ``cls`` (defaults left unset so only given flags override; ``rename``: field ->
-    flag where the flag is not the field's name)."""
+    flag where the flag is not the field's name). ``registry_choices`` False: values a registry decides are not
+    checked here (the plugins that register them have not run yet)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -50,8 +52,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
             continue  # nested sections come from YAML (or their own flags)
         choices = f.metadata.get("choices")
         if callable(choices):  # a registry decides: read it now, after the plugins were loaded
-            choices = choices()
-            kw["help"] += f"; one of: {', '.join(choices)}"
+            choices = choices() if registry_choices else None
+            if choices is not None:
+                kw["help"] += f"; one of: {', '.join(choices)}"
         if choices:
             kw["choices"] = list(choices)
         kw["type"] = _parse_optional(base) if optional else base
@@ -60,28 +63,30 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 def add_settings_args(parser: argparse.ArgumentParser, *, method: bool = True, preset: bool = True,
-                      skip: dict[str, tuple[str, ...]] | None = None) -> None:
+                      skip: dict[str, tuple[str, ...]] | None = None, registry_choices: bool = True) -> None:
     """The flags of a run's settings: ``--preset``, ``--method``, one per ``SamplerConfig`` / ``GuidanceConfig`` /
-    ``SearchConfig`` field (``--search`` for the strategy), ``--rule-param`` and ``--optimizer-param``."""
+    ``SearchConfig`` field (``--search`` for the strategy), ``--rule-param`` and ``--optimizer-param``.
+    ``registry_choices`` False: names a registry decides are left to the resolution (plugins not loaded yet)."""
     skip = skip or {}
     if preset:
-        parser.add_argument("--preset", choices=list_presets(), default=None,
+        parser.add_argument("--preset", choices=list_presets() if registry_choices else None, default=None,
                             help="Start from a named combination of fields (the other flags override it): "
                                  + "; ".join(f"{n}: {get_preset(n).description}" for n in list_presets()))
     if method:
-        parser.add_argument("--method", choices=method_choices(), default=None,
+        parser.add_argument("--method", choices=method_choices() if registry_choices else None, default=None,
                             help="The paper's method names for a rule and a search: none (rule none, search sample), "
                                  "best_of_n (rule none, search best_of_n), or a guidance rule (that rule, search "
                                  "sample). --rule and --search set them one by one.")
-    add_dataclass_args(parser.add_argument_group("sampler (SamplerConfig)"), SamplerConfig, skip.get("sampler", ()))
+    add_dataclass_args(parser.add_argument_group("sampler (SamplerConfig)"), SamplerConfig, skip.get("sampler", ()),
+                       registry_choices=registry_choices)
     guidance = parser.add_argument_group("guidance (GuidanceConfig)")
-    add_dataclass_args(guidance, GuidanceConfig, skip.get("guidance", ()))
+    add_dataclass_args(guidance, GuidanceConfig, skip.get("guidance", ()), registry_choices=registry_choices)
     for name in ("rule", "optimizer"):
         guidance.add_argument(f"--{name}-param", action="append", metavar="NAME=VALUE", dest=f"{name}_param_items",
                               help=f"A parameter of the {name} (repeat for several; VALUE read as YAML: 2.0, true, "
                                    "text).")
     add_dataclass_args(parser.add_argument_group("search (SearchConfig)"), SearchConfig, skip.get("search", ()),
-                       rename={"strategy": "--search"})
+                       rename={"strategy": "--search"}, registry_choices=registry_choices)
 
 
 def parse_params(items: list[str] | None, flag: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import yaml
 
 from ..config import GuidanceConfig, SamplerConfig, SearchConfig, method_name
 from ..dtypes import DTYPES
-from ..files import check_writable, read_text_file, write_atomic
+from ..files import OwnedFolder, check_writable, read_text_file, write_atomic
 from ..plugins import load_plugins
 from ..settings import RunSettings, model_defaults, resolve_settings
 from .args import add_dataclass_args, add_settings_args, given_fields, settings_layer
@@ -86,21 +86,35 @@ def empty_answers_note(texts: list[str], default_pair: bool) -> str | None:
             "`--min-new-tokens N` makes every response at least N tokens long.")
 
 
+def text_arg(what: str):
+    """An argparse ``type`` for a flag that names something (a path, a model, a device): an empty value is refused
+    (``--model ''`` is not the current folder)."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"the value is empty: give {what}")
+        return text
+    parse.__name__ = what
+    return parse
+
+
 # ---- commands ---------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--model", help="Diffusion LM: hub id or local folder (default: the embedded pair).")
-    g.add_argument("--family", help="Model family adapter (default: detected from the config).")
-    g.add_argument("--reward", help="Reward: an HF sequence classifier's hub id or folder, text:MODULE:FUNCTION or "
-                                    "text:FILE.py:FUNCTION (code on text: none/best_of_n only), likelihood:PATH_OR_ID, "
-                                    "a registered KIND:TARGET, or a weighted sum W*SPEC+W*SPEC (e.g. 0.7*PATH+0.3*likelihood:PATH) "
-                                    "(default: the embedded pair's).")
+    g.add_argument("--model", type=text_arg("a hub id or a local folder"),
+                   help="Diffusion LM: hub id or local folder (default: the embedded pair).")
+    g.add_argument("--family", type=text_arg("a model family"),
+                   help="Model family adapter (default: detected from the config).")
+    g.add_argument("--reward", type=text_arg("a reward spelling"),
+                   help="Reward: an HF sequence classifier's hub id or folder, text:MODULE:FUNCTION or "
+                        "text:FILE.py:FUNCTION (code on text: none/best_of_n only), likelihood:PATH_OR_ID, "
+                        "a registered KIND:TARGET, or a weighted sum W*SPEC+W*SPEC (e.g. 0.7*PATH+0.3*likelihood:PATH) "
+                        "(default: the embedded pair's).")
     g.add_argument("--reward-template", default="auto", choices=["auto", "chat", "plain", "response"],
                    help="How the RM sees (prompt, response) (default: auto = its chat template if any).")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=text_arg("a device"),
                    help="cpu, cuda or cuda:N (default: cuda if available, else cpu).")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="Weights dtype (default: the checkpoint's).")
-    g.add_argument("--device-map", default=None,
+    g.add_argument("--device-map", default=None, type=text_arg("a device map"),
                    help="accelerate placement over several GPUs (e.g. auto, balanced); overrides --device.")
     g.add_argument("--rm-checkpointing", action="store_true", help="Gradient checkpointing in the reward model.")
 
@@ -146,8 +160,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_differentiable(reward, args.reward, f"rule {guidance.rule!r}")
     out = generate(model, prompts, reward, sampler=sampler, guidance=guidance, search=settings.search,
                    progress=not args.quiet)
-    if output is not None:
-        write_atomic(output, json.dumps(out.to_dict(with_trace=True), indent=1))
     if args.json:
         print(json.dumps(out.to_dict(with_trace=args.trace), indent=1))
     else:
@@ -164,7 +176,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if note:
         sys.stdout.flush()
         print(note, file=sys.stderr)
+    if output is not None:  # results first: printed above; the file written last, and never lost with it
+        write_output(output, json.dumps(out.to_dict(with_trace=True), indent=1))
     return 0
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write ``--output`` atomically; when that fails (a full disk), print ``text`` on stdout, so that the run's
+    results are not lost with the file, and raise the OSError (naming the file) with that said."""
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        print(text)
+        sys.stdout.flush()
+        raise OSError(e.errno, f"{e.strerror or e} (the full output was printed on stdout instead)",
+                      e.filename if e.filename is not None else str(path)) from e
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -180,6 +206,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig.from_dict(data)
     check_device(cfg.device)
     check_writable(cfg.out, "--out", folder=True)
+    check_eval_folder(cfg, report=not args.no_report)
     if args.quiet:
         silence_progress_bars()
     out = run_eval(cfg, progress=not args.quiet)
@@ -190,10 +217,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_eval_folder(cfg, report: bool) -> None:
+    """Refuse now, before any model work (the runner checks again under its lock), an `out` folder where the run
+    would replace or append to files it did not write: its results file, run.json, matched_n.json and (``report``)
+    the report's files."""
+    from ..eval.config import MATCHED_BON
+    from ..eval.report import REPORT_FILES
+    from ..eval.runner import Shard
+
+    names = [Shard.from_env().results_file(Path(cfg.out)).name, "run.json"]
+    names += ["matched_n.json"] if MATCHED_BON in cfg.methods else []
+    names += list(REPORT_FILES) if report else []
+    OwnedFolder(cfg.out, kind="eval", command="entrgi eval").refuse_foreign(names)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ..eval.report import write_report
 
-    if not Path(args.run_dir).is_dir():
+    run_dir = Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        hint = f" ({str(run_dir.parent)!r} holds it)" if run_dir.name.startswith("results") else ""
+        raise ValueError(f"{args.run_dir!r} is a file, not a run folder: give the `--out` folder of an `entrgi eval` "
+                         f"run{hint}.")
+    if not run_dir.is_dir():
         raise ValueError(f"run directory {args.run_dir!r} does not exist: give the `--out` folder of an "
                          "`entrgi eval` run.")
     report = write_report(args.run_dir, plots=not args.no_plots)
@@ -214,7 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---- plugins: loaded before the parser is built, so that their names are valid choices -----------------
 def add_plugin_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plugin", action="append", metavar="PATH_OR_MODULE",
+    p.add_argument("--plugin", action="append", metavar="PATH_OR_MODULE", type=text_arg("a .py file or a module"),
                    help="A .py file or module to import first: it registers guidance rules, remasking rules or "
                         "rewards (docs/extending.md). Repeat for several.")
 
@@ -232,7 +278,10 @@ def plugin_specs(argv: list[str]) -> list[str]:
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry_choices: bool = True) -> argparse.ArgumentParser:
+    """The ``entrgi`` parser. ``registry_choices=False``: names a registry decides (guidance methods, remasking
+    rules) are not checked as choices, so that the command line can be checked before the plugins that may
+    register them have run."""
     parser = Parser(prog="entrgi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="Show the full traceback of an error (also: ENTRGI_DEBUG=1).")
@@ -240,30 +289,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="Sample responses with reward guidance and print them with rewards.")
     g.add_argument("--prompt", action="append", help="A prompt (repeat for several).")
-    g.add_argument("--prompts-file", help="A text file with one prompt per line.")
+    g.add_argument("--prompts-file", type=text_arg("a file"), help="A text file with one prompt per line.")
     g.add_argument("--json", action="store_true", help="Print the output as JSON.")
     g.add_argument("--trace", action="store_true", help="Include the per-step trace in the --json output.")
-    g.add_argument("--output", help="Write the full output (with traces) to this JSON file (replaced).")
+    g.add_argument("--output", type=text_arg("a file path"),
+                   help="Write the full output (with traces) to this JSON file (replaced; written after the run's "
+                        "output is printed, and printed on stdout if the file cannot be written).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
     add_plugin_arg(g)
     add_model_args(g)
-    add_settings_args(g)
+    add_settings_args(g, registry_choices=registry_choices)
     g.set_defaults(func=cmd_generate)
 
     from ..eval.config import EvalConfig
     e = sub.add_parser("eval", help="Run (or resume) an evaluation grid: methods x temperatures x seeds x prompt sets.")
-    e.add_argument("--config", help="YAML file of EvalConfig fields (flags override it).")
+    e.add_argument("--config", type=text_arg("a YAML file"), help="YAML file of EvalConfig fields (flags override it).")
     e.add_argument("--quiet", action="store_true", help="No progress bar.")
     e.add_argument("--no-report", action="store_true", help="Do not write the report at the end.")
     add_plugin_arg(e)
     add_dataclass_args(e.add_argument_group("run (EvalConfig)"), EvalConfig, skip=("plugins",))
     add_settings_args(e, method=False, preset=False, skip={"sampler": ("temperature", "seed"), "guidance": ("rule",),
-                                             "search": ("strategy",)})
+                                                           "search": ("strategy",)},
+                      registry_choices=registry_choices)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="Reward guidance on the embedded default pair (offline, CPU, a few minutes on 2 cores).")
-    d.add_argument("--out", default="outputs/demo",
-                   help="Output folder: new, empty, or one an earlier demo wrote (only its files are replaced).")
+    d.add_argument("--out", default="outputs/demo", type=text_arg("a folder path"),
+                   help="Output folder: new, empty, or one an earlier demo wrote (only the files its manifest proves "
+                        "it wrote are replaced; others are kept).")
     d.add_argument("--prompts", type=int, default=4, help="Number of sentence beginnings (default: 4).")
     d.add_argument("--temperature", type=float, default=0.7)
     d.add_argument("--seed", type=int, default=0)
@@ -271,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("report", help="Write the paper-layout table (Markdown, CSV) and plots of a run directory.")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", type=text_arg("a run folder"))
     r.add_argument("--no-plots", action="store_true")
     r.set_defaults(func=cmd_report)
     from ..serve.cli import add_serve_parser  # `entrgi serve` (entrgi/serve/)
@@ -284,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("ENTRGI_DEBUG", "") not in ("", "0")
     lead = 1 if argv[:1] == ["--debug"] else 0
     plugins = plugin_specs(argv)
-    if plugins:  # their rules must exist before the parser lists the choices
+    if plugins:
+        # The whole command line is checked before a plugin runs; only the names a registry decides wait for the
+        # plugins that may register them (the second parse). `--help` loads them first to list their names.
+        options = argv[:argv.index("--")] if "--" in argv else argv
+        if not any(a in ("-h", "--help") for a in options):
+            build_parser(registry_choices=False).parse_args(argv)
         verb = next((a for a in argv if not a.startswith("-")), "entrgi")
         def load() -> int:
             load_plugins(plugins)

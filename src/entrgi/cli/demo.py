@@ -6,14 +6,16 @@ Avg@K), VADER judges independently, distinct-2 measures diversity. Prints a tabl
 side by side, and writes ``reward_vs_step.png`` (and the full records) to the output folder. It is a
 one-seed run of the evaluation harness (:mod:`entrgi.eval`).
 
-The output folder must be new, empty, or one the demo wrote before (it holds the marker ``.entrgi-demo``,
-which lists the demo's files): only those files are replaced, anything else in it is left alone.
+The output folder must be new, empty, or one the demo wrote before: its manifest (``.entrgi-manifest.json``,
+:class:`~entrgi.files.OwnedFolder`) lists every file the demo wrote with its content hash, and only files it
+proves the demo wrote are replaced; anything else (a file saved there meanwhile, a demo file edited since) is
+left alone, and a demo file name held by such a file is refused. The run's lock is taken before anything is
+removed, so a second demo on the same folder is refused before it touches the first one's files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -22,17 +24,17 @@ from ..default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS
 from ..eval.config import EvalConfig
 from ..eval.plots import plot_curve
 from ..eval.prompts import load_prompt_set
-from ..eval.records import read_records
+from ..eval.records import read_records, results_lock
 from ..eval.report import aggregate, method_rank
 from ..eval.runner import EvalRunner
+from ..files import OwnedFolder
 
 #: The demo's settings: the default pair's own (measured: see the README and the model card).
 DEMO_SAMPLER = SAMPLER_DEFAULTS
 DEMO_GUIDANCE = GUIDANCE_DEFAULTS
 DEMO_METHODS = ("none", "best_of_n_matched", "expectation", "aps", "entrgi")
 DEMO_PROMPT_SET = "continuations"
-#: The marker file of a demo folder, and the files a demo run writes there.
-MARKER = ".entrgi-demo"
+#: The files a demo run writes.
 DEMO_FILES = ("results.jsonl", "run.json", "matched_n.json", "reward_vs_step.png", "demo.txt", "demo.json")
 
 
@@ -51,14 +53,23 @@ def run_demo(out: str | Path = "outputs/demo", n_prompts: int = 4, temperature: 
     out = Path(out)
     check_demo_args(n_prompts, temperature, seed)
     cfg = demo_config(out, n_prompts, temperature, seed)
-    kept = claim_demo_dir(out)
-    EvalRunner(cfg, progress=progress).run()
+    folder = demo_folder(out)
+    check_demo_dir(folder, names=False)  # a folder that is not a demo's is refused before it sees even a lock file
+    out.mkdir(parents=True, exist_ok=True)
+    with results_lock(out / "results.jsonl"):  # the run's lock (the runner's), before anything is removed
+        claim_demo_dir(folder)
+        EvalRunner(cfg, progress=progress, folder=folder).run()
+        return _finish(cfg, folder, n_prompts, temperature, seed, show)
+
+
+def _finish(cfg: EvalConfig, folder: OwnedFolder, n_prompts: int, temperature: float, seed: int, show: int) -> str:
+    out = folder.path
     records = read_records(out)
     text = demo_text(records, show, out)
-    plot_curve(records, "estimate", "RM reward of predicted completion", out / "reward_vs_step.png")
-    (out / "demo.txt").write_text(text + "\n")
-    (out / "demo.json").write_text(json.dumps({"config": cfg.to_dict()}, indent=1))
-    _write_marker(out, sorted(set(os.listdir(out)) - kept - {MARKER}))
+    folder.write("reward_vs_step.png", lambda p: plot_curve(records, "estimate", "RM reward of predicted completion",
+                                                            p))
+    folder.write_text("demo.txt", text + "\n")
+    folder.write_text("demo.json", json.dumps({"config": cfg.to_dict()}, indent=1))
     return text
 
 
@@ -105,37 +116,30 @@ def check_demo_args(n_prompts: int, temperature: float, seed: int) -> None:
     check_int("--seed", seed, 0)
 
 
-def _write_marker(out: Path, files) -> None:
-    (out / MARKER).write_text(json.dumps({"written_by": "entrgi demo", "files": list(files)}, indent=1) + "\n")
+def demo_folder(out: str | Path) -> OwnedFolder:
+    """The demo's :class:`~entrgi.files.OwnedFolder` at ``out``."""
+    return OwnedFolder(out, kind="demo", flag="--out", command="entrgi demo")
 
 
-def _demo_files(out: Path, present: set[str]) -> set[str] | None:
-    """The names in ``out`` that an earlier demo wrote, or ``None`` when the demo did not make ``out``."""
-    if MARKER in present:
-        try:
-            listed = json.loads((out / MARKER).read_text())["files"]
-            listed = {f for f in listed if isinstance(f, str) and f == Path(f).name and f not in ("", ".", "..")}
-        except (OSError, ValueError, KeyError, TypeError):
-            listed = set()
-        return (listed | set(DEMO_FILES)) & present
-    if "demo.json" in present and present <= set(DEMO_FILES):  # a folder of a demo from before the marker
-        return present
-    return None
-
-
-def claim_demo_dir(out: Path) -> set[str]:
-    """Make ``out`` the demo's folder: create it, or clear the files an earlier demo wrote there. Returns the
-    names of the other files it holds (kept). A non-empty folder the demo did not make is refused."""
+def check_demo_dir(folder: OwnedFolder, names: bool = True) -> None:
+    """``ValueError`` (nothing changed) unless ``folder`` is new, empty, or a demo's: a file, a non-empty folder
+    without the demo's manifest (an eval run folder, a folder of files named like the demo's), or (``names``,
+    checked under the run's lock) a demo file name held by a file the manifest does not prove the demo wrote."""
+    out = folder.path
     if out.exists() and not out.is_dir():
         raise ValueError(f"`--out` {str(out)!r} is a file, not a folder: choose a new `--out` folder.")
-    present = set(os.listdir(out)) if out.is_dir() else set()
-    ours = _demo_files(out, present) if present else set()
-    if ours is None:
-        raise ValueError(f"`--out` {str(out)!r} is not empty and was not written by `entrgi demo` (no {MARKER} "
-                         "file): choose a new `--out` folder; nothing was changed.")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ours:
-        if (out / name).is_file():
-            (out / name).unlink()
-    _write_marker(out, DEMO_FILES)  # the files this run will write, in case it stops half-way
-    return present - ours - {MARKER}
+    folder.check_kind()
+    if folder.folder_kind() is None and folder.others():
+        raise ValueError(f"`--out` {str(out)!r} is not empty and was not written by `entrgi demo` (no manifest proves "
+                         "any of its files the demo's): choose a new `--out` folder; nothing was changed.")
+    if names:
+        folder.refuse_foreign(DEMO_FILES)
+
+
+def claim_demo_dir(folder: OwnedFolder) -> list[str]:
+    """Make ``folder`` the demo's (after :func:`check_demo_dir`): delete the files an earlier demo provably wrote
+    there. Returns the names of the other entries it holds (kept)."""
+    check_demo_dir(folder)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.remove(DEMO_FILES)
+    return folder.others()

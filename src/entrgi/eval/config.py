@@ -38,6 +38,7 @@ from ..pair import check_pair
 from ..plugins import load_plugins
 from ..reward.registry import composite_spec, split_reward_spec
 from ..settings import EVAL_METHODS, RunSettings, method_choices, model_defaults, resolve_settings
+from ..typecheck import check_keys, check_types
 from .prompts import SUBSAMPLING
 
 #: Best-of-N with N chosen so that its estimated FLOPs match a guided method's (``match``; default the costliest).
@@ -207,9 +208,11 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, (str, int, float, Mapping)):
                 value = (value,)
-            object.__setattr__(self, name, tuple(value))
-            if not getattr(self, name) and name != "plugins":
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(value))
+            if not value and name != "plugins":
                 raise ValueError(f"`{name}` must not be empty.")
+        check_types(self)  # by annotation: a string is not a boolean, a number not a path or a list
         load_plugins(self.plugins)  # first: they may register the methods and rules named below
         entries = self.entries
         names = [e.name for e in entries]
@@ -323,10 +326,7 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(names)}.")
+        check_keys(data, [f.name for f in dataclasses.fields(cls)], "eval config keys")
         return cls(**data)
 
 

@@ -114,6 +114,30 @@ class LMUnitJudge(Judge):
                 for p, r in zip(prompts, responses)]
 
 
+class JudgeError(RuntimeError):
+    """A judge failed (its code raised, or it returned something else than one number per response)."""
+
+
+def run_judge(judge, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """``judge.score(prompts, responses)`` checked: one real number (or None) per response, in order. A judge that
+    raises or returns anything else is a :class:`JudgeError` naming the judge (the cause chained, ``--debug``)."""
+    name = getattr(judge, "name", type(judge).__name__)
+    try:
+        scores = judge.score(list(prompts), list(responses))
+        scores = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+    except JudgeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a judge is user code as often as not
+        raise JudgeError(f"judge {name!r} failed: {type(e).__name__}: {e}") from e
+    if len(scores) != len(responses):
+        raise JudgeError(f"judge {name!r} returned {len(scores)} scores for {len(responses)} responses.")
+    for i, v in enumerate(scores):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise JudgeError(f"judge {name!r} returned {type(v).__name__} {v!r:.40} for response {i}; a judge returns "
+                             "one number per response.")
+    return [None if v is None else float(v) for v in scores]
+
+
 def load_judge(spec: str, *, device: str | None = None, dtype=None) -> Judge:
     """``vader`` | ``rm:PATH_OR_ID`` | ``lmunit:PATH_OR_ID`` | ``text:MODULE:FUNCTION`` (any Python function of
     (prompt, response), :class:`~entrgi.reward.text.TextReward`; ``text:path/to/file.py:function`` too)."""

@@ -15,6 +15,27 @@ from .metrics import mean_sem  # noqa: E402
 from .tables import aggregate, method_label, method_rank  # noqa: E402
 
 
+def curve_gaps(records: list[dict], key: str) -> list[str]:
+    """The curves ``key`` whose steps are not all averaged over the same seeds (a seed's records stop early or miss
+    a step): ``EntRGi (continuations, τ = 0.7): steps 9-16 from 1 of 3 seeds``. The report lists them: a partial
+    curve is never plotted silently."""
+    acc: dict[tuple, dict[int, set]] = defaultdict(lambda: defaultdict(set))
+    for r in records:
+        for sample_curve in r.get("curves", {}).get(key, []):
+            for step, v in enumerate(sample_curve):
+                if v is not None:
+                    acc[(r["prompt_set"], r["temperature"], r["method"])][step].add(r["seed"])
+    gaps = []
+    for (ps, t, m), per_step in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], method_rank(kv[0][2]))):
+        seeds = set().union(*per_step.values())
+        short = sorted(s for s, have in per_step.items() if len(have) < len(seeds))
+        if short:
+            fewest = min(len(per_step[s]) for s in short)
+            gaps.append(f"{key} of {method_label(m)} ({ps}, τ = {t:g}): steps {short[0] + 1}-{short[-1] + 1} "
+                        f"from as few as {fewest} of {len(seeds)} seeds")
+    return gaps
+
+
 def step_curve(records: list[dict], key: str) -> dict[tuple, tuple[list[float], list[float]]]:
     """(prompt set, τ, method) -> (mean, SEM over seeds) of curve ``key`` at each step."""
     acc: dict[tuple, dict[int, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -123,14 +144,20 @@ def plot_reward_vs_compute(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(records: list[dict], out: Path) -> list[str]:
-    """Write the plots that the records support; returns their file names."""
+def write_plots(records: list[dict], out: Path, folder=None) -> list[str]:
+    """Write the plots that the records support; returns their file names. With ``folder`` (an
+    :class:`~entrgi.files.OwnedFolder`), each goes through it (replacing only a file it proves an entrgi
+    command wrote)."""
+    plots = [("reward_vs_step.png", lambda p: plot_curve(records, "estimate", "RM reward of predicted completion", p)),
+             ("entropy_weight_vs_step.png",
+              lambda p: plot_curve(records, "entropy_weight", "mean entropy weight w", p)),
+             ("bars.png", lambda p: plot_bars(records, p)),
+             ("reward_vs_compute.png", lambda p: plot_reward_vs_compute(records, p))]
     written = []
-    if plot_curve(records, "estimate", "RM reward of predicted completion", out / "reward_vs_step.png"):
-        written.append("reward_vs_step.png")
-    if plot_curve(records, "entropy_weight", "mean entropy weight w", out / "entropy_weight_vs_step.png"):
-        written.append("entropy_weight_vs_step.png")
-    plot_bars(records, out / "bars.png")
-    plot_reward_vs_compute(records, out / "reward_vs_compute.png")
-    written += ["bars.png", "reward_vs_compute.png"]
+    for name, plot in plots:
+        if folder is not None:
+            if folder.write(name, plot):
+                written.append(name)
+        elif plot(out / name) is not False:
+            written.append(name)
     return written

@@ -60,7 +60,7 @@ def _clean(texts, raw: bool = False) -> tuple[Prompt, ...]:
     out = []
     for i, t in enumerate(texts):
         if isinstance(t, list):  # chat-format fields: take the (last) user turn
-            t = next((m.get("content", "") for m in reversed(t) if m.get("role") == "user"), "")
+            t = next((m.get("content", "") for m in reversed(t) if isinstance(m, dict) and m.get("role") == "user"), "")
         t = str(t) if raw else str(t).strip()
         if t or raw:
             out.append(_prompt(i, t))
@@ -79,25 +79,45 @@ def load_file(path: str | Path, field: str | None = None, raw: bool = False) -> 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"prompt file {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise ValueError(f"prompt file {str(path)!r} is a folder, not a file.")
+    try:
+        return _read_file(path, field, raw)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"prompt file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column "
+                         f"{e.colno}.") from None
+    except csv.Error as e:
+        raise ValueError(f"prompt file {str(path)!r} is not valid CSV: {e}.") from None
+
+
+def _read_file(path: Path, field: str | None, raw: bool) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return read_text_lines(path.read_text(), raw)
+        return read_text_lines(path.read_text(encoding="utf-8"), raw)
     if field is None:
         raise ValueError(f"a field name is needed for {path.name}: use file:{path}:FIELD.")
     if suffix == ".jsonl":
-        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     elif suffix == ".json":
-        rows = json.loads(path.read_text())
+        rows = json.loads(path.read_text(encoding="utf-8"))
     elif suffix == ".csv":
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
         rows = pq.read_table(path).to_pylist()
     else:
         raise ValueError(f"unsupported prompt file type {suffix!r}: use .txt, .jsonl, .json, .csv or .parquet.")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"prompt file {str(path)!r} must hold a list of objects (one per prompt, each with a "
+                         f"{field!r} field).")
     if rows and field not in rows[0]:
         raise ValueError(f"field {field!r} not in {path.name}; fields: {sorted(rows[0])}.")
+    missing = next((i for i, r in enumerate(rows) if field not in r), None)
+    if missing is not None:
+        raise ValueError(f"prompt file {str(path)!r}: row {missing + 1} has no field {field!r}.")
     return [r[field] for r in rows]
 
 

@@ -1,8 +1,11 @@
 """Aggregate a run directory into the paper's table (Markdown + CSV), compute accounting and plots.
 
-Every number is a per-seed mean over prompts, then mean ± SEM over seeds (the paper's ±). Records are
-de-duplicated by key; corrupted or torn lines and non-finite metrics are left out of the means but never
-silently: a warning names them and report.md lists them under "Data problems".
+Every number is a per-seed mean over prompts, then mean ± SEM over seeds (the paper's ±). Records are checked
+against the record schema and de-duplicated by key; corrupted, invalid or torn lines, non-finite metrics and
+curves are left out of the means and plots but never silently: a warning names them and report.md lists them
+under "Data problems" (file and line). Records of different configurations (run identities) are never averaged
+together: the report refuses them. The report's files are written only where the folder's manifest proves an
+entrgi command wrote them (:class:`~entrgi.files.OwnedFolder`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import math
 import warnings
 from pathlib import Path
 
+from ..files import OwnedFolder
 from .config import MATCHED_BON
-from .records import DataProblem, load_results
+from .records import DataProblem, config_difference, configurations, load_results, results_lock
 from .tables import (
     METHOD_LABELS,
     METHOD_ORDER,
@@ -26,8 +30,13 @@ from .tables import (
     read_metric,
 )
 
-__all__ = ["METHOD_LABELS", "METHOD_ORDER", "METRICS", "aggregate", "data_problems", "method_label", "method_rank",
-           "metric_names", "paper_table", "extras_table", "read_metric", "write_csv", "write_report"]
+__all__ = ["METHOD_LABELS", "METHOD_ORDER", "METRICS", "REPORT_FILES", "aggregate", "check_one_configuration",
+           "data_problems", "method_label", "method_rank", "metric_names", "paper_table", "extras_table", "read_metric",
+           "write_csv", "write_report"]
+
+#: The files a report writes into its run folder (the plots only when the records support them).
+REPORT_FILES = ("report.md", "table.md", "table.csv", "reward_vs_step.png", "entropy_weight_vs_step.png", "bars.png",
+                "reward_vs_compute.png")
 
 
 def _fmt(ms: tuple[float, float], digits: int = 2) -> str:
@@ -122,13 +131,46 @@ def write_csv(table: dict, path: Path) -> None:
                     w.writerow([s, t, m, name, val[0], val[1], row["seeds"]])
 
 
+def check_one_configuration(results, out: Path) -> None:
+    """``ValueError`` (one line, naming where each configuration's records are) when the records were computed
+    under more than one run identity: averaging them together would be silently wrong."""
+    groups = configurations(results.records)
+    if len(groups) <= 1:
+        return
+    parts = []
+    first = results.records[next(iter(groups.values()))[0]]
+    for run, idx in groups.items():
+        path, line = results.sources[idx[0]]
+        name = f"run {run}" if run else "records without a stored configuration (older entrgi)"
+        parts.append(f"{name}: {len(idx)} record(s), first at {Path(path).name} line {line}")
+    other = results.records[list(groups.values())[1][0]]
+    differ = config_difference(first.get("config"), other.get("config"))
+    raise ValueError(f"{str(out)!r} holds records of {len(groups)} different configurations, which a report would "
+                     f"average together ({'; '.join(parts)}; they differ in {differ}). Move each configuration's "
+                     "results files into a folder of its own and report each.")
+
+
 def write_report(run_dir: str | Path, plots: bool = True) -> Path:
-    """Write ``report.md``, ``table.md``, ``table.csv`` (and PNG plots) into ``run_dir``; returns report.md."""
+    """Write ``report.md``, ``table.md``, ``table.csv`` (and PNG plots) into ``run_dir``; returns report.md.
+
+    Under the report's lock (``.lock-report.md``); refused (nothing written) when the records mix configurations
+    or when a file of :data:`REPORT_FILES` there is not provably an entrgi command's."""
     out = Path(run_dir)
+    if not out.is_dir():
+        raise ValueError(f"no results in {str(out)!r} (no such folder): run `entrgi eval` first.")
+    folder = OwnedFolder(out, flag="RUN_DIR", command="entrgi report")
+    with results_lock(out / "report.md"):
+        return _write(folder, plots)
+
+
+def _write(folder: OwnedFolder, plots: bool) -> Path:
+    out = folder.path
     results = load_results(out)
-    records = results.records
-    if not records:
+    if not results.records:
         raise ValueError(f"no results in {str(out)!r}: run `entrgi eval` first.")
+    check_one_configuration(results, out)
+    folder.refuse_foreign(REPORT_FILES)
+    records = results.records
     problems = data_problems(results)
     if problems:
         shown = "; ".join(map(str, problems[:5])) + ("; …" if len(problems) > 5 else "")
@@ -136,8 +178,8 @@ def write_report(run_dir: str | Path, plots: bool = True) -> Path:
                       stacklevel=2)
     table = aggregate(records)
     main, extras = paper_table(table, records), extras_table(table)
-    (out / "table.md").write_text(main + "\n")
-    write_csv(table, out / "table.csv")
+    folder.write_text("table.md", main + "\n")
+    folder.write("table.csv", lambda p: write_csv(table, p))
     parts = ["# Evaluation report", "", f"Run directory: `{out}` — {len(records)} prompt records. "
              "Mean ± SEM over seeds of per-seed means over prompts; Top@1 / Avg@K by the guiding RM on "
              "discrete text; judges score the Top@1 response."
@@ -145,11 +187,16 @@ def write_report(run_dir: str | Path, plots: bool = True) -> Path:
              "", main, "",
              "## Diversity, perplexity and compute", "", extras, ""]
     if plots:
-        from .plots import write_plots
-        for name in write_plots(records, out):
+        from .plots import curve_gaps, write_plots
+        for name in write_plots(records, out, folder):
             parts += [f"![{name}]({name})", ""]
+        gaps = [g for key in ("estimate", "entropy_weight") for g in curve_gaps(records, key)]
+        if gaps:
+            warnings.warn(f"{len(gaps)} plotted curve(s) of {out} miss seeds at some steps: {gaps[0]}"
+                          + (" …" if len(gaps) > 1 else ""), stacklevel=3)
+            parts += ["## Incomplete curves", "", "These curves average fewer seeds at some steps than at others:",
+                      "", *[f"- {g}" for g in gaps], ""]
     if problems:
         parts += problems_section(problems)
-    path = out / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    folder.write_text("report.md", "\n".join(parts))
+    return out / "report.md"

@@ -2,8 +2,9 @@
 
 A cell is (prompt set, method, τ, seed). Records are keyed by a hash of the run identity, the cell and the
 prompt, so a run resumes where it stopped and never depends on the number of workers (prompts are sharded
-round-robin). Records on disk (reading, appending, the one-writer lock): :mod:`entrgi.eval.records`. See
-docs/evaluation.md.
+round-robin). Records on disk (reading, appending, the one-writer lock): :mod:`entrgi.eval.records`. The run folder
+is an :class:`~entrgi.files.OwnedFolder`: the runner replaces or appends to only the files its manifest proves
+it wrote, and refuses a folder whose records are of another configuration. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +24,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import check_rewards
+from ..files import OwnedFolder
 from ..pair import check_differentiable, load_pair
 from ..reward.registry import load_reward
 from ..sampling.outputs import GenerationOutput
 from ..sampling.particles import is_differentiable
 from ..sampling.sampler import generate
 from ..settings import RunSettings, model_defaults
-from .config import MATCHED_BON, EvalConfig, describe_difference, settings_key
-from .judges import Judge, load_judge
+from .config import GRID_SET, MATCHED_BON, EvalConfig, describe_difference, settings_key
+from .judges import Judge, load_judge, run_judge
 from .metrics import avg, distinct_n, pseudo_perplexity, top1
 from .prompts import Prompt, load_prompt_set
-from .records import append_record, cut_torn_tail, read_records, results_lock
+from .records import config_difference, configurations, load_results, read_records, results_lock
 from .tables import cell_label
 
 
@@ -84,11 +85,13 @@ def record_key(identity: str, set_name: str, cell: Cell, prompt: Prompt, num_sam
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def check_run_dir(cfg: EvalConfig, out: Path, model_layer: dict[str, Any] | None = None) -> str:
-    """Create ``run.json`` or refuse to mix results of a different identity into ``out``; returns the folder's
-    identity hash (the one its records are keyed with). Identities compare on resolved values (every default
-    filled in, ``model_layer`` the loaded model's defaults)."""
+def check_run_dir(cfg: EvalConfig, out: Path, model_layer: dict[str, Any] | None = None,
+                  folder: OwnedFolder | None = None) -> str:
+    """Create ``run.json`` (through ``folder``, which records it in its manifest) or refuse to mix results of a
+    different identity into ``out``; returns the folder's identity hash (the one its records are keyed with).
+    Identities compare on resolved values (every default filled in, ``model_layer`` the loaded model's defaults)."""
     out.mkdir(parents=True, exist_ok=True)
+    folder = folder or OwnedFolder(out, kind="eval", command="entrgi eval")
     meta = out / "run.json"
     new = json.loads(json.dumps(cfg.identity(model_layer), default=list))
     if meta.exists():
@@ -107,20 +110,31 @@ def check_run_dir(cfg: EvalConfig, out: Path, model_layer: dict[str, Any] | None
         return old_hash
     text = json.dumps({"identity": new, "identity_hash": cfg.identity_hash(model_layer), "config": cfg.to_dict(),
                        "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1, default=list)
-    tmp = meta.with_name(f".run.json.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, meta)  # atomic: data-parallel workers may race here
+    folder.write_text("run.json", text)  # atomic: data-parallel workers may race here
     return cfg.identity_hash(model_layer)
+
+
+def read_matched_n(folder: OwnedFolder) -> dict[str, int]:
+    """The N of ``best_of_n_matched`` fixed so far per (prompt set, τ) (``matched_n.json``); a ``ValueError``
+    naming the file when it is not such a mapping."""
+    fixed = folder.read_json("matched_n.json", {})
+    if not isinstance(fixed, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 1 for k, v in fixed.items()):
+        raise ValueError(f"{str(folder.path / 'matched_n.json')!r} must map 'prompt set|τ' to a positive integer N, "
+                         f"got {json.dumps(fixed)[:60]}; restore it, or delete it to fix N again.")
+    return fixed
 
 
 class EvalRunner:
     """Loads the models once and runs the cells of an :class:`EvalConfig`."""
 
     def __init__(self, cfg: EvalConfig, *, shard: Shard | None = None, model=None, reward=None,
-                 judges: list[Judge] | None = None, progress: bool = True, text_reward=None):
+                 judges: list[Judge] | None = None, progress: bool = True, text_reward=None,
+                 folder: OwnedFolder | None = None):
         self.cfg = cfg
         self.shard = shard or Shard.from_env()
         self.out = Path(cfg.out)
+        self.folder = folder or OwnedFolder(self.out, kind="eval", command="entrgi eval")
         self.progress = progress
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
@@ -163,21 +177,48 @@ class EvalRunner:
                             yield Cell(ps, e.name, t, seed)
 
     def run(self) -> Path:
+        """Run (or resume) the grid. Reads and checks come first; then the results file's lock is taken before
+        anything else in the folder; files of the folder that the manifest does not prove ours are never replaced or
+        appended to, and records of another configuration in the folder are refused (nothing is written)."""
         cfg = self.cfg
-        identity = check_run_dir(cfg, self.out, self.model_layer)
         raw = self.settings(cfg.entries[0].name, cfg.temperatures[0], cfg.seeds[0]).sampler.match_released
         sets = {ps: load_prompt_set(ps, raw=raw) for ps in cfg.prompt_sets}  # released code: raw prompts
         self.set_names = {ps: sets[ps].name for ps in cfg.prompt_sets}
         path = self.shard.results_file(self.out)
-        with results_lock(path):
-            cut = cut_torn_tail(path)
-            if cut:
-                warnings.warn(f"{path}: removed the torn last line ({cut} bytes) of a killed run; its record is "
-                              "computed again.", stacklevel=2)
-            self._run(identity, sets, path)
+        ours = [path.name, "run.json", *(["matched_n.json"] if any(e.matched for e in cfg.entries) else [])]
+        self.folder.check_kind()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with results_lock(path, reentrant=True):  # first: a running owner's files are never judged half-written
+            self.folder.refuse_foreign(ours)
+            identity = check_run_dir(cfg, self.out, self.model_layer, self.folder)
+            self.check_records(identity)
+            self._run(identity, sets, self.folder.appender(path.name))
         return self.out
 
-    def _run(self, identity: str, sets: dict, path: Path) -> None:
+    def check_records(self, identity: str) -> None:
+        """``ValueError`` when the folder holds records computed under another run identity (or without one): a
+        resumed run would mix them into one report."""
+        res = load_results(self.out)
+        groups = configurations(res.records)
+        other = next((k for k in groups if k != identity), False)
+        if other is False:
+            return
+        i = groups[other][0]
+        where = f"{res.sources[i][0]} line {res.sources[i][1]}"
+        mine = next((r.get("config") for r in res.records if r.get("run") == identity), None) or self.cfg.identity(self.model_layer)
+        detail = config_difference(res.records[i].get("config"), mine)
+        raise ValueError(f"run folder {str(self.out)!r} holds {len(groups[other])} record(s) of another configuration "
+                         f"(first at {where}: {detail}); resuming would mix them with this run's. Use a new `out` "
+                         "folder, or move those results files away.")
+
+    def cell_config(self, settings: RunSettings) -> dict[str, Any]:
+        """The cell's resolved configuration, as its records store it: the settings generation ran with (sampler,
+        guidance, search, preset), plus the run identity's other fields (models, judges, prompt sets, ...)."""
+        config = {k: v for k, v in self.cfg.identity(self.model_layer).items() if k not in (*GRID_SET, "methods")}
+        config.update(settings.to_dict())
+        return json.loads(json.dumps(config, default=list))
+
+    def _run(self, identity: str, sets: dict, results) -> None:
         cfg = self.cfg
         done = {r["key"] for r in read_records(self.out)}
         work = []
@@ -198,7 +239,7 @@ class EvalRunner:
             for lo in range(0, len(todo), cfg.prompts_per_batch):
                 batch = todo[lo:lo + cfg.prompts_per_batch]
                 for rec in self.evaluate(cell, settings, batch, identity):
-                    append_record(path, rec)
+                    results.append(json.dumps(rec))
                     done.add(rec["key"])
                 bar.update(len(batch))
         bar.close()
@@ -217,14 +258,14 @@ class EvalRunner:
         if self.shard.world > 1:
             raise ValueError("`matched_bon_n` must be set for sharded runs (each worker sees only its own "
                              "prompts' costs when it gets there).")
-        path = self.out / "matched_n.json"
-        fixed = json.loads(path.read_text()) if path.exists() else {}
+        # Fixed once per (prompt set, τ, method) and stored, so that every seed and every resume uses the same N.
+        fixed = read_matched_n(self.folder)
         key = f"{self.set_names[cell.prompt_set]}|{cell.temperature}|{cell.method}"
         if key not in fixed:
             k = self.settings(entry.name, cell.temperature, cell.seed).sampler.num_samples
             fixed[key] = matched_n(read_records(self.out), self.set_names[cell.prompt_set], cell.temperature, k,
                                    entry.match)
-            path.write_text(json.dumps(fixed, indent=1))
+            self.folder.write_text("matched_n.json", json.dumps(fixed, indent=1))
         return fixed[key]
 
     def settings(self, method: str, temperature: float, seed: int, num_samples: int | None = None) -> RunSettings:
@@ -281,7 +322,7 @@ class EvalRunner:
             judges = {}
             for judge in self.judges:
                 idx = list(range(len(group))) if judge.on == "all" else [best]
-                scores = judge.score([p.text] * len(idx), [texts[j] for j in idx])
+                scores = run_judge(judge, [p.text] * len(idx), [texts[j] for j in idx])
                 for j, sc in zip(idx, scores):
                     samples[j].setdefault("judges", {})[judge.name] = sc
                 judges[judge.name] = {"top1": scores[idx.index(best)],
@@ -299,6 +340,7 @@ class EvalRunner:
                 "samples": samples, "curves": curves(group),
                 "compute": per_prompt(stats, n), "observer_compute": per_prompt(out.observer_stats, n),
                 "settings": settings.to_dict(), "rank": self.shard.rank,
+                "run": identity, "config": self.cell_config(settings),
             }
             if selection is not None:
                 rec["selection"] = {"reward": self.cfg.text_reward or getattr(self.text_reward, "name", "text_reward"),

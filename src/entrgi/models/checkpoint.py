@@ -14,9 +14,12 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from ..typecheck import type_problem
 
 #: Files fetched for a hub id: configs, weights, tokenizer files (no ``*.py``, no ``*.bin`` duplicates).
 SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
@@ -78,8 +81,37 @@ def read_json(path: Path) -> dict | None:
     return data
 
 
+_IDS = int | list[int] | None
+#: The types of the config.json keys the adapters read (``None`` is always allowed: the key's default applies).
+CONFIG_TYPES: dict[str, Any] = {
+    "architectures": list[str], "model_type": str, "torch_dtype": str, "dtype": str,
+    "vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "num_key_value_heads": int, "intermediate_size": int, "max_position_embeddings": int, "head_dim": int,
+    "d_model": int, "n_layers": int, "n_heads": int, "n_kv_heads": int, "mlp_hidden_size": int,
+    "max_sequence_length": int, "embedding_size": int, "num_labels": int,
+    "mask_token_id": _IDS, "pad_token_id": _IDS, "eos_token_id": _IDS, "bos_token_id": _IDS,
+    "tie_word_embeddings": bool, "weight_tying": bool, "rope_theta": float, "rms_norm_eps": float,
+    "layer_norm_eps": float, "text_config": dict, "rope_scaling": dict, "rope_parameters": dict,
+}
+
+
+def check_config(config: dict, path: str | Path) -> dict:
+    """``config`` (a config.json read from ``path``) when every key of :data:`CONFIG_TYPES` it holds has its type
+    (``text_config`` too); else a ``ValueError`` naming the file and the key, never a crash further on."""
+    for section, data in (("", config), ("text_config.", config.get("text_config"))):
+        if not isinstance(data, dict):
+            continue
+        for key, tp in CONFIG_TYPES.items():
+            if key in data and data[key] is not None:
+                problem = type_problem(data[key], tp, section + key)
+                if problem:
+                    raise ValueError(f"`{path}`: {problem} The config.json is corrupt: restore or re-download it.")
+    return config
+
+
 def read_config(name_or_path: str | Path | dict, revision: str | None = None) -> dict:
-    """The checkpoint's ``config.json`` as a dict (a hub id fetches only that file)."""
+    """The checkpoint's ``config.json`` as a dict (a hub id fetches only that file), its keys' types checked
+    (:func:`check_config`)."""
     if isinstance(name_or_path, dict):
         return name_or_path
     folder = local_folder(name_or_path)
@@ -87,14 +119,15 @@ def read_config(name_or_path: str | Path | dict, revision: str | None = None) ->
         config = read_json(folder / "config.json")
         if config is None:
             raise ValueError(f"`{folder}` is not a checkpoint folder: it has no config.json ({_listing(folder)}).")
-        return config
+        return check_config(config, folder / "config.json")
     from huggingface_hub import hf_hub_download
     try:
         path = hf_hub_download(str(name_or_path), "config.json", revision=revision)
     except OSError as e:
         raise ValueError(f"cannot fetch config.json of the hub id `{name_or_path}` ({type(e).__name__}: "
                          f"{_first_line(e)}); for a local folder give its path (e.g. ./{name_or_path}).") from None
-    return read_json(Path(path))
+    config = read_json(Path(path))
+    return config if config is None else check_config(config, path)
 
 
 def _first_line(e: BaseException) -> str:
@@ -309,6 +342,12 @@ def safetensors_files(folder: Path) -> list[Path]:
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"`{folder / 'model.safetensors.index.json'}` has no `weight_map`: it is corrupt.")
+        bad = next(((k, f) for k, f in weight_map.items() if not isinstance(f, str) or not f.strip()
+                    or Path(f).is_absolute() or ".." in Path(f).parts), None)
+        if bad is not None:
+            raise ValueError(f"`{folder / 'model.safetensors.index.json'}`: the shard of {bad[0]!r} is {bad[1]!r}, not "
+                             "the name of a weight file in the folder: the index is corrupt; restore or re-download "
+                             "it.")
         files = [folder / f for f in sorted(set(weight_map.values()))]
     elif (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]

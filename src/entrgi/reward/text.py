@@ -24,6 +24,11 @@ from ..plugins import import_file, import_module, is_file_spec
 BATCHED_ATTR = "entrgi_batched"
 
 
+class TextRewardError(RuntimeError):
+    """The function of a :class:`TextReward` raised; the message names the reward and the item, the cause is
+    chained (``entrgi --debug`` shows its traceback)."""
+
+
 def batched(fn: Callable) -> Callable:
     """Mark ``fn(prompts, responses) -> scores`` as a batched text reward (for :func:`load_text_reward`)."""
     setattr(fn, BATCHED_ATTR, True)
@@ -155,20 +160,33 @@ class TextReward:
             out += self._batch_values(x, lo, len(args[0]))
         return out
 
+    def _failed(self, error: Exception, index: int) -> TextRewardError:
+        what = "the batch starting at item" if self.batched else "item"
+        return TextRewardError(f"text reward {self.name!r} raised {type(error).__name__} on {what} {index}: {error}")
+
+    def _call(self, args, index: int) -> Any:
+        try:
+            return self.fn(*args)
+        except Exception as e:  # noqa: BLE001 - user code: any failure is the reward's, named as such
+            raise self._failed(e, index) from e
+
     def _run_sync(self, calls) -> list[Any]:
         if self.max_workers == 1 or len(calls) <= 1:
-            return [self.fn(*args) for args, _ in calls]
+            return [self._call(args, i) for args, i in calls]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(calls))) as pool:
-            return list(pool.map(lambda a: self.fn(*a), [args for args, _ in calls]))
+            return list(pool.map(lambda c: self._call(*c), calls))
 
     async def _run_async(self, calls) -> list[Any]:
         gate = asyncio.Semaphore(self.max_workers)
 
-        async def one(args):
+        async def one(args, index):
             async with gate:
-                return await self.fn(*args)
+                try:
+                    return await self.fn(*args)
+                except Exception as e:  # noqa: BLE001 - as _call
+                    raise self._failed(e, index) from e
 
-        return await asyncio.gather(*(one(args) for args, _ in calls))
+        return await asyncio.gather(*(one(args, i) for args, i in calls))
 
     def score_list(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int | None = None
                    ) -> list[float]:
@@ -255,4 +273,4 @@ def load_text_reward(spec: str, **kwargs) -> TextReward:
     return TextReward(obj, **kwargs)
 
 
-__all__ = ["TextReward", "batched", "load_callable", "load_text_reward", "split_spec"]
+__all__ = ["TextReward", "TextRewardError", "batched", "load_callable", "load_text_reward", "split_spec"]

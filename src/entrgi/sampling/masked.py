@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig
+from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_masked_steps
 from ..models.base import DiffusionLM
 from ..ops.logit_ops import draw, sample_gumbel_max, sampling_logits, upcast
 from ..registry import ORIGIN
@@ -55,11 +55,13 @@ class MaskedTransition:
 
     # ---- checks and set-up ----------------------------------------------------------------------------------
     def check(self, sampler: SamplerConfig, guidance: GuidanceConfig | None = None) -> None:
-        """``ValueError`` for sampler fields this transition does not read (the canvas family's)."""
+        """``ValueError`` for sampler fields this transition does not read (the canvas family's) and for more steps
+        than slots."""
         given = [name for name in CANVAS_FIELDS if getattr(sampler, name) is not None]
         if given:
             raise ValueError(f"`{given[0]}` applies to canvas (block diffusion) models such as DiffusionGemma only, not "
                              f"to {type(self.model).__name__}: leave it unset.")
+        check_masked_steps(sampler)  # T <= L (docs/performance.md, "Limits")
 
     def resolve_guidance(self, guidance: GuidanceConfig, sampler: SamplerConfig) -> ResolvedGuidance:
         """``guidance`` with its ``None`` temperatures / top-p filled in from the sampler."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, SearchConfig
+from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, SearchConfig, check_vocab_chunk
 from ..conversation import Conversation, Prompt
 from ..models.base import DiffusionLM
 from ..ops.rng import RowStreams, row_seed
@@ -151,6 +151,8 @@ class DiffusionSampler:
             raise ValueError(f"{gradient[0]}: the reward {name!r} ({type(self.scorer).__name__}) scores decoded text "
                              "only and has no gradient. Give a differentiable reward model as `reward` (a text reward "
                              "can weigh particles as `potential_reward`), or run unguided (rule 'none').")
+        if config.guided:
+            check_vocab_chunk(config, int(self.bridge.mapped.shape[0]))
         if track_reward and not transition.tracks_reward:
             raise ValueError(f"`track_reward` does not apply to {type(self.model).__name__}'s "
                              f"{transition.name} transition: leave it False.")
