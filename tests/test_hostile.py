@@ -280,11 +280,13 @@ def test_hand_edited_records_with_wrong_types_are_named_not_a_traceback(tmp_path
 
 
 @pytest.mark.parametrize("text,needle", [("out: 5", "`out` must be a non-empty string, got 5 (an integer)"),
-                                         ("methods: [1]", "`methods[0]` must be a non-empty string, got 1"),
+                                         ("methods: [1]",
+                                          "`methods`: an entry must be a method name or a mapping with a `name`, got 1"),
                                          ("family: 7", "`family` must be a non-empty string or null, got 7"),
                                          ("seeds: [1.5]", "`seeds[0]` must be an integer"),
                                          ("judges: {vader: 1}", "`judges` must be a list"),
-                                         ("sampler: {top_pp: 0.9}", "did you mean 'top_p'")])
+                                         ("sampler: {top_pp: 0.9}", "`sampler.top_pp` (the run's sections) is not a "
+                                                                    "SamplerConfig field. Did you mean `top_p`?")])
 def test_yaml_values_of_the_wrong_type_are_one_line(tmp_path, capsys, text, needle):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: /nonexistent/entrgi-model\nreward: /nonexistent/entrgi-rm\n{text}\n")

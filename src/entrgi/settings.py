@@ -15,6 +15,7 @@ default pair's own settings for it). A layer is a mapping with the sections ``sa
 - ``preset``: a registered preset's fields, applied at the preset's place in the order above whichever layer names
   it (the highest layer that names one wins).
 
+When a higher layer sets the length L, the model's own T and block length follow it (:func:`fit_model_defaults`).
 A preset with ``steps_fraction`` sets T from the *final* response length and blocks unless a config or flag layer
 gives ``steps``. Errors name the field and the layer that set it. The resolved :meth:`RunSettings.to_dict` is
 what records carry.
@@ -154,6 +155,7 @@ def resolve_settings(*, model_defaults: Mapping[str, Any] | None = None, config:
                 merged[name].pop("optimizer_params", None)
             merged[name].update(fields)
             origin.update({(name, k): source for k in fields})
+    fit_model_defaults(merged["sampler"], origin, layers[0][1].get("sampler") or {})
     if preset is not None and preset.steps_fraction is not None:
         explicit = any("steps" in sections["sampler"] for source, sections, _ in parsed[2:])
         if not explicit:
@@ -170,6 +172,31 @@ def resolve_settings(*, model_defaults: Mapping[str, Any] | None = None, config:
         except ValueError as e:
             raise ValueError(f"`search.potential_reward`: {e}") from None
     return RunSettings(built["sampler"], built["guidance"], built["search"], preset_name)
+
+
+def fit_model_defaults(sampler: dict[str, Any], origin: dict[tuple[str, str], str], model: Mapping[str, Any]) -> None:
+    """When a layer above the model's defaults sets the length L, the model's own ``steps`` and ``block_length``
+    (written for its own L) follow it: T keeps the model's ratio T / L (T = L for Dream and LLaDA), a block
+    length that does not divide L becomes one block, and T is rounded down to a multiple of the blocks."""
+    model_source = "the model's defaults"
+    length = sampler.get("max_new_tokens")
+    if origin.get(("sampler", "max_new_tokens"), model_source) == model_source or not _is_int(length) or length < 1:
+        return
+    block = sampler.get("block_length")
+    if origin.get(("sampler", "block_length")) == model_source and _is_int(block) and (block >= length
+                                                                                     or length % block):
+        sampler["block_length"] = None
+        origin[("sampler", "block_length")] = f"{model_source} (one block: it does not divide L = {length})"
+    steps, model_length = sampler.get("steps"), model.get("max_new_tokens")
+    if origin.get(("sampler", "steps")) == model_source and _is_int(steps) and _is_int(model_length):
+        blocks = length // sampler["block_length"] if _is_int(sampler.get("block_length")) else 1
+        fitted = max(1, round(steps * length / model_length))
+        sampler["steps"] = max(blocks, fitted - fitted % blocks)
+        origin[("sampler", "steps")] = f"{model_source} (T / L = {steps} / {model_length} kept for L = {length})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _build(section: str, fields: dict[str, Any], origin: dict[tuple[str, str], str]) -> Any:

@@ -45,7 +45,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        if typing.get_origin(base) is tuple:  # tuple[T, ...] -> several values
+        if base is tuple:  # a bare tuple (entries of several forms, e.g. eval's methods): names on the command line
+            base = str
+            kw["nargs"] = "+"
+        elif typing.get_origin(base) is tuple:  # tuple[T, ...] -> several values
             base = typing.get_args(base)[0]
             kw["nargs"] = "+"
         elif base is dict or typing.get_origin(base) in (dict, collections.abc.Mapping):

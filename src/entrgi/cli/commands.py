@@ -146,11 +146,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if ln.strip()]
     if not prompts:
         raise ValueError("`--prompt` (or `--prompts-file`) is required: give at least one prompt.")
-    settings = generate_settings(args)  # every flag checked before any model work
+    resolve_settings(overrides=settings_layer(args))  # every flag checked before any file or model is looked at
+    output = check_writable(args.output, "--output") if args.output else None
+    settings = generate_settings(args)  # with the model's defaults, read from its config.json
     needs = "none" if settings.guidance.rule == "none" and settings.search.strategy == "sample" else "reward"
     check_pair(args.model, args.reward, [needs])
     check_device(args.device)
-    output = check_writable(args.output, "--output") if args.output else None
     if args.quiet:
         silence_progress_bars()
     model, reward = load_pair(args, (needs,))
@@ -221,12 +222,11 @@ def check_eval_folder(cfg, report: bool) -> None:
     """Refuse now, before any model work (the runner checks again under its lock), an `out` folder where the run
     would replace or append to files it did not write: its results file, run.json, matched_n.json and (``report``)
     the report's files."""
-    from ..eval.config import MATCHED_BON
     from ..eval.report import REPORT_FILES
     from ..eval.runner import Shard
 
     names = [Shard.from_env().results_file(Path(cfg.out)).name, "run.json"]
-    names += ["matched_n.json"] if MATCHED_BON in cfg.methods else []
+    names += ["matched_n.json"] if any(e.matched for e in cfg.entries) else []
     names += list(REPORT_FILES) if report else []
     OwnedFolder(cfg.out, kind="eval", command="entrgi eval").refuse_foreign(names)
 

@@ -206,7 +206,7 @@ class EvalConfig:
                 raise ValueError(f"`reward`: {e}") from None
         for name in ("prompt_sets", "methods", "temperatures", "seeds", "judges", "distinct_n", "plugins"):
             value = getattr(self, name)
-            if isinstance(value, (str, int, float, Mapping)):
+            if isinstance(value, (str, int, float)) or (name == "methods" and isinstance(value, Mapping)):
                 value = (value,)
             if isinstance(value, (list, tuple)):
                 object.__setattr__(self, name, tuple(value))
