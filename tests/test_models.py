@@ -629,7 +629,7 @@ def test_a_tokenizer_far_smaller_than_the_embedding_is_refused(tmp_path, dream_c
 
 
 def test_a_tokenizer_that_encodes_english_to_nothing_is_refused(tmp_path):
-    from entrgi.models.checkpoint import PROBE_TEXT, check_tokenizer
+    from entrgi.hub import PROBE_TEXT, check_tokenizer
     empty = tmp_path / "empty_bpe"
     empty.mkdir()
     bpe = transformers.Qwen2Tokenizer.from_pretrained(empty)  # what a Dream folder without vocab files gave

@@ -25,14 +25,15 @@ openai = pytest.importorskip("openai")
 
 from entrgi import GuidanceConfig, SamplerConfig, generate  # noqa: E402
 from entrgi.cli.commands import main  # noqa: E402
-from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE, SAMPLER_DEFAULTS as DEMO_SAMPLER  # noqa: E402
+from entrgi.default_pair import GUIDANCE_DEFAULTS as DEMO_GUIDANCE  # noqa: E402
+from entrgi.default_pair import SAMPLER_DEFAULTS as DEMO_SAMPLER
 from entrgi.presets import get_preset  # noqa: E402
-from entrgi.settings import resolve_settings  # noqa: E402
 from entrgi.serve.app import BackgroundServer, create_app  # noqa: E402
 from entrgi.serve.cost import estimate_stats  # noqa: E402
 from entrgi.serve.engine import DEFAULT_PAIR_ID, ServerLimits, default_pair_engine  # noqa: E402
 from entrgi.serve.scheduler import state_field  # noqa: E402
 from entrgi.serve.streaming import ChoiceStream, CompletionText  # noqa: E402
+from entrgi.settings import resolve_settings  # noqa: E402
 
 MODEL = DEFAULT_PAIR_ID
 NONE = {"guidance": {"method": "none"}}  # plain sampling: the cheap requests

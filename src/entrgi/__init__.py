@@ -25,8 +25,8 @@ from .sampling.state import DenoisingState, Row, StepOutput
 from .settings import RunSettings, model_defaults, resolve_settings
 from .version import __version__
 
-
 __all__ = [
+    "__version__",
     # load and generate
     "load_pair", "load_diffusion_lm", "load_reward", "load_plugin", "generate", "DiffusionLM", "RewardModel",
     # configure a run

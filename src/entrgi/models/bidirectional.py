@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
+from ..hub import load_tokenizer, read_config, resolve_checkpoint
 from .base import DiffusionLM
 from .cache import KV_CACHE_MODES, BlockKVCache
-from .checkpoint import build_empty, load_safetensors, load_tokenizer, read_config, resolve_checkpoint
+from .checkpoint import build_empty, load_safetensors
 
 
 class BidirectionalLM(nn.Module):

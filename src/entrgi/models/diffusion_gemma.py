@@ -18,16 +18,9 @@ from torch import nn
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
+from ..hub import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config, read_json
 from .base import DiffusionLM
-from .checkpoint import (
-    as_ids,
-    check_hf_folder,
-    config_vocab_size,
-    load_auto_tokenizer,
-    local_folder,
-    read_config,
-    read_json,
-)
+from .checkpoint import as_ids
 
 MODEL_TYPES = ("diffusion_gemma",)
 #: The transformers versions :class:`NativeCanvasLoop` was checked on (its private calls; tests/test_diffusion_gemma.py).

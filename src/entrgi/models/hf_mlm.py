@@ -17,9 +17,9 @@ import inspect
 import torch
 from transformers import AutoModelForMaskedLM, BertForMaskedLM, RobertaForMaskedLM
 
+from ..hub import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
 from .base import DiffusionLM
 from .cache import KV_CACHE_MODES, BlockKVCache
-from .checkpoint import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
 
 #: ``*ForMaskedLM`` classes (exact types) whose forward is ``head(encoder(...).last_hidden_state)``, with the
 #: encoder's and the head's attribute names; their self-attention passes its keys/values through

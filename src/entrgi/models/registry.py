@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..hub import read_config
 from ..registry import FAMILIES, origin_of
 from .base import DiffusionLM
-from .checkpoint import read_config
 from .diffusion_gemma import MODEL_TYPES as DIFFUSION_GEMMA_TYPES
 from .diffusion_gemma import DiffusionGemma
 from .dream import Dream

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 
-from ..models.checkpoint import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
+from ..hub import check_hf_folder, config_vocab_size, load_auto_tokenizer, local_folder, read_config
 from .base import RewardModel, left_pad, position_ids_from
 
 

@@ -100,7 +100,7 @@ class LikelihoodReward(RewardModel):
         """Load with ``AutoModelForCausalLM`` (hub id or local folder, no remote code). A path that is not an
         existing folder, a folder without config.json or complete weights, a config that is not a causal LM
         transformers implements, or an unusable tokenizer raise ``ValueError`` first."""
-        from ..models.checkpoint import (
+        from ..hub import (
             check_hf_folder,
             config_vocab_size,
             load_auto_tokenizer,

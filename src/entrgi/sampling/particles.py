@@ -20,7 +20,6 @@ import torch
 
 from ..config import SearchConfig, method_name
 from ..errors import check_rewards
-from ..typecheck import check_types
 from ..ops.rng import RowStreams, row_seed
 from ..reward.base import RewardModel
 from .outputs import rescore_tokens

@@ -22,6 +22,7 @@ from ..guidance.inner_loop import GuideResult
 from ..ops.rng import RowStreams
 from .outputs import ComputeStats, StepTrace
 
+
 @dataclass
 class Row:
     """One trajectory: sample ``sample_index`` of prompt ``prompt_index``, with the seeds of its streams."""

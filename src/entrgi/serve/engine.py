@@ -11,8 +11,8 @@ from typing import Any
 
 from ..config import GuidanceConfig, SamplerConfig, SearchConfig, check_float, check_int, method_name
 from ..registry import NO_RULE
-from ..settings import RunSettings, model_defaults, resolve_settings
 from ..sampling.outputs import CostParameters, cost_parameters
+from ..settings import RunSettings, model_defaults, resolve_settings
 
 #: The id the embedded default pair is served under (``GET /v1/models``).
 DEFAULT_PAIR_ID = "entrgi-default-pair"
