@@ -128,6 +128,6 @@ def test_reward_spellings_reach_the_cli(folders, capsys):
     assert [s["reward"] for s in group] == [float(any(w in positive for w in s["text"].split())) for s in group]
     assert main(["generate", "--model", str(mlm), "--reward", spec, "--method", "entrgi", *small]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "scores decoded text only; method 'entrgi' needs a differentiable reward" in err
+    assert err.count("\n") == 1 and "scores decoded text only; rule 'entrgi' needs a differentiable reward" in err
     assert main(["generate", "--model", str(mlm), "--reward", "textt:x:y", *small]) == 2
     assert "Unknown reward kind 'textt'. Did you mean: text?" in capsys.readouterr().err

@@ -320,7 +320,7 @@ def test_library_warning_is_one_line(ckpts):
                   "--max-new-tokens", "3", "--steps", "3", "--num-samples", "1", "--inner-steps", "0", "--quiet")
     assert res.returncode == 0
     line = one_line(res.stderr, "generate", "warning")
-    assert "`inner_steps` = 0: method 'entrgi' leaves the logits unchanged" in line
+    assert "`inner_steps` = 0: rule 'entrgi' leaves the logits unchanged" in line
     assert "method=entrgi M=0" in res.stdout
 
 

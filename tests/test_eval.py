@@ -27,7 +27,7 @@ from entrgi.eval.runner import check_run_dir, matched_n, per_prompt
 from entrgi.sampling.outputs import ComputeStats
 
 WORKER = Path(__file__).with_name("eval_worker.py")
-VOLATILE = ("compute", "rank")  # timing and worker id legitimately differ between runs
+VOLATILE = ("compute", "observer_compute", "rank")  # timing, per-batch shares and worker id differ between runs
 
 
 def worker_path() -> str:

@@ -361,7 +361,7 @@ def test_bad_inputs_fail_before_any_model_work(tok, pref_reward):
         generate(model, ["the cat", "  "], pref_reward, sampler=small(), progress=False)
     with pytest.raises(ValueError, match="at least one prompt"):
         generate(model, [], pref_reward, sampler=small(), progress=False)
-    with pytest.raises(ValueError, match="`reward` is required for method 'entrgi'"):
+    with pytest.raises(ValueError, match="`reward` is required for rule 'entrgi'"):
         generate(model, ["the cat"], sampler=small(), progress=False)
     with pytest.raises(ValueError, match=r"`prompts\[0\]` is .* tokens; with `max_new_tokens` = 128 .* context of 16"):
         generate(model, ["the cat"], pref_reward, progress=False)
