@@ -37,7 +37,7 @@ def test_the_examples_are_short_and_use_public_names_only(name):
     assert not re.search(r"\b_[a-z]", "".join(names for _, names in imported))
 
 
-def test_powered_entropy_is_entrgi_at_power_one_and_sharpens_w(plugins, mlm, pref_reward):
+def test_powered_entropy_is_entrgi_at_power_one_and_sharpens_w(plugins, mlm, qwen_reward):
     logits = torch.randn(3, 7, len(mlm.tokenizer), dtype=torch.float64)
     table = torch.randn(len(mlm.tokenizer), 5, dtype=torch.float64)
     u = torch.rand(3, 7, dtype=torch.float64)
@@ -45,11 +45,13 @@ def test_powered_entropy_is_entrgi_at_power_one_and_sharpens_w(plugins, mlm, pre
         _, w = reward_input_embeddings(logits, table, "powered_entropy", rule_params={"power": power}, uniforms=u)
         torch.testing.assert_close(w, entropy_weight(logits) ** power, rtol=0, atol=0)
     one = GuidanceConfig(rule="powered_entropy", rule_params={"power": 1.0}, lr=1.0)
-    a = generate(mlm, PROMPTS, pref_reward, sampler=small(), guidance=one, progress=False)
-    b = generate(mlm, PROMPTS, pref_reward, sampler=small(), guidance=GuidanceConfig(lr=1.0), progress=False)
+    a = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=one, progress=False)
+    b = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=GuidanceConfig(lr=1.0), progress=False)
     assert tokens_by_prompt(a) == tokens_by_prompt(b)  # power 1 is EntRGi, bit for bit
+    # a reward linear in its input embeddings has the same gradient whatever w (straight-through): the tiny Qwen3
+    # RM is not, so a sharper w moves other tokens
     sharp = GuidanceConfig(rule="powered_entropy", rule_params={"power": 4.0}, lr=1.0)
-    c = generate(mlm, PROMPTS, pref_reward, sampler=small(), guidance=sharp, progress=False)
+    c = generate(mlm, PROMPTS, qwen_reward, sampler=small(), guidance=sharp, progress=False)
     assert tokens_by_prompt(c) != tokens_by_prompt(b)
 
 

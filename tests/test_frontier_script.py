@@ -30,10 +30,12 @@ class LengthJudge:
 
 
 def test_best_of_n_from_one_run_is_a_best_of_n_run(frontier, mlm, qwen_reward):
-    bon = GuidanceConfig(rule="best_of_n")
-    big = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4), guidance=bon, progress=False, trace=False)
+    bon = GuidanceConfig(rule="none")
+    big = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=4), guidance=bon, search="best_of_n",
+                   progress=False, trace=False)
     recs = frontier.best_of_n_records(big, LengthJudge(), PROMPTS, [2, 4], wall_s=1.0)
-    two = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=2), guidance=bon, progress=False, trace=False)
+    two = generate(mlm, PROMPTS, qwen_reward, sampler=small(num_samples=2), guidance=bon, search="best_of_n",
+                   progress=False, trace=False)
     assert recs[2]["top1"] == pytest.approx(sum(two.top1()) / len(PROMPTS), abs=1e-5)
     assert recs[2]["avg"] == pytest.approx(sum(two.avg()) / len(PROMPTS), abs=1e-5)
     assert recs[4]["top1"] == pytest.approx(sum(big.top1()) / len(PROMPTS), abs=1e-9)

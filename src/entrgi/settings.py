@@ -67,12 +67,15 @@ class RunSettings:
 def model_defaults(model: Any = None, family: str | None = None) -> dict[str, Any]:
     """The model's layer: for a loaded adapter its family's ``SAMPLER_DEFAULTS`` (and the embedded default pair's
     own settings for its DLLM); for a spelling (a hub id or folder; None = the embedded default pair) the same,
-    read from ``config.json`` without loading weights."""
+    read from ``config.json`` without loading weights. ``transition`` names the family's step (``masked`` or
+    ``canvas``: a canvas model's ``steps`` are per canvas and do not follow the length)."""
     if model is None:
         return {"sampler": dict(SAMPLER_DEFAULTS), "guidance": dict(GUIDANCE_DEFAULTS)}
     if isinstance(model, str):
-        return get_family(family or detect_family(model)).checkpoint_defaults(model)
-    return {k: dict(v) for k, v in model.settings_defaults.items()}
+        cls = get_family(family or detect_family(model))
+        return {**cls.checkpoint_defaults(model), "transition": getattr(cls, "transition", "masked")}
+    return {**{k: dict(v) for k, v in model.settings_defaults.items()},
+            "transition": getattr(model, "transition", "masked")}
 
 
 def method_fields(method: str) -> dict[str, dict[str, Any]]:
@@ -97,7 +100,7 @@ def _sections(layer: Mapping[str, Any], source: str) -> tuple[dict[str, dict[str
     """A layer as {section: fields} with its spellings expanded, and the preset it names."""
     if not isinstance(layer, Mapping):
         raise ValueError(f"{source}: settings must be a mapping of sections, got {type(layer).__name__}.")
-    unknown = sorted(set(layer) - {*SECTIONS, "particles", "method", "preset"})
+    unknown = sorted(set(layer) - {*SECTIONS, "particles", "method", "preset", "transition"})
     if unknown:
         raise ValueError(f"{source}: unknown settings {unknown}; known: sampler, guidance, search, method, preset.")
     out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
@@ -155,7 +158,8 @@ def resolve_settings(*, model_defaults: Mapping[str, Any] | None = None, config:
                 merged[name].pop("optimizer_params", None)
             merged[name].update(fields)
             origin.update({(name, k): source for k in fields})
-    fit_model_defaults(merged["sampler"], origin, layers[0][1].get("sampler") or {})
+    if layers[0][1].get("transition", "masked") == "masked":  # a canvas model's steps are per canvas
+        fit_model_defaults(merged["sampler"], origin, layers[0][1].get("sampler") or {})
     if preset is not None and preset.steps_fraction is not None:
         explicit = any("steps" in sections["sampler"] for source, sections, _ in parsed[2:])
         if not explicit:
