@@ -200,7 +200,8 @@ def test_a_requests_length_resolves_as_entrgi_generate():
         return lm.request_settings(request).sampler.steps
 
     assert steps({"steps": 10, "preset": "fast"}, {"max_new_tokens": 64}) == 10
-    assert steps({"max_new_tokens": 32}, {"max_new_tokens": 64}) == 64  # the embedded pair's T = L
+    assert steps({}, {"max_new_tokens": 64}) == 64  # the embedded pair's T = L
+    assert steps({"max_new_tokens": 32}, {"max_new_tokens": 64}) == 32  # its T = 16 for L = 32: T / L = 1/2
     assert steps({"max_new_tokens": 32, "steps": 16}, {"max_new_tokens": 64}) == 16
     assert steps({"block_length": 4}, {"max_new_tokens": 8}) == 8
     with pytest.raises(ValueError, match=r"`max_new_tokens` \(10\) must be a multiple of `block_length` \(4\).*"
