@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance
 
-from entrgi import GuidanceConfig, SamplerConfig, SearchConfig, generate, get_preset
+from entrgi import GuidanceConfig, SamplerConfig, SearchConfig, generate
 from entrgi.cli.commands import build_parser, generate_settings
 from entrgi.cli.commands import main as entrgi_main
 from entrgi.default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS
@@ -324,6 +324,10 @@ def test_lm_eval_on_a_tiny_dream_equals_the_python_api(dream_pair, monkeypatch):
                                   task_manager=TaskManager(include_path=str(TASK.parent), include_defaults=False),
                                   gen_kwargs={"max_gen_toks": 4})
     rows = sorted(res["samples"]["entrgi_local"], key=lambda r: r["doc_id"])
+    info = res["config"]["entrgi"]  # the resolved RunSettings.to_dict(), with the loaded Dream's own defaults
+    assert {k: info[k] for k in ("preset", "sampler", "guidance", "search")} == lm.settings.to_dict()
+    assert lm.settings == resolve_settings(model_defaults=model_defaults(lm.dllm), config={"method": "best_of_n",
+                                           "sampler": {"num_samples": 2, "seed": 2}})
     sampler = SamplerConfig(max_new_tokens=4, steps=4, num_samples=2, seed=2)
     out = generate(lm.dllm, [d["prompt"] for d in DOCS[:2]], lm.reward, sampler=sampler,
                    guidance=GuidanceConfig(rule="none"), search="best_of_n", progress=False)

@@ -296,7 +296,8 @@ class EntrgiLM(LM):
         self.defaults = model_defaults(self.dllm)  # the loaded model's layer (a checkpoint's generation config)
         self.settings = run_settings(a, defaults=self.defaults)
         if self.settings.guidance.guided:
-            check_differentiable(self.reward, a["reward"], f"method {method!r}")
+            check_differentiable(self.reward, a["reward"],
+                                 f"method {method_name(self.settings.guidance, self.settings.search)!r}")
         self.references = [*reference_rewards(self.reward), *reference_rewards(self.text_reward),
                            *reference_rewards(self.potential)]
         if self.references and a["reference_field"] is None:
