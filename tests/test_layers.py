@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src" / "entrgi"
 #: Bottom to top; a module may import only from its own part or the parts below it.
 LAYERS = [
-    ("ops", "errors", "registry", "dtypes", "files", "plugins", "version"),
+    ("ops", "errors", "registry", "dtypes", "files", "plugins", "version", "reproduction"),
     ("config",),
     ("guidance", "presets", "models"),
     ("reward",),

@@ -20,8 +20,8 @@ from support import reproduction_cases as rc
 
 from entrgi import GuidanceConfig, SamplerConfig
 from entrgi.guidance.inner_loop import released_optimizer
-from entrgi.guidance.optimizers import make_optimizer
 from entrgi.guidance.mixing import reward_input_embeddings_released
+from entrgi.guidance.optimizers import make_optimizer
 from entrgi.ops.logit_ops import top_p_filter
 from entrgi.ops.released import (
     entropy_weight_eps,
@@ -35,8 +35,8 @@ from entrgi.ops.rng import RowStreams
 from entrgi.reproduction import Reproduction, reproduction_for
 from entrgi.reward.base import RewardBatch, rescore_texts, sequence_position_ids
 from entrgi.reward.vocab import VocabBridge
-from entrgi.sampling.reproduce import reference_confidence, reference_draw, reference_select
 from entrgi.sampling.masked import response_bias
+from entrgi.sampling.reproduce import reference_confidence, reference_draw, reference_select
 from entrgi.sampling.schedule import commit_counts, dream_commit_counts, released_commit_counts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reproduction"
@@ -430,3 +430,22 @@ def test_guidance_a_reference_lacks_is_a_one_line_error():
     GuidanceConfig(rule="none").resolve(dream)
     with pytest.raises(ValueError, match="`soft_top_k` must be None"):
         GuidanceConfig(soft_top_k=8).resolve(SamplerConfig(match_released=True))
+
+
+def test_the_switches_flow_through_the_one_settings_resolution():
+    """generate, eval and serve resolve their settings with ``resolve_settings``: the switches are sampler fields
+    there like any other (model defaults < preset < config file < flags / request), checked with the layer named."""
+    from entrgi.models.llada import LLaDA
+    from entrgi.settings import resolve_settings
+
+    run = resolve_settings(model_defaults=LLaDA.SAMPLER_DEFAULTS,
+                           config={"sampler": {"match_reference": "llada", "deprioritize_eos": False}},
+                           overrides={"method": "none"})
+    assert run.sampler.match_reference == "llada" and reproduction_for(run.sampler) == Reproduction("llada")
+    assert run.to_dict()["sampler"]["match_reference"] == "llada"  # what records carry
+    released = resolve_settings(overrides={"sampler": {"match_released": True}})
+    assert reproduction_for(released.sampler) == Reproduction("released")
+    assert reproduction_for(resolve_settings().sampler) is None  # off by default
+    with pytest.raises(ValueError, match=r"`top_p` must be 1\.0 with `match_reference` = 'llada'.*from the flags"):
+        resolve_settings(model_defaults=LLaDA.SAMPLER_DEFAULTS,
+                         overrides={"sampler": {"match_reference": "llada", "deprioritize_eos": False, "top_p": 0.9}})

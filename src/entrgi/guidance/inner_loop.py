@@ -21,8 +21,8 @@ from torch.profiler import record_function
 from ..config import ResolvedGuidance
 from ..errors import NonFiniteError, check_rewards
 from ..ops.logit_ops import upcast
-from ..ops.rng import RowStreams
 from ..ops.released import packed_groups
+from ..ops.rng import RowStreams
 from .mixing import add_kl_gradient_, entropy_weight, reward_input_embeddings, reward_input_embeddings_released
 from .optimizers import make_optimizer
 from .rules import get_guidance_rule
