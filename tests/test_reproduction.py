@@ -438,7 +438,8 @@ def test_the_switches_flow_through_the_one_settings_resolution():
     from entrgi.models.llada import LLaDA
     from entrgi.settings import resolve_settings
 
-    run = resolve_settings(model_defaults=LLaDA.SAMPLER_DEFAULTS,
+    llada = {"sampler": dict(LLaDA.SAMPLER_DEFAULTS)}  # the model's layer of a LLaDA checkpoint
+    run = resolve_settings(model_defaults=llada,
                            config={"sampler": {"match_reference": "llada", "deprioritize_eos": False}},
                            overrides={"method": "none"})
     assert run.sampler.match_reference == "llada" and reproduction_for(run.sampler) == Reproduction("llada")
@@ -447,5 +448,5 @@ def test_the_switches_flow_through_the_one_settings_resolution():
     assert reproduction_for(released.sampler) == Reproduction("released")
     assert reproduction_for(resolve_settings().sampler) is None  # off by default
     with pytest.raises(ValueError, match=r"`top_p` must be 1\.0 with `match_reference` = 'llada'.*from the flags"):
-        resolve_settings(model_defaults=LLaDA.SAMPLER_DEFAULTS,
+        resolve_settings(model_defaults=llada,
                          overrides={"sampler": {"match_reference": "llada", "deprioritize_eos": False, "top_p": 0.9}})
