@@ -300,9 +300,10 @@ def reward_input_embeddings_released(
     q = softmax(φ / τ), soft = q @ E (one dense matmul per group); for the rules with a hard sample, a token drawn
     from its float32 top-p (then top-k) filtered probabilities at ``uniforms`` (n,) (:func:`~entrgi.ops.released.
     inverse_cdf_probs`), w = −Σ p log(p + 1e-10) / log V with p = softmax(φ) for EntRGi (the rule's own weight
-    otherwise, with ``rule_params``), and ê = soft + w · (hard − soft) with w and (hard − soft) detached. Differentiable w.r.t.
-    ``logits`` through soft. ``bias`` (V,) is added first (0 / −inf: ids the RM cannot see); ``float32_top_p``
-    off takes the hard sample's top-p set from the project's float64 rule. Returns ``(embeds (n, d), w (n,))``."""
+    otherwise, with ``rule_params``), and ê = soft + w · (hard − soft) with w and (hard − soft) detached.
+    Differentiable w.r.t. ``logits`` through soft. ``bias`` (V,) is added first (0 / −inf: ids the RM cannot
+    see); ``float32_top_p`` off takes the hard sample's top-p set from the project's float64 rule. Returns
+    ``(embeds (n, d), w (n,))``."""
     from ..ops.released import entropy_weight_eps, filter_scaled, inverse_cdf_probs  # noqa: PLC0415
 
     rule = GUIDANCE_RULES.get(rule) if isinstance(rule, str) else rule

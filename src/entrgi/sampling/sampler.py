@@ -205,7 +205,8 @@ class DiffusionSampler:
     def reward_view(self, state: DenoisingState, stats: ComputeStats) -> RewardView:
         """The reward model's view of the batch (its layout, the prompt prefix encoded once when ``prefix_cache``,
         counted in ``stats``), on the DLLM's device. With ``match_released`` the released code's view: its token
-        mapping (:meth:`~entrgi.reward.vocab.VocabBridge.released`), position ids 0 … N − 1, the whole row per call."""
+        mapping (:meth:`~entrgi.reward.vocab.VocabBridge.released`), position ids 0 … N − 1, the whole row per
+        call."""
         cfg, rep = state.guidance.config, state.reproduction
         released = rep is not None and rep.reference == "released"
         bridge = self.bridge if not (released and rep.unk_fallback) else VocabBridge.released(
