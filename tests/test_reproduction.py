@@ -450,3 +450,17 @@ def test_the_switches_flow_through_the_one_settings_resolution():
     with pytest.raises(ValueError, match=r"`top_p` must be 1\.0 with `match_reference` = 'llada'.*from the flags"):
         resolve_settings(model_defaults=llada,
                          overrides={"sampler": {"match_reference": "llada", "deprioritize_eos": False, "top_p": 0.9}})
+
+
+def test_eval_record_keys_of_runs_without_a_switch_are_unchanged():
+    """The new field at its neutral value is left out of the settings' hash: runs started before it keep resuming
+    (the keys below are those of the commit before the field); a switch changes the key."""
+    from entrgi.eval.config import settings_key
+    from entrgi.settings import resolve_settings
+
+    assert settings_key(resolve_settings()) == "ea40371af02ecad3"
+    assert settings_key(resolve_settings(overrides={"method": "entrgi", "sampler": {"steps": 8}})) == "1d9985c6f4a568e6"
+    dream = resolve_settings(overrides={"method": "none", "sampler": {"match_reference": "dream",
+                                                                      "deprioritize_eos": False}})
+    assert settings_key(dream) != settings_key(resolve_settings(overrides={"method": "none", "sampler": {
+        "deprioritize_eos": False}}))
