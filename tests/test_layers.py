@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "entrgi"
 #: Bottom to top; a module may import only from its own part or the parts below it.
 LAYERS = [
     ("ops", "errors", "registry", "dtypes", "files", "plugins", "version", "typecheck", "hub",
-     "conversation"),
+     "conversation", "reproduction"),
     ("config",),
     ("guidance", "presets", "models"),
     ("reward",),

@@ -27,6 +27,7 @@ from .registry import (
     SEARCH_STRATEGIES,
     check_params,
 )
+from .reproduction import REFERENCE_SAMPLERS, check_guidance, check_sampler
 from .typecheck import check_types
 
 CONFIDENCE_SOURCES = ("prior", "guided")
@@ -169,7 +170,12 @@ class SamplerConfig:
         "only <|endoftext|> is EOS (so <|im_end|> is an ordinary token: not committed last, does not end the "
         "RM's view); the response text is the decode of all L slots with special tokens skipped (text after "
         "an EOS kept, nothing stripped); prompts are used raw (eval prompt sets: not stripped, empty ones "
-        "kept). False = the project's rule: cut at the first EOS of the model's set, strip.", default=False)
+        "kept). False = the project's rule: cut at the first EOS of the model's set, strip. Also the released "
+        "code's numerics, token for token: float32 top-p / confidences / draws, non-token ids kept, its RM view "
+        "and inner loop (docs/differences.md).", default=False)
+    match_reference: str | None = _help(
+        "Reproduce a family's own unguided sampler token for token: dream (diffusion_generate), llada (generate.py); "
+        "None = off (docs/differences.md).", default=None, choices=REFERENCE_SAMPLERS)
     eps: float = _help("Dream's schedule end point: ts = linspace(1, eps, T + 1).", default=1e-3)
     schedule: str = _help("Commit counts: linear (Dream, int(n(1 - s/t))) or uniform (LLaDA, n/T per step).",
                           default="linear", choices=SCHEDULES)
@@ -231,6 +237,8 @@ class SamplerConfig:
             raise ValueError(f"`deprioritize_eos` must be True or False, got {self.deprioritize_eos!r}.")
         if not isinstance(self.match_released, bool):
             raise ValueError(f"`match_released` must be True or False, got {self.match_released!r}.")
+        if self.match_reference is not None:
+            check_choice("match_reference", self.match_reference, REFERENCE_SAMPLERS)
         check_float("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
         check_choice("schedule", self.schedule, SCHEDULES)
         if self.block_length is not None:
@@ -265,6 +273,7 @@ class SamplerConfig:
         if self.confidence_threshold is not None:
             check_float("confidence_threshold", self.confidence_threshold, 0.0, low_open=True)
         check_types(self)  # every field by its annotation (the checks above give the range messages)
+        check_sampler(self)  # a reproduction mode: only the reference's settings
 
     @property
     def num_blocks(self) -> int:
@@ -394,6 +403,7 @@ class GuidanceConfig:
 
     def resolve(self, sampler: SamplerConfig) -> ResolvedGuidance:
         """Fill the ``None`` temperatures / top-p from the sampler and check the pair is coherent."""
+        check_guidance(sampler, self)  # a reproduction mode: only the reference's guidance
         relax = sampler.temperature if self.relaxation_temperature is None else self.relaxation_temperature
         if self.guided and relax == 0:
             raise ValueError(

@@ -338,9 +338,19 @@ def describe_difference(name: str, here: Any, stored: Any) -> str:
     return f"{name}: {here!r} here, {stored!r} in the run directory"
 
 
+#: Settings fields added after records were keyed, with the value that leaves a run as it was: left out of
+#: :func:`settings_key` at that value, so the records of runs started before they existed keep their keys.
+LATER_FIELDS = {("sampler", "match_reference"): None}
+
+
 def settings_key(settings: RunSettings) -> str:
-    """A short hash of a cell's resolved settings (part of its records' keys)."""
-    return hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """A short hash of a cell's resolved settings (part of its records' keys); :data:`LATER_FIELDS` at their
+    neutral value are left out."""
+    d = settings.to_dict()
+    for (section, name), neutral in LATER_FIELDS.items():
+        if name in d.get(section, {}) and d[section][name] == neutral:
+            del d[section][name]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 __all__ = ["APS_ANCHORED", "GRID_SET", "IDENTITY_FIELDS", "MATCHED_BON", "PARTICLE_METHODS", "EvalConfig",

@@ -21,8 +21,9 @@ from torch.profiler import record_function
 from ..config import ResolvedGuidance
 from ..errors import NonFiniteError, check_rewards
 from ..ops.logit_ops import upcast
+from ..ops.released import packed_groups
 from ..ops.rng import RowStreams
-from .mixing import add_kl_gradient_, entropy_weight, reward_input_embeddings
+from .mixing import add_kl_gradient_, entropy_weight, reward_input_embeddings, reward_input_embeddings_released
 from .optimizers import make_optimizer
 from .rules import get_guidance_rule
 
@@ -131,6 +132,7 @@ def guide_logits(
     eos_ids: torch.Tensor,
     streams: RowStreams,
     trace_streams: RowStreams | None = None,
+    reproduction=None,
 ) -> GuideResult:
     """Optimise the logits of the open slots for ``guidance.config.inner_steps`` steps.
 
@@ -145,12 +147,19 @@ def guide_logits(
         eos_ids: ids that end a response.
         streams: per-row random streams (hard samples).
         trace_streams: if given, one extra no-grad evaluation records the reward after the last step.
+        reproduction: a :class:`~entrgi.reproduction.Reproduction` with ``dense_guidance``: the released code's
+            inner loop (:func:`~entrgi.guidance.mixing.reward_input_embeddings_released` per trajectory, torch's
+            unfused Adam); None = the project's.
     """
     cfg, B, device = guidance.config, logits.shape[0], logits.device
-    view = RMView(logits, masked, response_ids, table.to(device), rm_mapped.to(device), guidance, eos_ids)
+    released = reproduction is not None and reproduction.dense_guidance
+    view = RMView(logits, masked, response_ids, table.to(device), rm_mapped.to(device), guidance, eos_ids,
+                  released=released, float32_top_p=released and reproduction.float32_top_p)
     rows = masked.nonzero()[:, 0]  # (n,) row of each packed slot
     phi = upcast(logits[masked]).requires_grad_(True)  # (n, V) float32 (or float64): the indexing copied
-    optimizer = make_optimizer(cfg.optimizer, [phi], cfg.lr, cfg.optimizer_params)
+    optimizer = released_optimizer(cfg, phi) if released else None
+    if optimizer is None:
+        optimizer = make_optimizer(cfg.optimizer, [phi], cfg.lr, cfg.optimizer_params)
     terms: list[PenaltyTerm] = [KLPenalty(logits, masked, rows, guidance.relaxation_temperature, cfg.kl_weight)] \
         if cfg.kl_weight > 0 else []
     stop = EarlyStop(cfg.inner_tol, B) if cfg.inner_tol is not None else None
@@ -192,13 +201,27 @@ def guide_logits(
     return result
 
 
+def released_optimizer(cfg, phi: torch.Tensor) -> torch.optim.Optimizer | None:
+    """The released code's optimiser for ``adam`` without parameters: torch's default (unfused) Adam, bit for bit
+    (``SamplerConfig.match_released``); None for any other optimiser (the registered one is used)."""
+    if cfg.optimizer == "adam" and not cfg.optimizer_params:
+        return torch.optim.Adam([phi], lr=cfg.lr)
+    return None
+
+
 class RMView:
     """The reward model's input at one denoising step as a function of φ: ê (the rule's mix) at the open slots,
-    E_R[token] at the committed ones, attention up to the first EOS (EOS judged by argmax φ at open slots)."""
+    E_R[token] at the committed ones, attention up to the first EOS (EOS judged by argmax φ at open slots).
+    ``released``: ê as the released code computes it, one trajectory at a time
+    (:func:`~entrgi.guidance.mixing.reward_input_embeddings_released`, its top-p set in float32 when
+    ``float32_top_p``)."""
 
     def __init__(self, logits: torch.Tensor, masked: torch.Tensor, response_ids: torch.Tensor, table: torch.Tensor,
-                 rm_mapped: torch.Tensor, guidance: ResolvedGuidance, eos_ids: torch.Tensor):
+                 rm_mapped: torch.Tensor, guidance: ResolvedGuidance, eos_ids: torch.Tensor, *,
+                 released: bool = False, float32_top_p: bool = False):
         self.masked, self.response_ids, self.table, self.guidance = masked, response_ids, table, guidance
+        self.released, self.float32_top_p = released, float32_top_p
+        self.groups = packed_groups(masked.sum(-1).tolist()) if released else None
         self.rm_mapped, self.eos_ids = rm_mapped, eos_ids
         self.rule = get_guidance_rule(guidance.config.rule)
         self.bias = torch.zeros(rm_mapped.shape, device=logits.device).masked_fill(~rm_mapped, float("-inf"))
@@ -211,12 +234,18 @@ class RMView:
         g, masked = self.guidance, self.masked
         draw_at = masked if rows_live is None else masked & rows_live.to(masked.device).unsqueeze(-1)
         with record_function("entrgi.rm_input"):
-            embeds, _ = reward_input_embeddings(
-                phi, self.table, self.rule, rule_params=g.config.rule_params, bias=self.bias,
-                temperature=g.relaxation_temperature, top_p=g.hard_top_p, top_k=g.top_k,
-                entropy_temperature=g.entropy_temperature,
-                uniforms=uniform_source.uniform_at(draw_at)[masked] if self.rule.needs_hard_sample else None,
-                chunk_size=g.config.vocab_chunk, soft_top_k=g.config.soft_top_k)
+            uniforms = uniform_source.uniform_at(draw_at)[masked] if self.rule.needs_hard_sample else None
+            if self.released:  # the released code's numerics, one trajectory at a time
+                embeds, _ = reward_input_embeddings_released(
+                    phi, self.table, self.rule, self.groups, temperature=g.relaxation_temperature, uniforms=uniforms,
+                    top_p=g.hard_top_p, top_k=g.top_k, entropy_temperature=g.entropy_temperature, bias=self.bias,
+                    float32_top_p=self.float32_top_p, rule_params=g.config.rule_params)
+            else:
+                embeds, _ = reward_input_embeddings(
+                    phi, self.table, self.rule, rule_params=g.config.rule_params, bias=self.bias,
+                    temperature=g.relaxation_temperature, top_p=g.hard_top_p, top_k=g.top_k,
+                    entropy_temperature=g.entropy_temperature, uniforms=uniforms,
+                    chunk_size=g.config.vocab_chunk, soft_top_k=g.config.soft_top_k)
             resp = self.committed.masked_scatter(masked.unsqueeze(-1), embeds.to(self.committed.dtype))  # (B, W, d)
             ids = self.response_ids.masked_scatter(masked, phi.detach().argmax(-1))
         return resp, response_attention(ids, masked, self.eos_ids, self.rm_mapped)

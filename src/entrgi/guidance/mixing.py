@@ -277,3 +277,57 @@ def reward_input_embeddings(
         hard = embedding_table[draw(x, uniforms, temperature, top_p, top_k, lse=lse)]  # (..., d)
     embeds = soft + (weight.unsqueeze(-1).to(soft.dtype) * (hard - soft)).detach()
     return embeds, weight
+
+
+def reward_input_embeddings_released(
+    logits: torch.Tensor,
+    embedding_table: torch.Tensor,
+    rule: str | WeightRule,
+    groups: list[tuple[int, int]],
+    *,
+    temperature: float,
+    uniforms: torch.Tensor | None,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    entropy_temperature: float = 1.0,
+    bias: torch.Tensor | None = None,
+    float32_top_p: bool = True,
+    rule_params: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reward_input_embeddings` as the released code's inner loop computes it (``SamplerConfig.match_released``).
+
+    For each group ``(lo, hi)`` of rows of ``logits`` (one trajectory's masked slots), in the logits' dtype:
+    q = softmax(φ / τ), soft = q @ E (one dense matmul per group); for the rules with a hard sample, a token drawn
+    from its float32 top-p (then top-k) filtered probabilities at ``uniforms`` (n,) (:func:`~entrgi.ops.released.
+    inverse_cdf_probs`), w = −Σ p log(p + 1e-10) / log V with p = softmax(φ) for EntRGi (the rule's own weight
+    otherwise, with ``rule_params``), and ê = soft + w · (hard − soft) with w and (hard − soft) detached.
+    Differentiable w.r.t. ``logits`` through soft. ``bias`` (V,) is added first (0 / −inf: ids the RM cannot
+    see); ``float32_top_p`` off takes the hard sample's top-p set from the project's float64 rule. Returns
+    ``(embeds (n, d), w (n,))``."""
+    from ..ops.released import entropy_weight_eps, filter_scaled, inverse_cdf_probs  # noqa: PLC0415
+
+    rule = GUIDANCE_RULES.get(rule) if isinstance(rule, str) else rule
+    builtin = GUIDANCE_RULES.is_builtin(rule.name) and GUIDANCE_RULES.get(rule.name) is rule
+    x_all = logits if bias is None else logits + bias
+    # one slice per group; split (not indexing) so the backward concatenates the groups' gradients (same values)
+    covered = [lo for lo, _ in groups] == [0, *[hi for _, hi in groups[:-1]]] and (not groups or groups[-1][1] ==
+                                                                                    x_all.shape[0])
+    parts = x_all.split([hi - lo for lo, hi in groups]) if covered else [x_all[lo:hi] for lo, hi in groups]
+    embeds, weights = [], []
+    for (lo, hi), x in zip(groups, parts):  # x (n_b, V)
+        scaled = x / temperature
+        soft = torch.matmul(F.softmax(scaled, dim=-1).to(embedding_table.dtype), embedding_table)  # (n_b, d)
+        if not rule.needs_hard_sample:  # expectation: w ≡ 0
+            embeds.append(soft)
+            weights.append(torch.zeros(hi - lo, dtype=x.dtype, device=x.device))
+            continue
+        with torch.no_grad():
+            w = (entropy_weight_eps(x.detach(), entropy_temperature) if builtin and rule.name == "entrgi"
+                 else mixing_weight(x.detach(), rule, entropy_temperature, rule_params)).to(soft.dtype)
+            probs = F.softmax(filter_scaled(scaled.detach(), top_p, top_k, float32_top_p=float32_top_p), dim=-1)
+            hard = embedding_table[inverse_cdf_probs(probs, uniforms[lo:hi])]  # (n_b, d)
+        embeds.append(soft + w.unsqueeze(-1) * (hard - soft).detach())
+        weights.append(w)
+    if not embeds:
+        return logits.new_zeros((0, embedding_table.shape[1])), logits.new_zeros(0)
+    return torch.cat(embeds), torch.cat(weights)

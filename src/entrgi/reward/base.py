@@ -152,6 +152,23 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def sequence_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0 … N − 1 of every row, whatever is attended: what a transformers model uses when it is given
+    no position ids (the released code's reward model calls; ``SamplerConfig.match_released``)."""
+    B, N = attention_mask.shape
+    return torch.arange(N, device=attention_mask.device).expand(B, N)
+
+
+def rescore_texts(reward: RewardModel, prompts: Sequence[str], texts: Sequence[str], released: bool = False
+                  ) -> torch.Tensor:
+    """Rewards (B,) of decoded texts: ``reward.score_texts``, or with ``released`` the reward's
+    ``score_texts_released`` when it has one and reads a chat template (the released code's re-scoring, which
+    always renders one; ``SamplerConfig.match_released``)."""
+    if released and hasattr(reward, "score_texts_released") and getattr(reward, "template", None) == "chat":
+        return reward.score_texts_released(prompts, texts)
+    return reward.score_texts(prompts, texts)
+
+
 class RewardBatch:
     """The RM's input for B rows, built once per batch: ``[pad ; prefix_b ; L slots ; suffix_b]``.
 
@@ -166,12 +183,15 @@ class RewardBatch:
         prefix_cache: encode ``[pad ; prefix_b]`` once (no gradient) and run each call on
             ``[L slots ; pad ; suffix_b]`` only, when ``reward.supports_prefix_cache``; otherwise (or False)
             every call runs the whole row. Same rewards and gradients up to float rounding.
+        sequence_positions: position ids 0 … N − 1 over the whole row (:func:`sequence_position_ids`, the
+            released code's) instead of counting attended tokens only.
     """
 
     def __init__(self, reward: RewardModel, contexts: Sequence[RewardContext], response_length: int, *,
-                 prefix_cache: bool = False):
+                 prefix_cache: bool = False, sequence_positions: bool = False):
         table = reward.embedding_table()
         self.reward = reward
+        self.positions = sequence_position_ids if sequence_positions else position_ids_from
         self.response_length = response_length
         self.device = table.device
         self.prefix_cached = bool(prefix_cache and reward.supports_prefix_cache
@@ -188,7 +208,7 @@ class RewardBatch:
                                              suffix_attn], 1)  # (B, L + S)
             with torch.no_grad():
                 self.prefix_state = reward.encode_prefix(table[prefix_ids], self.prefix_attention,
-                                                         position_ids_from(self.prefix_attention))
+                                                         self.positions(self.prefix_attention))
         else:
             rows, slots = [], []
             for c in contexts:
@@ -210,9 +230,9 @@ class RewardBatch:
             self.slot_mask.unsqueeze(-1), response_embeds.to(device=self.device, dtype=self.static_embeds.dtype))
         attn = self.base_attention.masked_scatter(self.slot_mask, response_attention.to(self.device).long())
         if not self.prefix_cached:
-            return embeds, attn, position_ids_from(attn)
+            return embeds, attn, self.positions(attn)
         full = torch.cat([self.prefix_attention, attn], 1)  # (B, P + L + S)
-        return embeds, full, position_ids_from(full)[:, self.prefix_attention.shape[1]:]
+        return embeds, full, self.positions(full)[:, self.prefix_attention.shape[1]:]
 
     def score(self, response_embeds: torch.Tensor, response_attention: torch.Tensor) -> torch.Tensor:
         """Rewards (B,) on the reward model's device, differentiable w.r.t. ``response_embeds``."""

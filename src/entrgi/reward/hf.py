@@ -191,6 +191,28 @@ class HFRewardModel(RewardModel):
         return self.model.score(pooled)[:, self.label].float()
 
     @torch.no_grad()
+    def score_texts_released(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Rewards (B,) as the released code re-scores a decoded response (``SamplerConfig.match_released``):
+        one text at a time, the chat template rendered with the response itself (a template may change it, e.g.
+        Qwen3's strips leading newlines of the last assistant turn), a leading BOS string removed, tokenised with
+        the tokenizer's special tokens and run with no padding and no position ids. ``template`` must be chat."""
+        if self.template != "chat":
+            raise ValueError(f"`template` must be 'chat' for the released re-scoring, got {self.template!r}.")
+        if len(prompts) != len(responses):
+            raise ValueError(f"`prompts` ({len(prompts)}) and `responses` ({len(responses)}) differ in length.")
+        device = self.embedding_table().device
+        bos = self.tokenizer.bos_token
+        out = []
+        for p, r in zip(prompts, responses):
+            conv = [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+            text = self.tokenizer.apply_chat_template(conv, tokenize=False)
+            if bos and text.startswith(bos):
+                text = text[len(bos):]
+            inputs = self.tokenizer(text, return_tensors="pt").to(device)
+            out.append(self.model(**inputs).logits[0, self.label].float().cpu())
+        return torch.stack(out) if out else torch.zeros(0)
+
+    @torch.no_grad()
     def score_texts(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
         """The standard recipe: render the template with the response, tokenise the whole text, run
         the classifier on ``input_ids`` (left-padded) and read its pooled logit."""

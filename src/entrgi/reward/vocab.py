@@ -128,6 +128,30 @@ class VocabBridge:
                           "weaker.", LowCoverageWarning, stacklevel=2)
         return cls(m, report)
 
+    @classmethod
+    def released(cls, dllm_tokenizer, rm_tokenizer, logit_width: int | None = None) -> VocabBridge:
+        """The released code's token mapping (``SamplerConfig.match_released``): every DLLM id whose token string
+        the RM has maps to it, every other id (the mask, padded rows, strings the RM lacks) to the RM's unk token
+        or, without one, its eos token. Nothing is excluded. With Qwen3 tokenizer files (no unk) that is
+        ``<|im_end|>``. ``ValueError`` when the RM tokenizer has neither."""
+        fallback = rm_tokenizer.unk_token_id or rm_tokenizer.eos_token_id  # `or`, as the released code writes it
+        if fallback is None:
+            raise ValueError("the reward tokenizer has neither an unk nor an eos token: the released code's mapping "
+                             "of unmatched DLLM ids needs one (unset `match_released`).")
+        width = len(dllm_tokenizer) if logit_width is None else int(logit_width)
+        rm_vocab = rm_tokenizer.get_vocab()
+        pairs = [(i, rm_vocab[tok]) for tok, i in dllm_tokenizer.get_vocab().items() if i < width and tok in rm_vocab]
+        m = torch.full((width,), int(fallback), dtype=torch.long)
+        matched = torch.zeros(width, dtype=torch.bool)
+        if pairs:
+            ids, rm_ids = torch.tensor(pairs).T
+            m[ids], matched[ids] = rm_ids, True
+        same = m == torch.arange(width)
+        report = CoverageReport(width, len(dllm_tokenizer), len(rm_tokenizer), int(matched.sum()), int(same.sum()),
+                                unmapped_ids=(~matched).nonzero().flatten().tolist(),
+                                remapped_ids=(matched & ~same).nonzero().flatten().tolist())
+        return cls(m, report)
+
     def rm_table(self, rm_embedding: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
         """E_R aligned to DLLM ids: (V, d), row i = ``rm_embedding[dllm_to_rm[i]]``, zeros where unmapped.
 

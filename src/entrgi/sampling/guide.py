@@ -43,12 +43,15 @@ class Guide:
             trace).
         recompute: the RM's backward reruns its forward (gradient checkpointing), for the cost count.
         inner_loop: the M steps on φ (:func:`~entrgi.guidance.inner_loop.guide_logits`, or one with its signature).
+        reproduction: the batch's reproduction mode (``DenoisingState.reproduction``), passed to the inner loop as
+            ``reproduction=`` when not None (the released code's inner loop).
     """
 
     def __init__(self, view: RewardView, guidance: ResolvedGuidance, streams: RowStreams,
-                 trace_streams: RowStreams | None = None, recompute: bool = False, inner_loop=guide_logits):
+                 trace_streams: RowStreams | None = None, recompute: bool = False, inner_loop=guide_logits,
+                 reproduction=None):
         self.view, self.guidance, self.streams, self.trace_streams = view, guidance, streams, trace_streams
-        self.recompute, self.inner_loop = recompute, inner_loop
+        self.recompute, self.inner_loop, self.reproduction = recompute, inner_loop, reproduction
         self.shift: torch.Tensor | None = None  # (B, W, V) each row's last guided shift (guide_carry)
 
     def __call__(self, state: DenoisingState, logits: torch.Tensor, masked: torch.Tensor,
@@ -63,9 +66,10 @@ class Guide:
             transition = state.transition
             with torch.enable_grad(), record_function("entrgi.guide"):
                 try:
+                    extra = {} if self.reproduction is None else {"reproduction": self.reproduction}
                     result = self.inner_loop(logits, at, transition.window_ids(state), transition.rm_score(state),
                                              self.view.table, self.view.mapped, self.guidance, self.view.eos_ids,
-                                             self.streams, self.trace_streams)
+                                             self.streams, self.trace_streams, **extra)
                 except NonFiniteError as e:  # name the denoising step and the (prompt, sample) of the rows
                     raise e.located(state.step, transition.max_steps(state), state.row_ids) from None
             guided = result.logits

@@ -23,8 +23,10 @@ from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, check_mask
 from ..models.base import DiffusionLM
 from ..ops.logit_ops import draw, sample_gumbel_max, sampling_logits, upcast
 from ..registry import ORIGIN
+from ..reproduction import reproduction_for
 from .parallel import logits_of_rows, parallel_commits, parallel_counts, rows_to_forward
 from .remasking import get_remasking_rule
+from .reproduce import confidence_from_guided, reference_choose, reference_draw
 from .schedule import DEPRIORITISED, commit_counts, confidence, gumbel_keys, origin_reveal, select_top
 from .state import DenoisingState
 
@@ -32,10 +34,15 @@ from .state import DenoisingState
 CANVAS_FIELDS = ("entropy_bound", "t_min", "t_max", "stability_threshold", "confidence_threshold")
 
 
-def response_bias(model: DiffusionLM, cfg: SamplerConfig, device) -> torch.Tensor:
+def response_bias(model: DiffusionLM, cfg: SamplerConfig, device, keep_non_tokens: bool | None = None) -> torch.Tensor:
     """The 0 / −inf bias added to the response logits: (V,) at ids that are never response tokens; (L, V)
-    when ``cfg.min_new_tokens`` > 0, which also bars the EOS ids from the first ``min_new_tokens`` slots."""
-    bias = torch.zeros(model.logit_width, device=device).masked_fill(model.invalid_mask(device), float("-inf"))
+    when ``cfg.min_new_tokens`` > 0, which also bars the EOS ids from the first ``min_new_tokens`` slots.
+    ``keep_non_tokens`` (default: a reproduction mode's ``non_token_ids``) leaves those ids finite."""
+    rep = reproduction_for(cfg)
+    keep = (rep is not None and rep.non_token_ids) if keep_non_tokens is None else keep_non_tokens
+    bias = torch.zeros(model.logit_width, device=device)
+    if not keep:
+        bias = bias.masked_fill(model.invalid_mask(device), float("-inf"))
     eos = model.eos_ids(cfg.match_released)
     if cfg.min_new_tokens == 0 or not eos:
         return bias
@@ -147,6 +154,8 @@ class MaskedTransition:
         ``logits[candidates]`` with the rows' own uniforms."""
         cfg, streams = state.sampler, state.streams
         picked = logits[candidates]  # (n, V)
+        if state.reproduction is not None and state.reproduction.draw:  # a reference sampler's draw
+            return reference_draw(state.reproduction, picked, candidates, streams, cfg)
         if cfg.sampling == "gumbel" and cfg.temperature > 0:
             filtered = sampling_logits(picked, cfg.temperature, cfg.top_p, cfg.top_k)
             return sample_gumbel_max(filtered, streams.uniform_matrix_at(candidates, picked.shape[-1]))
@@ -158,7 +167,11 @@ class MaskedTransition:
         ``guided`` ones with ``confidence_from='guided'``: APS's anchored remasking), EOS last, counts by the
         schedule; with ``parallel_threshold`` also every candidate whose draw is that confident."""
         cfg = state.sampler
-        conf_logits = guided if cfg.confidence_from == "guided" else logits
+        # APS's anchored remasking (confidence_from='guided'); the released code's maskgit_plus / topk_margin
+        anchored = cfg.confidence_from == "guided" or confidence_from_guided(state.reproduction, cfg.remasking)
+        conf_logits = guided if anchored else logits
+        if state.reproduction is not None:  # a reference sampler's confidences, counts and selection
+            return reference_choose(state, conf_logits, candidates, tokens)
         commit = self.scheduled(state, conf_logits, candidates, tokens)
         if cfg.parallel_threshold is not None:
             commit = parallel_commits(commit, conf_logits, candidates, tokens, cfg,

@@ -12,6 +12,8 @@ from torch import nn
 
 from ..config import GuidanceConfig, SamplerConfig, SearchConfig, method_name
 from ..errors import check_rewards
+from ..reproduction import reproduction_for
+from ..reward.base import rescore_texts
 
 
 @dataclass
@@ -265,7 +267,9 @@ def collect_output(model, reward, rows, tokens: list[list[int]], texts: list[str
     rewards: list[float | None] = [None] * len(rows)
     if reward is not None:
         prompts = [r.prompt for r in rows]
-        scores = reward.score_texts(prompts, texts)
+        rep = reproduction_for(sampler)  # the released code re-scores each text alone, template around it
+        released = rep is not None and rep.reference == "released" and rep.rescoring
+        scores = rescore_texts(reward, prompts, texts, released)
         check_rewards(scores, "the re-score of the decoded samples", method_name(guidance, search),
                       [(r.prompt_index, r.sample_index) for r in rows])
         rewards = scores.tolist()

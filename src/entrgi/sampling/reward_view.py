@@ -34,13 +34,16 @@ class RewardView:
 
     @classmethod
     def build(cls, reward: RewardModel, bridge: VocabBridge, prompts: Sequence, response_length: int,
-              eos_ids: torch.Tensor, device, *, prefix_cache: bool, compile: bool, stats: ComputeStats) -> RewardView:
-        """The view of rows with these ``prompts``; the prefix encoding is counted in ``stats``."""
+              eos_ids: torch.Tensor, device, *, prefix_cache: bool, compile: bool, stats: ComputeStats,
+              sequence_positions: bool = False) -> RewardView:
+        """The view of rows with these ``prompts``; the prefix encoding is counted in ``stats``.
+        ``sequence_positions``: the RM's position ids 0 … N − 1 over the whole row (the released code's)."""
         if compile:
             if not hasattr(reward, "enable_compile"):
                 raise ValueError(f"`compile`: {type(reward).__name__} has no compiled path (HFRewardModel has).")
             reward.enable_compile()
-        batch = RewardBatch(reward, [reward.context(p) for p in prompts], response_length, prefix_cache=prefix_cache)
+        batch = RewardBatch(reward, [reward.context(p) for p in prompts], response_length, prefix_cache=prefix_cache,
+                            sequence_positions=sequence_positions)
         if batch.prefix_cached:  # the prefix is encoded once per batch
             stats.rm_forward_tokens += batch.prefix_attention.numel()
         return cls(batch, bridge.rm_table(reward.embedding_table(), device), bridge.mapped.to(device), eos_ids)

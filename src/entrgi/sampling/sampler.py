@@ -22,6 +22,7 @@ from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, SearchConf
 from ..conversation import Conversation, Prompt
 from ..models.base import DiffusionLM
 from ..ops.rng import RowStreams, row_seed
+from ..reproduction import reproduction_for
 from ..reward.base import RewardModel, left_pad, position_ids_from
 from ..reward.registry import load_reward
 from ..reward.vocab import VocabBridge
@@ -193,7 +194,8 @@ class DiffusionSampler:
             eos_ids=torch.tensor(model.eos_ids(sampler.match_released) or [-1], device=device),
             invalid_bias=transition.invalid_bias(sampler, device), transition=transition,
             stats=stats if stats is not None else ComputeStats(),
-            observer_stats=observer_stats if observer_stats is not None else ComputeStats(), traces=[[] for _ in rows])
+            observer_stats=observer_stats if observer_stats is not None else ComputeStats(), traces=[[] for _ in rows],
+            reproduction=reproduction_for(sampler))
         strategy = get_search(search.strategy)
         weighs_by_rm = strategy.observers is not None and self.potential_reward(search) is None
         if rg.config.guided or track_reward or weighs_by_rm:  # the prefix's encoding: the method's, or the tracker's
@@ -201,7 +203,8 @@ class DiffusionSampler:
                                                  else state.observer_stats)
         if rg.config.guided:
             trace_streams = RowStreams([r.trace_seed for r in rows], device) if trace else None
-            state.guide = Guide(state.reward_view, rg, state.streams, trace_streams, rm_recomputes_forward(self.reward))
+            state.guide = Guide(state.reward_view, rg, state.streams, trace_streams, rm_recomputes_forward(self.reward),
+                                reproduction=state.reproduction)
         state.observers = [RewardTracker(model.mask_token_id)] if track_reward else []
         state.observers += [Tracer()] if trace else []
         state.observers += list(observers)
@@ -211,11 +214,18 @@ class DiffusionSampler:
 
     def reward_view(self, state: DenoisingState, stats: ComputeStats) -> RewardView:
         """The reward model's view of the batch (its layout, the prompt prefix encoded once when ``prefix_cache``,
-        counted in ``stats``), on the DLLM's device."""
-        cfg = state.guidance.config
-        return RewardView.build(self.reward, self.bridge, [r.prompt for r in state.rows], state.response.shape[1],
-                                state.eos_ids, state.x.device, prefix_cache=cfg.prefix_cache, compile=cfg.compile,
-                                stats=stats)
+        counted in ``stats``), on the DLLM's device. With ``match_released`` the released code's view: its token
+        mapping (:meth:`~entrgi.reward.vocab.VocabBridge.released`), position ids 0 … N − 1, the whole row per
+        call."""
+        cfg, rep = state.guidance.config, state.reproduction
+        released = rep is not None and rep.reference == "released"
+        bridge = self.bridge if not (released and rep.unk_fallback) else VocabBridge.released(
+            self.model.tokenizer, self.reward.tokenizer, self.model.logit_width)
+        return RewardView.build(self.reward, bridge, [r.prompt for r in state.rows], state.response.shape[1],
+                                state.eos_ids, state.x.device,
+                                prefix_cache=cfg.prefix_cache and not (released and rep.dense_guidance),
+                                compile=cfg.compile, stats=stats,
+                                sequence_positions=released and rep.rm_positions)
 
     @torch.no_grad()
     def step(self, state: DenoisingState) -> StepOutput | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.logit_ops import gumbel
+from ..ops.released import linspace_times
 from ..registry import REMASKING_RULES
 from .remasking import RemaskingRule
 
@@ -49,6 +50,26 @@ def commit_counts(n_masked: torch.Tensor, step: int, steps: int, schedule: str =
         left = steps - step
         return torch.div(n_masked + left - 1, left, rounding_mode="floor")
     raise ValueError(f"`schedule` must be 'linear' or 'uniform', got {schedule!r}.")
+
+
+def released_commit_counts(n_masked: torch.Tensor, step: int, steps: int, eps: float = 1e-3) -> torch.Tensor:
+    """The released code's count per row (B,): ``int(n · (1 − s/t))`` with t, s the float32 values of
+    ``torch.linspace(1, eps, T + 1)`` divided as Python floats; everything left at the last step."""
+    if step >= steps - 1:
+        return n_masked.clone()
+    t, s = linspace_times(step, steps, eps, n_masked.device)
+    frac = 1 - s.item() / t.item()
+    return torch.tensor([int(n * frac) for n in n_masked.tolist()], dtype=torch.long, device=n_masked.device)
+
+
+def dream_commit_counts(n_masked: torch.Tensor, step: int, steps: int, eps: float = 1e-3) -> torch.Tensor:
+    """Dream's ``diffusion_generate`` count (B,): one number for every row, from the batch's mean masked count
+    in float32 tensor arithmetic, ``int(mean · (1 − s/t))`` (``int(mean)`` at the last step)."""
+    mean = n_masked.sum() / n_masked.shape[0]  # float32, as mask_index.sum() / batch size
+    if step >= steps - 1:
+        return torch.full_like(n_masked, int(mean))
+    t, s = linspace_times(step, steps, eps, n_masked.device)
+    return torch.full_like(n_masked, int(mean * (1 - s / t)))
 
 
 def confidence(rule: str | RemaskingRule, logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
@@ -120,6 +141,6 @@ def steps_per_block(total_steps: int, num_blocks: int) -> int:
 
 
 __all__ = [
-    "DEPRIORITISED", "commit_counts", "confidence", "gumbel_keys", "linear_fraction", "origin_reveal",
-    "select_top", "steps_per_block",
+    "DEPRIORITISED", "commit_counts", "confidence", "dream_commit_counts", "gumbel_keys", "linear_fraction",
+    "origin_reveal", "released_commit_counts", "select_top", "steps_per_block",
 ]

@@ -20,6 +20,7 @@ from ..config import ResolvedGuidance, SamplerConfig, SearchConfig
 from ..conversation import Prompt
 from ..guidance.inner_loop import GuideResult
 from ..ops.rng import RowStreams
+from ..reproduction import Reproduction
 from .outputs import ComputeStats, StepTrace
 
 
@@ -67,6 +68,8 @@ class DenoisingState:
         step: the global index of the step to run next; finished: True once the transition has no step left.
         traces: per row, its :class:`StepTrace` list (filled by the trace observer).
         reward_view: the reward model's view of the batch (guided runs, ``track_reward``, RM-weighted particles).
+        reproduction: the reference sampler the batch reproduces and its choices (``match_released`` /
+            ``match_reference``; :class:`~entrgi.reproduction.Reproduction`), None = the project's sampler.
     """
 
     rows: list[Row]
@@ -90,6 +93,7 @@ class DenoisingState:
     finished: bool = False
     traces: list[list[StepTrace]] = field(default_factory=list)
     reward_view: Any = None
+    reproduction: Reproduction | None = None
 
     @property
     def done(self) -> bool:
