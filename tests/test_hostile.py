@@ -341,6 +341,15 @@ def test_corrupted_checkpoint_configs_are_one_line(pair, tmp_path, capsys):
     assert "model.safetensors.index.json" in line and "is 7, not the name of a weight file" in line
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("verb", ["serve", "generate"])
+def test_an_unavailable_device_is_one_line_before_any_model_or_socket(verb, capsys):
+    extra = ["--prompt", "x"] if verb == "generate" else ["--port", "0"]
+    assert main([verb, "--device", "cuda", *extra]) == 2
+    line = one_line(capsys.readouterr().err, verb)
+    assert "`--device` 'cuda': CUDA is not available" in line and "--device cpu" in line
+
+
 # ---- unclear errors: each names its cause -----------------------------------------------------------------
 @pytest.mark.parametrize("flag,value", [("--lr", "1e300"), ("--temperature", "1e308"), ("--kl-weight", "1e300"),
                                         ("--relaxation-temperature", "1e-300")])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from .dtypes import dtype_from_name
 
 
@@ -60,4 +62,26 @@ def load_pair(model: str | None = None, reward: str | None = None, *, methods: S
                              gradient_checkpointing=rm_checkpointing)
 
 
-__all__ = ["check_differentiable", "check_pair", "load_pair"]
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """Refuse a string that names no device, or a CUDA / MPS / XPU device this machine lacks."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"`{flag}` {device!r} is not a device: use cpu, cuda or cuda:N (N = GPU index).") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"`{flag}` {device!r}: CUDA is not available ({why}); use `{flag} cpu` "
+                             "(or install a CUDA build of torch on a GPU machine).")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"`{flag}` {device!r}: this machine has {n} CUDA device(s), cuda:0 .. cuda:{n - 1}.")
+    elif dev.type != "cpu" and not getattr(getattr(torch, dev.type, None), "is_available", lambda: False)():
+        raise ValueError(f"`{flag}` {device!r}: no {dev.type} device is available here; use `{flag} cpu`.")
+
+
+__all__ = ["check_device", "check_differentiable", "check_pair", "load_pair"]

@@ -20,6 +20,7 @@ import yaml
 from ..config import GuidanceConfig, SamplerConfig, SearchConfig, method_name
 from ..dtypes import DTYPES
 from ..files import OwnedFolder, check_writable, read_text_file, write_atomic
+from ..pair import check_device
 from ..plugins import load_plugins
 from ..settings import RunSettings, model_defaults, resolve_settings
 from .args import add_dataclass_args, add_settings_args, given_fields, settings_layer
@@ -27,26 +28,6 @@ from .errors import Parser, run_command, yaml_problem
 
 
 # ---- checks before any model work -------------------------------------------------------------------
-def check_device(device: str | None, flag: str = "--device") -> None:
-    """Refuse a string that names no device, or a CUDA / MPS / XPU device this machine lacks."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"`{flag}` {device!r} is not a device: use cpu, cuda or cuda:N (N = GPU index).") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise ValueError(f"`{flag}` {device!r}: CUDA is not available ({why}); use `{flag} cpu` "
-                             "(or install a CUDA build of torch on a GPU machine).")
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(f"`{flag}` {device!r}: this machine has {n} CUDA device(s), cuda:0 .. cuda:{n - 1}.")
-    elif dev.type != "cpu" and not getattr(getattr(torch, dev.type, None), "is_available", lambda: False)():
-        raise ValueError(f"`{flag}` {device!r}: no {dev.type} device is available here; use `{flag} cpu`.")
-
-
 def read_eval_config(path: str) -> dict:
     """The fields of an ``--config`` YAML file, validated as an :class:`EvalConfig` (errors name the file)."""
     from ..eval.config import EvalConfig

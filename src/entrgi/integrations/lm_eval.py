@@ -274,7 +274,7 @@ class EntrgiLM(LM):
         if device == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
             device = "cpu"  # lm-eval passes its default device always; its own HF model falls back the same way
         if a["device_map"] is None:
-            from ..cli.commands import check_device
+            from ..pair import check_device
             check_device(device, "device")
         from ..reward.registry import load_reward
 

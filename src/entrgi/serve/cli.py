@@ -151,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import method_name
+    from ..pair import check_device
     from .app import create_app
     from .engine import load_engine
 
@@ -159,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if api_key is not None and not api_key.strip():
         raise ValueError("`--api-key` is empty: give a key, or leave it out for no key.")
+    check_device(args.device)  # one line for a device this machine lacks, before the socket or any model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model is not None and args.reward is None:
         print("entrgi serve: no --reward: serving unguided sampling only (guidance rule 'none').")
