@@ -181,7 +181,8 @@ def test_model_args_are_a_layer_of_the_one_resolution():
 def test_a_requests_length_resolves_as_entrgi_generate():
     """gen_kwargs are the layer above model_args: ``max_gen_toks`` is ``max_new_tokens``. With the preset ``fast``,
     max_gen_toks 16 gives the steps that ``resolve_settings`` (and ``entrgi generate --max-new-tokens 16``) give:
-    the preset's T = L/4 of the request's L; ``steps`` in model_args wins; otherwise T / L is kept (T = L here)."""
+    the preset's T = L/4 of the request's L; ``steps`` in model_args wins; otherwise the model's own T follows the
+    final L (``fit_model_defaults``: T = L here), exactly as for ``entrgi generate``."""
     lm = EntrgiLM.__new__(EntrgiLM)  # the settings of a loaded default pair, without loading it
     lm.args, lm.defaults = check_model_args({"preset": "fast"}), model_defaults(None)
     lm.settings = run_settings(lm.args, defaults=lm.defaults)
@@ -201,7 +202,7 @@ def test_a_requests_length_resolves_as_entrgi_generate():
 
     assert steps({"steps": 10, "preset": "fast"}, {"max_new_tokens": 64}) == 10
     assert steps({}, {"max_new_tokens": 64}) == 64  # the embedded pair's T = L
-    assert steps({"max_new_tokens": 32}, {"max_new_tokens": 64}) == 32  # its T = 16 for L = 32: T / L = 1/2
+    assert steps({"max_new_tokens": 32}, {"max_new_tokens": 64}) == 64  # the model's own T follows the final L
     assert steps({"max_new_tokens": 32, "steps": 16}, {"max_new_tokens": 64}) == 16
     assert steps({"block_length": 4}, {"max_new_tokens": 8}) == 8
     with pytest.raises(ValueError, match=r"`max_new_tokens` \(10\) must be a multiple of `block_length` \(4\).*"

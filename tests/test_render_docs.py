@@ -5,6 +5,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,3 +34,27 @@ def test_a_stale_block_is_found(tmp_path, monkeypatch, capsys):
     assert render.main(["--check"]) == 1 and "page.md: fast-summary" in capsys.readouterr().out
     assert render.main([]) == 0 and "Top@1 9.99" not in page.read_text()
     assert render.main(["--check"]) == 0
+
+
+@pytest.mark.slow
+def test_the_stored_demo_records_are_what_the_demo_computes_now(tmp_path):
+    """``entrgi demo`` run again gives the stored records (docs/data/demo.jsonl) sample for sample: the same texts,
+    rewards, judges, best indices and cost counts (the times and the run's hash aside)."""
+    from entrgi.cli.demo import run_demo
+    from entrgi.eval.records import read_records
+
+    run_demo(tmp_path / "demo", progress=False)
+    volatile = {"wall_time_s", "flops_per_s"}
+
+    def stable(r):
+        out = {k: v for k, v in r.items() if k not in ("rank", "run", "key", "config")}
+        for section in ("compute", "observer_compute"):
+            out[section] = {k: v for k, v in r.get(section, {}).items() if k not in volatile}
+        return out
+
+    now = sorted((stable(r) for r in read_records(tmp_path / "demo")), key=lambda r: (r["method"], r["prompt"]))
+    stored = sorted((stable(r) for r in load("render_docs").records(ROOT / "docs" / "data" / "demo.jsonl")),
+                    key=lambda r: (r["method"], r["prompt"]))
+    assert len(now) == len(stored) == 20
+    for a, b in zip(now, stored):
+        assert a == b, (a["method"], a["prompt"])

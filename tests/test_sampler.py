@@ -363,7 +363,8 @@ def test_bad_inputs_fail_before_any_model_work(tok, pref_reward):
         generate(model, [], pref_reward, sampler=small(), progress=False)
     with pytest.raises(ValueError, match="`reward` is required for rule 'entrgi'"):
         generate(model, ["the cat"], sampler=small(), progress=False)
-    with pytest.raises(ValueError, match=r"`prompts\[0\]` is .* tokens; with `max_new_tokens` = 128 .* context of 16"):
+    with pytest.raises(ValueError, match=r"`prompts\[0\]` is .* tokens; with 128 response slots "
+                                         r"\(`max_new_tokens` = 128\) .* context of 16"):
         generate(model, ["the cat"], pref_reward, progress=False)
 
 

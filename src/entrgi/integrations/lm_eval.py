@@ -195,23 +195,11 @@ def gen_kwargs_request(gen_kwargs: Mapping[str, Any], sampling_from: str) -> tup
 
 
 def request_fields(model_args: Mapping[str, Any], base: RunSettings, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The request layer: ``fields`` (:func:`gen_kwargs_request`, a repeat's ``seed``), plus T for a request that
-    changes L when neither ``model_args`` give ``steps`` nor the preset sets T from L (``steps_fraction``, which the
-    resolution applies to the request's L itself): the T / L of ``base`` (the settings without the request) times
-    the request's L, a multiple of the blocks (T = L for every built-in default, as ``entrgi serve``)."""
-    out = dict(fields)
-    length = out.get("max_new_tokens")
-    if length is None or "steps" in model_args or "steps" in out:
-        return out
-    if base.preset is not None:
-        from ..presets import get_preset
-        if get_preset(base.preset).steps_fraction is not None:
-            return out
-    sampler = base.sampler
-    block = model_args.get("block_length", sampler.block_length)
-    blocks = 1 if not isinstance(block, int) or isinstance(block, bool) or block < 1 else max(1, length // block)
-    out["steps"] = max(blocks, round(sampler.steps / sampler.max_new_tokens * length / blocks) * blocks)
-    return out
+    """The request layer: ``fields`` (:func:`gen_kwargs_request`, a repeat's ``seed``). A request that changes L
+    needs nothing more: the resolution fits the model's own T and blocks to the final L
+    (:func:`entrgi.settings.fit_model_defaults`), and a preset's ``steps_fraction`` applies to it, as for
+    ``entrgi generate``."""
+    return dict(fields)
 
 
 def batches(jobs: Sequence[Job], size: int) -> Iterator[list[Job]]:

@@ -108,11 +108,18 @@ class ReferenceReward(TextReward):
         self.references = dict(references)
         self.stops = {p: tuple(s) for p, s in (stops or {}).items()}
 
-    def _score(self, prompt: str, response: str) -> float:
-        if prompt not in self.references:
-            raise ValueError(f"reward {self.name!r} has no reference answer for prompt {prompt!r:.60}: set them "
+    def score_list(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int | None = None
+                   ) -> list[float]:
+        """As :meth:`TextReward.score_list`; a ``ValueError`` first when a prompt has no reference answer (a
+        set-up mistake, not a failure of the match function)."""
+        missing = next((p for p in prompts if p not in self.references), None)
+        if missing is not None:
+            raise ValueError(f"reward {self.name!r} has no reference answer for prompt {missing!r:.60}: set them "
                              "with set_references({prompt: reference}) before generating (the lm-eval model does it "
                              "from `reference_field`).")
+        return super().score_list(prompts, responses, batch_size)
+
+    def _score(self, prompt: str, response: str) -> float:
         return self.match(cut_at_stops(response, self.stops.get(prompt, ())), self.references[prompt])
 
 
