@@ -33,6 +33,7 @@ from typing import Any
 
 from .config import GuidanceConfig, SamplerConfig, SearchConfig, check_choice, rule_choices
 from .default_pair import GUIDANCE_DEFAULTS, SAMPLER_DEFAULTS
+from .models.base import transition_name
 from .models.registry import detect_family, get_family
 from .presets import get_preset
 from .registry import NO_RULE
@@ -73,9 +74,9 @@ def model_defaults(model: Any = None, family: str | None = None) -> dict[str, An
         return {"sampler": dict(SAMPLER_DEFAULTS), "guidance": dict(GUIDANCE_DEFAULTS)}
     if isinstance(model, str):
         cls = get_family(family or detect_family(model))
-        return {**cls.checkpoint_defaults(model), "transition": getattr(cls, "transition", "masked")}
+        return {**cls.checkpoint_defaults(model), "transition": transition_name(cls)}
     return {**{k: dict(v) for k, v in model.settings_defaults.items()},
-            "transition": getattr(model, "transition", "masked")}
+            "transition": transition_name(model)}
 
 
 def method_fields(method: str) -> dict[str, dict[str, Any]]:

@@ -204,11 +204,9 @@ def check_eval_folder(cfg, report: bool) -> None:
     would replace or append to files it did not write: its results file, run.json, matched_n.json and (``report``)
     the report's files."""
     from ..eval.report import REPORT_FILES
-    from ..eval.runner import Shard
+    from ..eval.runner import Shard, run_files
 
-    names = [Shard.from_env().results_file(Path(cfg.out)).name, "run.json"]
-    names += ["matched_n.json"] if any(e.matched for e in cfg.entries) else []
-    names += list(REPORT_FILES) if report else []
+    names = run_files(cfg, Shard.from_env()) + (list(REPORT_FILES) if report else [])
     OwnedFolder(cfg.out, kind="eval", command="entrgi eval").refuse_foreign(names)
 
 

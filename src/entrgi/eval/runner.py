@@ -114,6 +114,13 @@ def check_run_dir(cfg: EvalConfig, out: Path, model_layer: dict[str, Any] | None
     return cfg.identity_hash(model_layer)
 
 
+def run_files(cfg: EvalConfig, shard: Shard) -> list[str]:
+    """The files an eval run writes into its folder: its results file, ``run.json`` and, with a compute-matched
+    method, ``matched_n.json``."""
+    return [shard.results_file(Path(cfg.out)).name, "run.json",
+            *(["matched_n.json"] if any(e.matched for e in cfg.entries) else [])]
+
+
 def read_matched_n(folder: OwnedFolder) -> dict[str, int]:
     """The N of ``best_of_n_matched`` fixed so far per (prompt set, τ) (``matched_n.json``); a ``ValueError``
     naming the file when it is not such a mapping."""
@@ -185,11 +192,10 @@ class EvalRunner:
         sets = {ps: load_prompt_set(ps, raw=raw) for ps in cfg.prompt_sets}  # released code: raw prompts
         self.set_names = {ps: sets[ps].name for ps in cfg.prompt_sets}
         path = self.shard.results_file(self.out)
-        ours = [path.name, "run.json", *(["matched_n.json"] if any(e.matched for e in cfg.entries) else [])]
         self.folder.check_kind()
         self.out.mkdir(parents=True, exist_ok=True)
         with results_lock(path, reentrant=True):  # first: a running owner's files are never judged half-written
-            self.folder.refuse_foreign(ours)
+            self.folder.refuse_foreign(run_files(cfg, self.shard))
             identity = check_run_dir(cfg, self.out, self.model_layer, self.folder)
             self.check_records(identity)
             self._run(identity, sets, self.folder.appender(path.name))

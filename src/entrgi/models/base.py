@@ -8,6 +8,7 @@ and which ids can never be a response token (the mask id, padded logit rows beyo
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,11 @@ from .cache import BlockKVCache
 
 #: The one EOS of the authors' released code (``SamplerConfig.match_released``).
 ENDOFTEXT = "<|endoftext|>"
+
+
+def transition_name(model: Any) -> str:
+    """The step a model (or its family class) runs: its ``transition`` (``masked`` for any model that names none)."""
+    return getattr(model, "transition", "masked")
 
 
 def special_token_wrap(tokenizer) -> tuple[list[int], list[int]]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import GuidanceConfig, ResolvedGuidance, SamplerConfig, SearchConfig, check_vocab_chunk
 from ..conversation import Conversation, Prompt
-from ..models.base import DiffusionLM
+from ..models.base import DiffusionLM, transition_name
 from ..ops.rng import RowStreams, row_seed
 from ..reproduction import reproduction_for
 from ..reward.base import RewardModel, left_pad, position_ids_from
@@ -42,7 +42,7 @@ TRANSITIONS = {"masked": MaskedTransition, "canvas": CanvasTransition}
 
 def transition_for(model: DiffusionLM):
     """A fresh transition of the model's family (``model.transition``: ``masked`` unless the family says)."""
-    return TRANSITIONS[getattr(model, "transition", "masked")](model)
+    return TRANSITIONS[transition_name(model)](model)
 
 
 def bridge_for(model: DiffusionLM, reward: RewardModel) -> VocabBridge:

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import GuidanceConfig, SamplerConfig, SearchConfig
+from ..models.base import transition_name
 from ..sampling.outputs import ComputeStats
 from ..sampling.sampler import transition_for
 
 
 def is_canvas(model: Any) -> bool:
     """Whether ``model`` samples by canvases (DiffusionGemma) rather than by masked slots."""
-    return getattr(model, "transition", "masked") == "canvas"
+    return transition_name(model) == "canvas"
 
 
 def run_shape(model: Any, sampler: SamplerConfig) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from ..config import GuidanceConfig, SamplerConfig, SearchConfig, check_float, c
 from ..registry import NO_RULE
 from ..sampling.outputs import CostParameters, cost_parameters
 from ..settings import RunSettings, model_defaults, resolve_settings
+from .cost import default_request_gflops, is_canvas
 
 #: The id the embedded default pair is served under (``GET /v1/models``).
 DEFAULT_PAIR_ID = "entrgi-default-pair"
@@ -138,7 +139,6 @@ class Engine:
         if self.limits.max_request_gflops is not None:
             return float(self.limits.max_request_gflops)
         if self._budget is None:
-            from .cost import default_request_gflops
             self._budget = AUTO_BUDGET_FACTOR * default_request_gflops(self)
         return self._budget
 
@@ -155,7 +155,7 @@ class Engine:
     def defaults(self) -> RunSettings:
         """The settings of a request that sets nothing (one prompt, n = 1, the default length, not streamed)."""
         L = self.default_max_tokens
-        steps = {} if getattr(self.model, "transition", "masked") == "canvas" else {"steps": L}  # its own per canvas
+        steps = {} if is_canvas(self.model) else {"steps": L}  # a canvas model keeps its own steps per canvas
         return resolve_settings(model_defaults=self.model_layer(max_new_tokens=L, num_samples=1, **steps),
                                 config=self.config_layer, config_source="the server's --preset / --method")
 
